@@ -1,0 +1,124 @@
+"""Our checkpoint format: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of plain data and tensors: ``model`` (trainable and non-frozen weights only; frozen
+parts come from their own source when the model is built), ``optimizer``, ``scaler``, ``rng`` (every rank's
+python / numpy / torch / CUDA generator states), ``iter``, ``epoch``, ``best`` and ``config`` (the resolved
+config as YAML text) and ``model_name``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "blip2-framework/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the keys."""
+
+
+def _frozen_prefixes(model: nn.Module) -> List[str]:
+    """Top-most submodules that hold parameters, none of them trainable (their buffers are frozen too)."""
+    out: List[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(p + ".") for p in out):
+            continue
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            out.append(name)
+    return out
+
+
+def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights a checkpoint stores: trainable parameters and the buffers of non-frozen modules."""
+    frozen = _frozen_prefixes(model)
+    fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach() for k, v in model.state_dict().items()
+            if k not in fixed and not any(k.startswith(p + ".") for p in frozen)}
+
+
+def _head(keys: Iterable[str], n: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_model_weights(model: nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
+    """Load ``weights`` (a checkpoint's ``model``) into ``model``; every mismatch is named."""
+    own = model.state_dict()
+    expected = set(trainable_state_dict(model))
+    unexpected = set(weights) - set(own)
+    missing = expected - set(weights)
+    shapes = [f"{k} (checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)})"
+              for k in set(weights) & set(own) if weights[k].shape != own[k].shape]
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} keys the model does not have: {_head(unexpected)}")
+    if missing:
+        problems.append(f"{len(missing)} trainable keys the checkpoint lacks: {_head(missing)}")
+    if shapes:
+        problems.append(f"{len(shapes)} keys with another shape: {_head(shapes)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {source} does not fit model {type(model).__name__}:\n  "
+                              + "\n  ".join(problems)
+                              + "\nIs it a checkpoint of another model or config?")
+    model.load_state_dict(weights, strict=False)
+
+
+def save_atomic(obj: Dict[str, Any], path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load(path: str | Path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                              f"is it a file written by this framework?") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this framework (no format={FORMAT!r} marker); "
+                              f"LAVIS and Hugging Face weights go through python -m framework.convert")
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,76 @@
+"""What ``framework.train`` and ``framework.evaluate`` share: arguments, config loading, error reporting."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from framework.checkpoint import CheckpointError
+from framework.config import ConfigError, load_config, validate
+from framework.data.builder import MissingDataError
+from framework.logs import logger, setup_console
+from framework.models.build import build_model, parameter_table
+from framework.registry import RegistryError, load_plugin_modules
+from framework.runner import ExperimentConfig, NonFiniteLossError, builders
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--cfg", required=True, help="experiment YAML (or a run's output_dir/config.yaml)")
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides, e.g. run.max_iters=100 model.checkpoint=out/checkpoints/best.pt")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, build the model on the meta device, list data files, and exit")
+    return p
+
+
+def load_experiment(path: str, options: Sequence[str] = ()) -> ExperimentConfig:
+    """Load, override and validate a config; import the plugins it lists first so their names resolve."""
+    raw, origins = load_config(path, options)
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} (set in {origins.get('plugins')})")
+    load_plugin_modules(plugins)
+    return validate(raw, ExperimentConfig, origins)
+
+
+def dry_run(exp: ExperimentConfig) -> None:
+    """Parameter counts of the model built on ``meta`` and the data files the run would read."""
+    with torch.device("meta"):
+        model = build_model(exp.model)
+    print(f"config OK. model {exp.model['name']!r} (built on the meta device):")
+    print(parameter_table(model))
+    splits = exp.run.train_splits + exp.run.eval_splits + exp.run.test_splits
+    print("data files:")
+    for entry, builder in builders(exp).items():
+        for f in builder.data_files(splits):
+            state = "exists" if f.path.exists() else ("generated on first use" if f.generated else "MISSING")
+            print(f"  [{state}] {entry}: {f.role}: {f.path}")
+
+
+EXPECTED_ERRORS = (ConfigError, RegistryError, MissingDataError, CheckpointError, ImportError, NonFiniteLossError)
+
+
+def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.Namespace], None],
+         argv: Optional[List[str]] = None, extra_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> int:
+    p = parser(prog, description)
+    extra_args(p)
+    args = p.parse_args(argv)
+    setup_console()
+    try:
+        if not Path(args.cfg).is_file():
+            raise ConfigError(f"--cfg {args.cfg}: no such file (give the path of an experiment YAML, "
+                              f"e.g. projects/blip2/demo/stage1.yaml)")
+        exp = load_experiment(args.cfg, args.options)
+        if args.dry_run:
+            dry_run(exp)
+            return 0
+        run(exp, args)
+    except EXPECTED_ERRORS as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, NonFiniteLossError) else 2
+    return 0

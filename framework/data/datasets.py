@@ -1,0 +1,119 @@
+"""Map-style datasets over the standard annotation formats; every sample is a dict.
+
+Sample keys: ``image`` (tensor after processors), ``image_id``, and by kind ``text_input`` (a caption),
+``captions`` (all reference captions, evaluation), ``question``, ``question_id``, ``answers`` (list of ten),
+``index`` (position in the dataset, for exact data-order checks).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+Pipeline = Optional[Callable[[Any], Any]]
+
+
+def _load_image(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class _Base(Dataset):
+    def __init__(self, image_root: Path, image_proc: Pipeline, text_proc: Pipeline) -> None:
+        self.image_root = Path(image_root)
+        self.image_proc = image_proc
+        self.text_proc = text_proc
+        self.samples: List[Dict[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, file_name: str) -> Any:
+        img = _load_image(self.image_root / file_name)
+        return self.image_proc(img) if self.image_proc else img
+
+    def text(self, s: str) -> str:
+        return self.text_proc(s) if self.text_proc else s
+
+
+class CocoCaptionDataset(_Base):
+    """COCO caption JSON (``images`` + ``annotations``). Training: one sample per caption; evaluation: one per
+    image with every reference caption."""
+
+    def __init__(self, ann_file: Path, image_root: Path, train: bool, image_proc: Pipeline = None,
+                 text_proc: Pipeline = None) -> None:
+        super().__init__(image_root, image_proc, text_proc)
+        data = json.loads(Path(ann_file).read_text())
+        files = {im["id"]: im["file_name"] for im in data["images"]}
+        refs: Dict[int, List[str]] = {}
+        for a in data["annotations"]:
+            refs.setdefault(a["image_id"], []).append(a["caption"])
+        if train:
+            self.samples = [{"image_id": a["image_id"], "file": files[a["image_id"]], "caption": a["caption"]}
+                            for a in data["annotations"]]
+        else:
+            self.samples = [{"image_id": i, "file": f, "captions": refs.get(i, [])} for i, f in files.items()]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.samples[index]
+        out = {"image": self.image(s["file"]), "image_id": s["image_id"], "index": index}
+        if "caption" in s:
+            out["text_input"] = self.text(s["caption"])
+        else:
+            out["captions"] = s["captions"]
+        return out
+
+
+class VQADataset(_Base):
+    """VQAv2 question + annotation JSON; ``image_file(image_id)`` names an image relative to ``image_root``."""
+
+    def __init__(self, question_file: Path, ann_file: Optional[Path], image_root: Path,
+                 image_file: Callable[[int], str], image_proc: Pipeline = None, text_proc: Pipeline = None) -> None:
+        super().__init__(image_root, image_proc, text_proc)
+        questions = json.loads(Path(question_file).read_text())["questions"]
+        answers = {}
+        if ann_file is not None:
+            answers = {a["question_id"]: [x["answer"] for x in a["answers"]]
+                       for a in json.loads(Path(ann_file).read_text())["annotations"]}
+        self.samples = [{"question_id": q["question_id"], "image_id": q["image_id"], "question": q["question"],
+                         "file": image_file(q["image_id"]),
+                         "answers": answers.get(q["question_id"], [])} for q in questions]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.samples[index]
+        return {"image": self.image(s["file"]), "image_id": s["image_id"], "index": index,
+                "question_id": s["question_id"], "question": self.text(s["question"]), "answers": s["answers"]}
+
+
+class RetrievalDataset(_Base):
+    """Karpathy-style retrieval JSON: a list of ``{image, image_id, caption: [..]}``. Training: one sample per
+    caption; evaluation: the images here, the texts in ``self.texts`` with ``txt2img`` / ``img2txt`` maps."""
+
+    def __init__(self, ann_file: Path, image_root: Path, train: bool, image_proc: Pipeline = None,
+                 text_proc: Pipeline = None) -> None:
+        super().__init__(image_root, image_proc, text_proc)
+        records = json.loads(Path(ann_file).read_text())
+        self.texts: List[str] = []
+        self.txt2img: List[int] = []
+        self.img2txt: List[List[int]] = []
+        for img_idx, r in enumerate(records):
+            caps = r["caption"] if isinstance(r["caption"], list) else [r["caption"]]
+            self.img2txt.append([])
+            for c in caps:
+                self.img2txt[-1].append(len(self.texts))
+                self.texts.append(self.text(c))
+                self.txt2img.append(img_idx)
+                if train:
+                    self.samples.append({"image_id": r["image_id"], "file": r["image"], "caption": c})
+            if not train:
+                self.samples.append({"image_id": r["image_id"], "file": r["image"]})
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.samples[index]
+        out = {"image": self.image(s["file"]), "image_id": s["image_id"], "index": index}
+        if "caption" in s:
+            out["text_input"] = self.text(s["caption"])
+        return out

@@ -1,0 +1,79 @@
+"""Data loading with an order that is a pure function of (seed, epoch, rank), so a resumed run sees
+exactly the samples, in the order and with the augmentation, that the uninterrupted run would have."""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Dict, Iterator, List
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from framework import dist
+
+
+def collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stack tensors and numbers; keep strings and ragged values (lists of captions/answers) as lists."""
+    out: Dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
+            out[key] = torch.stack(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class SeededSamples(Dataset):
+    """Runs each ``__getitem__`` under a torch generator seeded by (seed, epoch, index): random augmentation
+    depends on the sample, not on which worker or process happens to load it."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode()))
+            return self.dataset[index]
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also for one process: no process group needed) that can skip the samples of this
+    rank already consumed in the current epoch."""
+
+    def __init__(self, dataset: Dataset, shuffle: bool, seed: int, drop_last: bool) -> None:
+        super().__init__(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+    data = SeededSamples(dataset, seed)
+    sampler = ResumableSampler(data, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      drop_last=True, persistent_workers=False)
+
+
+def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
+    """Point a :func:`train_loader` at ``epoch``, after its first ``batches_done`` batches."""
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = batches_done * loader.batch_size
+    loader.dataset.epoch = epoch
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """In order; under torchrun each rank gets a strided share (padded to equal size: dedupe by ``index``)."""
+    sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate)

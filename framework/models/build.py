@@ -1,0 +1,39 @@
+"""Build the configured model and describe it."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from torch import nn
+
+from framework import checkpoint
+from framework.registry import build
+
+
+def build_model(spec: Dict[str, Any]) -> nn.Module:
+    """Build ``model:`` (``{name, checkpoint, **args}``); load ``checkpoint``'s weights unless on ``meta``."""
+    args = dict(spec)
+    ckpt = args.pop("checkpoint", None)
+    model = build("model", args)
+    on_meta = any(p.is_meta for p in model.parameters())
+    if ckpt and not on_meta:
+        checkpoint.load_model_weights(model, checkpoint.load(ckpt)["model"], ckpt)
+    return model
+
+
+def parameter_table(model: nn.Module) -> str:
+    """Parameters per top-level part, total and trainable."""
+    rows = []
+    for name, child in model.named_children():
+        total = sum(p.numel() for p in child.parameters())
+        trainable = sum(p.numel() for p in child.parameters() if p.requires_grad)
+        rows.append((name, total, trainable))
+    own = [p for n, p in model.named_parameters(recurse=False)]
+    if own:
+        rows.append(("(own)", sum(p.numel() for p in own), sum(p.numel() for p in own if p.requires_grad)))
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    width = max([len(r[0]) for r in rows] + [5])
+    lines = [f"{'part':<{width}}  {'parameters':>15}  {'trainable':>15}"]
+    lines += [f"{n:<{width}}  {t:>15,}  {tr:>15,}" for n, t, tr in rows]
+    lines.append(f"{'total':<{width}}  {total:>15,}  {trainable:>15,}")
+    return "\n".join(lines)

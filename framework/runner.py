@@ -1,0 +1,396 @@
+"""The training / evaluation loop, and the schema of the ``run:`` section that drives it.
+
+An *iteration* is one optimizer step: ``accum_steps`` micro-batches of ``batch_size`` samples on each of
+the ``world_size`` processes. Learning rate, logging, evaluation and checkpoints all count iterations.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from framework import checkpoint, dist
+from framework.config import DatasetsOf, to_yaml
+from framework.data.builder import DatasetBuilder
+from framework.data.loader import eval_loader, set_position, train_loader
+from framework.logs import RunLog, logger, truncate_after
+from framework.models.build import build_model, parameter_table
+from framework.optim import OptimConfig, build_optimizer, build_schedule, set_lr
+from framework.registry import Part, build
+from framework.task import Task
+
+
+@dataclass
+class RunConfig:
+    """``run:``. Keys:
+
+    output_dir: where config.yaml, log.jsonl, train.log, metrics.json, checkpoints/ and tensorboard/ go.
+    seed: seeds model init, data order and per-sample augmentation.
+    device: auto (CUDA when available), cpu or cuda.
+    max_epochs: length of an epoch-based run. max_iters: if set, an iteration-based run of that many
+    optimizer steps (epochs then only reshuffle the data), for web-scale data.
+    batch_size: samples per process per micro-batch; eval_batch_size: per process at evaluation (default:
+    batch_size). accum_steps: micro-batches per optimizer step. grad_clip: max global grad norm (null: off).
+    amp: off, bf16 (autocast on CPU and CUDA) or fp16 (CUDA only, with a GradScaler).
+    train_splits / eval_splits / test_splits: split names of every dataset entry. eval splits are evaluated
+    every ``eval_every`` iterations (null: at the end of each epoch, or at the end of an iteration-based run);
+    the first eval split picks best.pt by the task's metric; test splits are evaluated once, at the end,
+    with the best weights. log_every: iterations between log.jsonl records. checkpoint_every: iterations
+    between checkpoints (null: with each evaluation and at the end of each epoch).
+    num_workers: dataloader worker processes. profile: write a torch profiler trace of ``profile_steps``
+    iterations to output_dir/profile (open with TensorBoard's profiler plugin).
+    find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
+    tensorboard: write TensorBoard scalars.
+    """
+    output_dir: str = "output/run"
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_epochs: int = 1
+    max_iters: Optional[int] = None
+    batch_size: int = 8
+    eval_batch_size: Optional[int] = None
+    accum_steps: int = 1
+    grad_clip: Optional[float] = None
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    train_splits: List[str] = field(default_factory=lambda: ["train"])
+    eval_splits: List[str] = field(default_factory=lambda: ["val"])
+    test_splits: List[str] = field(default_factory=list)
+    eval_every: Optional[int] = None
+    log_every: int = 10
+    checkpoint_every: Optional[int] = None
+    num_workers: int = 0
+    profile: bool = False
+    profile_steps: int = 5
+    find_unused_parameters: bool = False
+    tensorboard: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole config. ``model`` / ``task``: a registered part and its arguments; ``datasets``: entries of
+    ``datasets_cfg/`` with overrides; ``run``: :class:`RunConfig`; ``plugins``: extra modules to import."""
+    model: Part("model")
+    task: Part("task")
+    datasets: Annotated[Dict[str, Any], DatasetsOf()]
+    run: RunConfig = field(default_factory=RunConfig)
+    plugins: List[str] = field(default_factory=list)
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def _device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def builders(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
+    out = {}
+    for entry, spec in exp.datasets.items():
+        args = {k: v for k, v in spec.items() if k != "builder"}
+        out[entry] = build("dataset", {"name": spec["builder"], **args}, entry=entry)
+    return out
+
+
+class Runner:
+    """Builds everything from a validated :class:`ExperimentConfig`, then trains and evaluates.
+
+    Construction checks data files and builds the model before anything is written to ``output_dir``, so a
+    bad config or missing data leaves no half-written run behind.
+    """
+
+    def __init__(self, exp: ExperimentConfig) -> None:
+        self.exp, self.cfg = exp, exp.run
+        self.device = _device(self.cfg)
+        dist.init(self.device)
+        if self.cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
+        self.out = Path(self.cfg.output_dir)
+        self.builders = builders(exp)
+        splits = self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits
+        for b in self.builders.values():
+            b.prepare(splits)
+        seed_everything(self.cfg.seed)  # same init on every rank
+        self.task: Task = build("task", exp.task)
+        self.model: nn.Module = build_model(exp.model).to(self.device)
+        seed_everything(self.cfg.seed + dist.rank())
+        self.ddp_model = self._wrap(self.model)
+        self.it = 0
+        self.best: Dict[str, Any] = {}
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if dist.world_size() == 1 or not any(p.requires_grad for p in model.parameters()):
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                   find_unused_parameters=self.cfg.find_unused_parameters)
+
+    # ----------------------------------------------------------------------------------------- outputs
+    def start_output(self) -> None:
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(to_yaml(self.exp))
+        dist.barrier()
+        self.log = RunLog(self.out, self.cfg.tensorboard)
+        logger.info("model %s\n%s", self.exp.model["name"], parameter_table(self.model))
+
+    def _autocast(self):
+        if self.cfg.amp == "off":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "format": checkpoint.FORMAT,
+            "model_name": self.exp.model["name"],
+            "model": checkpoint.trainable_state_dict(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": dist.all_gather_objects(checkpoint.rng_state()),
+            "iter": self.it,
+            "best": self.best,
+            "config": to_yaml(self.exp),
+        }
+
+    def save(self, name: str) -> None:
+        state = self._state()  # every rank joins the RNG gather
+        if dist.is_main():
+            checkpoint.save_atomic(state, self.ckpt_dir / name)
+        dist.barrier()
+
+    def _resume(self, path: Path) -> None:
+        ckpt = checkpoint.load(path)
+        if ckpt["model_name"] != self.exp.model["name"]:
+            raise checkpoint.CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, "
+                                             f"this config builds {self.exp.model['name']!r}")
+        checkpoint.load_model_weights(self.model, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        rngs = ckpt["rng"]
+        if len(rngs) != dist.world_size():
+            logger.warning("checkpoint was written by %d processes, resuming with %d: RNG states restart",
+                           len(rngs), dist.world_size())
+        else:
+            checkpoint.set_rng_state(rngs[dist.rank()])
+        self.it, self.best = ckpt["iter"], ckpt["best"]
+        truncate_after(self.out / "log.jsonl", self.it)
+        logger.info("resumed from %s at iteration %d", path, self.it)
+
+    def resume_path(self, resume: Optional[str]) -> Optional[Path]:
+        if resume is None:
+            return None
+        if resume == "auto":
+            last = self.ckpt_dir / "last.pt"
+            if not last.exists():
+                logger.info("--resume auto: no %s yet, starting from scratch", last)
+                return None
+            return last
+        return Path(resume)
+
+    # ---------------------------------------------------------------------------------------------- data
+    def _train_data(self) -> DataLoader:
+        parts = [b.build(s) for b in self.builders.values() for s in self.cfg.train_splits]
+        data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers)
+
+    def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:
+        bs = self.cfg.eval_batch_size or self.cfg.batch_size
+        return {f"{entry}/{s}": eval_loader(b.build(s), bs, self.cfg.num_workers)
+                for entry, b in self.builders.items() for s in splits}
+
+    # ---------------------------------------------------------------------------------------------- train
+    def train(self, resume: Optional[str] = None) -> Dict[str, Any]:
+        resume_from = self.resume_path(resume)
+        if resume_from is not None:
+            checkpoint.load(resume_from)  # fail on a bad file before writing anything
+        loader = self._train_data()
+        iters_per_epoch = len(loader) // self.cfg.accum_steps
+        if iters_per_epoch == 0:
+            raise ValueError(f"the training data has {len(loader.dataset)} samples: fewer than one optimizer "
+                             f"step of batch_size={self.cfg.batch_size} x accum_steps={self.cfg.accum_steps} "
+                             f"x {dist.world_size()} processes")
+        total = self.cfg.max_iters or self.cfg.max_epochs * iters_per_epoch
+        self.optimizer = build_optimizer(self.model, self.cfg.optimizer)
+        self.schedule = build_schedule(self.cfg.optimizer, total, iters_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.amp == "fp16")
+        self.start_output()
+        if resume_from is not None:
+            self._resume(resume_from)
+        evals = self.eval_loaders(self.cfg.eval_splits)
+        bar = tqdm(total=total, initial=self.it, desc="train", disable=not dist.is_main(), dynamic_ncols=True)
+        profiler = self._profiler()
+        self.model.train()
+        try:
+            while self.it < total:
+                epoch, done = divmod(self.it, iters_per_epoch)
+                set_position(loader, epoch, done * self.cfg.accum_steps)
+                batches = iter(loader)
+                for _ in range(done, iters_per_epoch):
+                    self._step(batches, epoch, bar)
+                    if profiler is not None:
+                        profiler.step()
+                    end_of_epoch = self.it % iters_per_epoch == 0
+                    self._maybe_eval_and_save(evals, end_of_epoch, self.it == total)
+                    if self.it >= total:
+                        break
+        finally:
+            bar.close()
+            if profiler is not None:
+                profiler.stop()
+        metrics = self._final_test()
+        self.log.close()
+        return metrics
+
+    def _step(self, batches, epoch: int, bar: tqdm) -> None:
+        t0 = time.perf_counter()
+        lr = self.schedule(self.it)
+        set_lr(self.optimizer, lr)
+        sums: Dict[str, torch.Tensor] = {}
+        n_samples = 0
+        for micro in range(self.cfg.accum_steps):
+            batch = _to_device(next(batches), self.device)
+            n_samples += _batch_len(batch)
+            sync = micro == self.cfg.accum_steps - 1 or not isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
+            with (nullcontext() if sync else self.ddp_model.no_sync()), self._autocast():
+                losses = self.task.train_step(self.ddp_model, batch)
+            self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / self.cfg.accum_steps
+        names = sorted(sums)
+        reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names]).cpu())
+        values = dict(zip(names, reduced.tolist()))
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            last = self.ckpt_dir / "last.pt"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"iteration {self.it + 1}: loss term {bad[0]!r} is {values[bad[0]]} "
+                                     f"(all terms: {values}); stopped before the optimizer step, {kept}. "
+                                     f"Lower run.optimizer.lr, set run.grad_clip, or check the data.")
+        grad_norm = None
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = float(nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.it += 1
+        dt = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        if self.it % self.cfg.log_every == 0 or self.it == 1:
+            record = {"epoch": epoch, "lr": lr, **values, "sec_per_iter": dt,
+                      "samples_per_sec": n_samples * dist.world_size() / dt}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            self.log.write("train", self.it, record)
+
+    def _maybe_eval_and_save(self, evals: Dict[str, DataLoader], end_of_epoch: bool, last: bool) -> None:
+        every = self.cfg.eval_every
+        due_eval = (self.it % every == 0) if every else (end_of_epoch if not self.cfg.max_iters else last)
+        if due_eval and evals:
+            metrics = self.evaluate(evals)
+            self._update_best(metrics)
+        ce = self.cfg.checkpoint_every
+        if due_eval or last or end_of_epoch or (ce and self.it % ce == 0):
+            self.save("last.pt")
+
+    def _update_best(self, metrics: Dict[str, float]) -> None:
+        first = next(iter(metrics), None)
+        key = f"{first.split('/')[0]}/{first.split('/')[1]}/{self.task.best_metric}" if first else None
+        if key not in metrics:
+            logger.warning("task metric %r not among the evaluation metrics %s: best.pt not updated",
+                           self.task.best_metric, sorted(metrics))
+            return
+        value = metrics[key]
+        better = (not self.best or (value > self.best["value"] if self.task.best_mode == "max"
+                                    else value < self.best["value"]))
+        if better:
+            self.best = {"metric": key, "value": value, "iter": self.it}
+            self.save("best.pt")
+            logger.info("new best %s = %.4f at iteration %d", key, value, self.it)
+
+    @torch.no_grad()
+    def evaluate(self, loaders: Dict[str, DataLoader]) -> Dict[str, float]:
+        self.model.eval()
+        metrics: Dict[str, float] = {}
+        for name, loader in loaders.items():
+            with self._autocast():
+                result = self.task.evaluate(self.model, loader)
+            metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})
+        self.model.train()
+        self.log.write("eval", self.it, metrics)
+        logger.info("iteration %d: %s", self.it, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _final_test(self) -> Dict[str, Any]:
+        result: Dict[str, Any] = {"iter": self.it, "best": self.best}
+        if self.cfg.test_splits:
+            best = self.ckpt_dir / "best.pt"
+            if best.exists():
+                checkpoint.load_model_weights(self.model, checkpoint.load(best)["model"], str(best))
+            result["test"] = self.evaluate(self.eval_loaders(self.cfg.test_splits))
+        self.write_metrics(result)
+        return result
+
+    def evaluate_only(self) -> Dict[str, Any]:
+        """Evaluate eval and test splits once (``framework.evaluate``); writes metrics.json."""
+        self.start_output()
+        splits = list(dict.fromkeys(self.cfg.eval_splits + self.cfg.test_splits))
+        result = {"checkpoint": self.exp.model.get("checkpoint"), "eval": self.evaluate(self.eval_loaders(splits))}
+        self.write_metrics(result)
+        self.log.close()
+        return result
+
+    def write_metrics(self, result: Dict[str, Any]) -> None:
+        if dist.is_main():
+            (self.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    def _profiler(self):
+        if not self.cfg.profile:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        prof = profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=self.cfg.profile_steps, repeat=1),
+                       on_trace_ready=tensorboard_trace_handler(str(self.out / "profile")), record_shapes=True)
+        prof.start()
+        return prof
+
+
+def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batch_len(batch: Dict[str, Any]) -> int:
+    for v in batch.values():
+        return len(v)
+    return 0

@@ -1,0 +1,29 @@
+"""The Task contract: what a training step computes and how a model is evaluated."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+class Task:
+    """Base class for registered tasks (``@TASKS.register``); the config's ``task:`` arguments go to ``__init__``.
+
+    ``best_metric`` / ``best_mode`` choose the checkpoint kept as ``best.pt``: the metric of the first
+    evaluation split, higher (``max``) or lower (``min``) is better.
+    """
+
+    best_metric: str = "loss"
+    best_mode: str = "min"
+
+    def train_step(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch; ``loss`` is the one back-propagated, the others are logged."""
+        return model(batch)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        """Metrics over the whole split. Under torchrun every rank calls this on its share of ``loader`` and
+        must return the same, gathered, numbers (see :func:`framework.dist.all_gather_objects`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")

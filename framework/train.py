@@ -1,0 +1,29 @@
+"""``python -m framework.train --cfg X.yaml [--options k=v ...] [--resume auto|PATH] [--dry-run]``"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from framework import cli, dist
+from framework.runner import ExperimentConfig, Runner
+
+
+def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
+    try:
+        Runner(exp).train(resume=args.resume)
+    finally:
+        dist.shutdown()
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue from a checkpoint; 'auto' takes output_dir/checkpoints/last.pt if there is one")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return cli.main("framework.train", "Train a model from an experiment config.", _run, argv, _args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

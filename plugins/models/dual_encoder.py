@@ -1,0 +1,70 @@
+"""``dual_encoder``: an image encoder and a bag-of-words text encoder trained with a contrastive (ITC) loss.
+
+The CPU-sized baseline the framework's demo and runner tests train: it has no Q-Former, so it is also the
+"no bridge" reference point for retrieval. Text is tokenised by hashing words into ``vocab_size`` buckets,
+so it needs no trained tokenizer.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framework.registry import MODELS, Part, build
+
+
+def hash_tokens(texts: List[str], vocab_size: int, max_words: int) -> torch.Tensor:
+    """Word ids in [1, vocab_size), 0 = padding; [B, max_words]."""
+    ids = torch.zeros(len(texts), max_words, dtype=torch.long)
+    for i, t in enumerate(texts):
+        for j, w in enumerate(t.lower().split()[:max_words]):
+            ids[i, j] = 1 + zlib.crc32(w.encode()) % (vocab_size - 1)
+    return ids
+
+
+@MODELS.register("dual_encoder")
+class DualEncoder(nn.Module):
+    """Args:
+        image_encoder: any registered image encoder (its tokens are mean-pooled).
+        embed_dim: width of the shared embedding space.
+        vocab_size, max_words: the hashed bag-of-words text encoder.
+        temperature: initial ITC temperature (learned).
+    """
+
+    def __init__(self, image_encoder: Part("image_encoder"), embed_dim: int = 64, vocab_size: int = 4096,
+                 max_words: int = 32, temperature: float = 0.07) -> None:
+        super().__init__()
+        self.image_encoder = build("image_encoder", image_encoder)
+        self.vision_proj = nn.Linear(self.image_encoder.num_features, embed_dim)
+        self.word_embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.text_proj = nn.Linear(embed_dim, embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(temperature)))
+        self.vocab_size, self.max_words = vocab_size, max_words
+
+    def no_weight_decay(self) -> List[str]:
+        return ["temp"]
+
+    def image_embed(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(self.image_encoder(images).mean(1)), dim=-1)
+
+    def text_embed(self, texts: List[str]) -> torch.Tensor:
+        ids = hash_tokens(texts, self.vocab_size, self.max_words).to(self.word_embed.weight.device)
+        mask = (ids > 0).unsqueeze(-1).float()
+        pooled = (self.word_embed(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        img = self.image_embed(batch["image"])
+        txt = self.text_embed(batch["text_input"])
+        logits = img @ txt.t() / self.temp.clamp(min=1e-3)
+        # captions of the same image are positives too (several captions per image in a batch)
+        ids = batch["image_id"]
+        target = (ids[:, None] == ids[None, :]).float()
+        target = target / target.sum(1, keepdim=True)
+        loss_i2t = -(F.log_softmax(logits, 1) * target).sum(1).mean()
+        loss_t2i = -(F.log_softmax(logits.t(), 1) * target).sum(1).mean()
+        loss_itc = (loss_i2t + loss_t2i) / 2
+        return {"loss": loss_itc, "loss_itc": loss_itc}
