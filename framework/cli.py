@@ -11,7 +11,7 @@ import torch
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError, load_config, validate
 from framework.data.builder import MissingDataError
-from framework.logs import logger, setup_console
+from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table
 from framework.registry import RegistryError, load_plugin_modules
 from framework.runner import ExperimentConfig, NonFiniteLossError, builders
@@ -70,7 +70,6 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
             return 0
         run(exp, args)
     except EXPECTED_ERRORS as e:
-        logger.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NonFiniteLossError) else 2
     return 0

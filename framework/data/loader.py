@@ -62,8 +62,10 @@ class ResumableSampler(DistributedSampler):
 def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int) -> DataLoader:
     data = SeededSamples(dataset, seed)
     sampler = ResumableSampler(data, shuffle=True, seed=seed, drop_last=True)
+    # its own generator: creating an iterator must not draw from the global RNG (dropout would then
+    # depend on where in an epoch a run was resumed)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      drop_last=True, persistent_workers=False)
+                      drop_last=True, generator=torch.Generator().manual_seed(seed))
 
 
 def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
@@ -76,4 +78,5 @@ def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
     """In order; under torchrun each rank gets a strided share (padded to equal size: dedupe by ``index``)."""
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))

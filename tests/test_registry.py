@@ -1,0 +1,93 @@
+"""Registries: decorator registration, duplicate and unknown names, and the three ways to find plugins."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, toy_config, write_yaml
+from framework.registry import ENTRY_POINT_GROUP, IMAGE_ENCODERS, Registry, RegistryError, load_plugin_modules
+
+
+def test_unknown_name_lists_registered_names_and_closest_match() -> None:
+    with pytest.raises(RegistryError) as e:
+        IMAGE_ENCODERS.get("convstem")
+    msg = str(e.value)
+    assert "unknown image_encoder 'convstem'; did you mean 'conv_stem'?" in msg
+    assert "Registered image_encoder names: conv_stem" in msg and ENTRY_POINT_GROUP in msg
+
+
+def test_duplicate_name_names_both_definitions() -> None:
+    reg = Registry("thing")
+
+    @reg.register("a")
+    def first() -> None: ...
+
+    with pytest.raises(RegistryError) as e:
+        @reg.register("a")
+        def second() -> None: ...
+    msg = str(e.value)
+    assert "duplicate thing name 'a'" in msg
+    import re
+
+    lines = re.findall(re.escape(__file__) + r":(\d+)", msg)
+    assert len(lines) == 2 and int(lines[0]) < int(lines[1])  # both definitions, by file and line
+
+
+def test_plugins_list_error_names_module() -> None:
+    with pytest.raises(ImportError, match="config 'plugins:' lists module 'no_such_plugin_mod'"):
+        load_plugin_modules(["no_such_plugin_mod"])
+
+
+def test_framework_imports_no_concrete_plugin() -> None:
+    for path in (REPO / "framework").rglob("*.py"):
+        text = path.read_text()
+        assert "from plugins" not in text and "import plugins." not in text.replace("import plugins\n", ""), path
+
+
+ENCODER_PKG = '''
+import torch
+from torch import nn
+from framework.registry import IMAGE_ENCODERS
+
+
+@IMAGE_ENCODERS.register("ext_patch_encoder")
+class PatchEncoder(nn.Module):
+    def __init__(self, width: int = 8, patch: int = 8):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, patch, stride=patch)
+        self.num_features = width
+
+    def forward(self, images):
+        return self.proj(images).flatten(2).transpose(1, 2)
+'''
+
+
+@pytest.mark.slow
+def test_entry_point_package_outside_the_repo_adds_an_image_encoder(tmp_path: Path) -> None:
+    """An installed package (a dist-info with entry_points.txt on sys.path, as pip writes it) registers an
+    encoder; a YAML uses it by name and trains, with nothing changed in framework/ or plugins/."""
+    site = tmp_path / "site"
+    (site / "ext_encoders").mkdir(parents=True)
+    (site / "ext_encoders" / "__init__.py").write_text(ENCODER_PKG)
+    info = site / "ext_encoders-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ext-encoders\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\next = ext_encoders\n")
+    cfg = toy_config(tmp_path / "out", max_iters=2)
+    cfg["model"]["image_encoder"] = {"name": "ext_patch_encoder", "width": 12}
+    path = write_yaml(tmp_path / "exp.yaml", cfg)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "tests")])}
+    proc = subprocess.run([sys.executable, "-m", "framework.train", "--cfg", str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["model"]["image_encoder"] == {
+        "name": "ext_patch_encoder", "width": 12, "patch": 8}
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if r["event"] == "train"] == [1, 2]

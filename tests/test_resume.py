@@ -1,0 +1,110 @@
+"""Checkpoints: exact resume after a kill, atomic writes, and mismatched weights named."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, read_log, toy_config, write_yaml
+from framework import checkpoint
+from framework.train import main as train_main
+
+
+def _wait_for(out: Path, min_iter: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    log = out / "log.jsonl"
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        if log.exists() and (out / "checkpoints" / "last.pt").exists():
+            lines = log.read_text().splitlines()
+            if lines and f'"iter": {min_iter},' in lines[-1]:
+                return
+        time.sleep(0.02)
+    raise TimeoutError("the run to be killed did not reach the iteration")
+
+
+@pytest.mark.slow
+def test_killed_run_resumed_with_auto_logs_exactly_the_same_losses(tmp_path: Path) -> None:
+    run = {"max_iters": 14, "checkpoint_every": 3, "eval_every": 5, "grad_clip": 1.0}
+    ref = toy_config(tmp_path / "ref", **run)
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "ref.yaml", ref))]) == 0
+
+    killed = toy_config(tmp_path / "killed", **run)
+    path = write_yaml(tmp_path / "killed.yaml", killed)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    proc = subprocess.Popen([sys.executable, "-m", "framework.train", "--cfg", str(path),
+                             "--options", "model.sleep_s=0.3"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "killed", 8, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    logged_before = [r["iter"] for r in read_log(tmp_path / "killed")]
+    assert 8 <= max(logged_before) < 14  # really stopped mid-run
+    assert train_main(["--cfg", str(path), "--resume", "auto"]) == 0
+
+    ref_log, resumed_log = read_log(tmp_path / "ref"), read_log(tmp_path / "killed")
+    assert [r["iter"] for r in resumed_log] == list(range(1, 15))
+    keys = ["loss", "loss_words", "loss_l2", "lr", "grad_norm", "epoch"]
+    assert [[r[k] for k in keys] for r in resumed_log] == [[r[k] for k in keys] for r in ref_log]  # bit for bit
+    assert read_log(tmp_path / "killed", "eval") == read_log(tmp_path / "ref", "eval")
+    a = checkpoint.load(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
+    b = checkpoint.load(tmp_path / "killed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_during_checkpoint_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"format": checkpoint.FORMAT, "iter": 1, "w": torch.ones(3)}, path)
+
+    def torn_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted in the middle of the write
+
+    monkeypatch.setattr(checkpoint.torch, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"format": checkpoint.FORMAT, "iter": 2}, path)
+    monkeypatch.undo()
+    assert checkpoint.load(path)["iter"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_of_another_model_names_the_keys(tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    cfg = toy_config(out, max_iters=1)
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "a.yaml", cfg))]) == 0
+    other = toy_config(tmp_path / "b", max_iters=1)
+    other["model"]["image_encoder"]["width"] = 8
+    other["model"]["checkpoint"] = str(out / "checkpoints" / "last.pt")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        from framework.cli import load_experiment
+        from framework.runner import Runner
+
+        Runner(load_experiment(str(write_yaml(tmp_path / "b.yaml", other))))
+    msg = str(e.value)
+    assert "keys with another shape" in msg and "image_encoder.body.0.weight (checkpoint (16, 3, 3, 3), model (8, 3, 3, 3))" in msg
+    assert not (tmp_path / "b").exists()
+
+
+def test_only_trainable_and_non_frozen_weights_are_saved() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    keys = set(checkpoint.trainable_state_dict(model))
+    assert keys == {"2.weight", "2.bias"}  # the frozen batch norm's running stats are not saved either
+
+
+def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "x.pt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(checkpoint.CheckpointError, match=r"x.pt is not a checkpoint of this framework"):
+        checkpoint.load(bad)
+    (tmp_path / "y.pt").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=r"y.pt cannot be read"):
+        checkpoint.load(tmp_path / "y.pt")

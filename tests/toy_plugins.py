@@ -1,0 +1,85 @@
+"""Parts registered by the tests themselves (listed under ``plugins:`` in test configs)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from framework import dist
+from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
+from framework.registry import DATASETS, MODELS, TASKS, Part, build
+from framework.task import Task
+from plugins.models.dual_encoder import hash_tokens
+
+
+@MODELS.register("toy_captioner")
+class ToyCaptioner(nn.Module):
+    """Predicts the caption's hashed words from the image: a per-sample loss, so one process with batch 8
+    and two with batch 4 compute the same gradient."""
+
+    def __init__(self, image_encoder: Part("image_encoder"), vocab: int = 64, dropout: float = 0.1,
+                 nan_at_step: Optional[int] = None, sleep_s: float = 0.0) -> None:
+        super().__init__()
+        self.image_encoder = build("image_encoder", image_encoder)
+        self.norm = nn.LayerNorm(self.image_encoder.num_features)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(self.image_encoder.num_features, vocab)
+        self.vocab, self.nan_at_step, self.sleep_s = vocab, nan_at_step, sleep_s
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        self.steps += 1
+        logits = self.head(self.drop(self.norm(self.image_encoder(batch["image"]).mean(1))))
+        ids = hash_tokens(batch["text_input"], self.vocab, 16).to(logits.device)
+        target = torch.zeros_like(logits).scatter_(1, ids, 1.0)[:, 1:]
+        loss_words = F.binary_cross_entropy_with_logits(logits[:, 1:], target)
+        loss_l2 = 1e-3 * logits.pow(2).mean()
+        if self.nan_at_step is not None and int(self.steps) == self.nan_at_step:
+            loss_words = loss_words * float("nan")
+        return {"loss": loss_words + loss_l2, "loss_words": loss_words, "loss_l2": loss_l2}
+
+
+@TASKS.register("toy_task")
+class ToyTask(Task):
+    """Trains with the model's loss; evaluation reports the mean loss (lower is better)."""
+
+    best_metric, best_mode = "loss", "min"
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        total, n = 0.0, 0
+        for batch in loader:
+            batch = {**batch, "text_input": [c[0] for c in batch["captions"]]}
+            total += float(model(batch)["loss"]) * len(batch["image"])
+            n += len(batch["image"])
+        parts = dist.all_gather_objects((total, n))
+        return {"loss": sum(t for t, _ in parts) / sum(c for _, c in parts)}
+
+
+class _Files(Dataset):
+    def __len__(self) -> int:
+        return 0
+
+
+@DATASETS.register("toy_files")
+class ToyFiles(DatasetBuilder):
+    """A builder over files the user must provide (to test missing-data errors)."""
+
+    how_to_get = "Download toy.json from https://example.org/toy and put it in the folder named by 'root'."
+
+    def __init__(self, entry: str, processors: ProcessorSpecs, root: str = "/nonexistent") -> None:
+        super().__init__(entry, processors)
+        self.root = Path(root)
+
+    def data_files(self, splits: List[str]) -> List[DataFile]:
+        return [DataFile(self.root / f"toy_{s}.json", f"{s} annotations") for s in splits]
+
+    def build(self, split: str) -> Dataset:
+        return _Files()
