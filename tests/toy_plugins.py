@@ -74,8 +74,8 @@ class ToyFiles(DatasetBuilder):
 
     how_to_get = "Download toy.json from https://example.org/toy and put it in the folder named by 'root'."
 
-    def __init__(self, entry: str, processors: ProcessorSpecs, root: str = "/nonexistent") -> None:
-        super().__init__(entry, processors)
+    def __init__(self, entry: str, *, processors: Optional[ProcessorSpecs] = None, root: str = "/nonexistent") -> None:
+        super().__init__(entry, processors=processors)
         self.root = Path(root)
 
     def data_files(self, splits: List[str]) -> List[DataFile]:

@@ -47,7 +47,8 @@ def compose(specs: List[Dict]) -> Optional[Pipeline]:
 
 
 class DatasetBuilder:
-    """Base class. Subclasses list their files, optionally prepare them, and build a split.
+    """Base class. Subclasses list their files, optionally prepare them, and build a split. Their arguments
+    are keyword-only (after ``*``) and are the keys of their ``datasets_cfg`` entries.
 
     ``processors`` maps ``train`` (the training split) and ``eval`` (every other split) to
     ``{image: [processor specs], text: [processor specs]}``.
@@ -55,9 +56,9 @@ class DatasetBuilder:
 
     how_to_get: str = "see the dataset's datasets_cfg entry for where the files come from"
 
-    def __init__(self, entry: str, processors: ProcessorSpecs) -> None:
+    def __init__(self, entry: str, *, processors: Optional[ProcessorSpecs] = None) -> None:
         self.entry = entry
-        self.processor_specs = processors
+        self.processor_specs = processors or {}
 
     def processors(self, split: str) -> Dict[str, Optional[Pipeline]]:
         key = "train" if split == "train" else "eval"
@@ -73,7 +74,7 @@ class DatasetBuilder:
         missing = [f for f in self.data_files(splits) if not f.generated and not f.path.exists()]
         if missing:
             lines = "\n  ".join(f"{f.role}: {f.path}" for f in missing)
-            raise MissingDataError(f"dataset entry {self.entry!r} (datasets_cfg/{self.entry}.yaml) is missing "
+            raise MissingDataError(f"dataset entry {self.entry!r} (datasets.{self.entry}, datasets_cfg/{self.entry}.yaml) is missing "
                                    f"{len(missing)} file(s):\n  {lines}\n{self.how_to_get}")
 
     def build(self, split: str) -> Dataset:

@@ -173,10 +173,10 @@ class ShapesBuilder(DatasetBuilder):
 
     how_to_get = "shapes is generated on first use; rerun, or delete the folder to regenerate it"
 
-    def __init__(self, entry: str, processors: ProcessorSpecs, annotations: Literal["caption", "vqa", "retrieval"],
-                 cache_dir: str = "~/.cache/blip2_framework", seed: int = 0, image_size: int = 64,
-                 num_images: Optional[Dict[str, int]] = None) -> None:
-        super().__init__(entry, processors)
+    def __init__(self, entry: str, *, annotations: Literal["caption", "vqa", "retrieval"],
+                 processors: Optional[ProcessorSpecs] = None, cache_dir: str = "~/.cache/blip2_framework",
+                 seed: int = 0, image_size: int = 64, num_images: Optional[Dict[str, int]] = None) -> None:
+        super().__init__(entry, processors=processors)
         self.annotations = annotations
         self.seed, self.image_size = seed, image_size
         self.num_images = dict(num_images or {"train": 2000, "val": 200, "test": 200})
