@@ -23,7 +23,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message names the keys."""
 
 
-def _frozen_prefixes(model: nn.Module) -> List[str]:
+def frozen_prefixes(model: nn.Module) -> List[str]:
     """Top-most submodules that hold parameters, none of them trainable (their buffers are frozen too)."""
     out: List[str] = []
     for name, module in model.named_modules():
@@ -37,7 +37,7 @@ def _frozen_prefixes(model: nn.Module) -> List[str]:
 
 def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The weights a checkpoint stores: trainable parameters and the buffers of non-frozen modules."""
-    frozen = _frozen_prefixes(model)
+    frozen = frozen_prefixes(model)
     fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
     return {k: v.detach() for k, v in model.state_dict().items()
             if k not in fixed and not any(k.startswith(p + ".") for p in frozen)}

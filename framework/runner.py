@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from contextlib import nullcontext
@@ -96,7 +97,7 @@ def _device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
@@ -156,6 +157,13 @@ class Runner:
         self.log = RunLog(self.out, self.cfg.tensorboard)
         logger.info("model %s\n%s", self.exp.model["name"], parameter_table(self.model))
 
+    def _train_mode(self) -> None:
+        """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
+        self.model.train()
+        modules = dict(self.model.named_modules())
+        for name in checkpoint.frozen_prefixes(self.model):
+            modules[name].eval()
+
     def _autocast(self):
         if self.cfg.amp == "off":
             return nullcontext()
@@ -186,12 +194,24 @@ class Runner:
             checkpoint.save_atomic(state, self.ckpt_dir / name)
         dist.barrier()
 
-    def _resume(self, path: Path) -> None:
+    def _read_resume(self, resume: Optional[str]) -> Optional[Dict[str, Any]]:
+        """``--resume auto|PATH``: read the checkpoint and load its weights (checking they fit), or None."""
+        if resume is None:
+            return None
+        path = self.ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.exists():
+            logger.info("--resume auto: no %s yet, starting from scratch", path)
+            return None
         ckpt = checkpoint.load(path)
         if ckpt["model_name"] != self.exp.model["name"]:
             raise checkpoint.CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, "
                                              f"this config builds {self.exp.model['name']!r}")
         checkpoint.load_model_weights(self.model, ckpt["model"], str(path))
+        ckpt["path"] = str(path)
+        return ckpt
+
+    def _restore(self, ckpt: Dict[str, Any]) -> None:
+        """Put optimizer, scaler, RNG and position back where the checkpoint left them."""
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         rngs = ckpt["rng"]
@@ -202,18 +222,7 @@ class Runner:
             checkpoint.set_rng_state(rngs[dist.rank()])
         self.it, self.best = ckpt["iter"], ckpt["best"]
         truncate_after(self.out / "log.jsonl", self.it)
-        logger.info("resumed from %s at iteration %d", path, self.it)
-
-    def resume_path(self, resume: Optional[str]) -> Optional[Path]:
-        if resume is None:
-            return None
-        if resume == "auto":
-            last = self.ckpt_dir / "last.pt"
-            if not last.exists():
-                logger.info("--resume auto: no %s yet, starting from scratch", last)
-                return None
-            return last
-        return Path(resume)
+        logger.info("resumed from %s at iteration %d", ckpt["path"], self.it)
 
     # ---------------------------------------------------------------------------------------------- data
     def _train_data(self) -> DataLoader:
@@ -228,9 +237,7 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------- train
     def train(self, resume: Optional[str] = None) -> Dict[str, Any]:
-        resume_from = self.resume_path(resume)
-        if resume_from is not None:
-            checkpoint.load(resume_from)  # fail on a bad file before writing anything
+        ckpt = self._read_resume(resume)  # a bad or mismatched checkpoint fails before output is written
         loader = self._train_data()
         iters_per_epoch = len(loader) // self.cfg.accum_steps
         if iters_per_epoch == 0:
@@ -242,12 +249,13 @@ class Runner:
         self.schedule = build_schedule(self.cfg.optimizer, total, iters_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.amp == "fp16")
         self.start_output()
-        if resume_from is not None:
-            self._resume(resume_from)
+        if ckpt is not None:
+            self._restore(ckpt)
         evals = self.eval_loaders(self.cfg.eval_splits)
+        self.best_key = f"{next(iter(evals))}/{self.task.best_metric}" if evals else None
         bar = tqdm(total=total, initial=self.it, desc="train", disable=not dist.is_main(), dynamic_ncols=True)
         profiler = self._profiler()
-        self.model.train()
+        self._train_mode()
         try:
             while self.it < total:
                 epoch, done = divmod(self.it, iters_per_epoch)
@@ -285,7 +293,7 @@ class Runner:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / self.cfg.accum_steps
         names = sorted(sums)
-        reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names]).cpu())
+        reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names])).cpu()
         values = dict(zip(names, reduced.tolist()))
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
@@ -324,8 +332,7 @@ class Runner:
             self.save("last.pt")
 
     def _update_best(self, metrics: Dict[str, float]) -> None:
-        first = next(iter(metrics), None)
-        key = f"{first.split('/')[0]}/{first.split('/')[1]}/{self.task.best_metric}" if first else None
+        key = self.best_key
         if key not in metrics:
             logger.warning("task metric %r not among the evaluation metrics %s: best.pt not updated",
                            self.task.best_metric, sorted(metrics))
@@ -346,7 +353,7 @@ class Runner:
             with self._autocast():
                 result = self.task.evaluate(self.model, loader)
             metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})
-        self.model.train()
+        self._train_mode()
         self.log.write("eval", self.it, metrics)
         logger.info("iteration %d: %s", self.it, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics

@@ -108,3 +108,29 @@ def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
     (tmp_path / "y.pt").write_bytes(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match=r"y.pt cannot be read"):
         checkpoint.load(tmp_path / "y.pt")
+
+
+def test_resume_from_another_models_checkpoint_fails_before_writing(tmp_path: Path, capsys) -> None:
+    cfg = toy_config(tmp_path / "a", max_iters=1)
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "a.yaml", cfg))]) == 0
+    other = toy_config(tmp_path / "b", max_iters=1)
+    other["model"]["vocab"] = 32
+    code = train_main(["--cfg", str(write_yaml(tmp_path / "b.yaml", other)),
+                       "--resume", str(tmp_path / "a" / "checkpoints" / "last.pt")])
+    assert code == 2
+    assert "head.weight (checkpoint (64, 16), model (32, 16))" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_frozen_parts_stay_in_eval_mode_and_out_of_the_checkpoint(tmp_path: Path) -> None:
+    from framework.cli import load_experiment
+    from framework.runner import Runner
+
+    cfg = toy_config(tmp_path / "out", max_iters=2)
+    cfg["model"]["freeze_encoder"] = True
+    runner = Runner(load_experiment(str(write_yaml(tmp_path / "e.yaml", cfg))))
+    runner.train()
+    # training steps: encoder in eval mode, head training; evaluation: both in eval mode
+    assert runner.model.modes_seen == {(False, True), (False, False)}
+    saved = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")["model"]
+    assert not any(k.startswith("image_encoder.") for k in saved) and "head.weight" in saved

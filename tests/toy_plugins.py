@@ -23,9 +23,10 @@ class ToyCaptioner(nn.Module):
     and two with batch 4 compute the same gradient."""
 
     def __init__(self, image_encoder: Part("image_encoder"), vocab: int = 64, dropout: float = 0.1,
-                 nan_at_step: Optional[int] = None, sleep_s: float = 0.0) -> None:
+                 nan_at_step: Optional[int] = None, sleep_s: float = 0.0, freeze_encoder: bool = False) -> None:
         super().__init__()
-        self.image_encoder = build("image_encoder", image_encoder)
+        self.image_encoder = build("image_encoder", image_encoder).requires_grad_(not freeze_encoder)
+        self.modes_seen: set = set()
         self.norm = nn.LayerNorm(self.image_encoder.num_features)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.image_encoder.num_features, vocab)
@@ -36,6 +37,7 @@ class ToyCaptioner(nn.Module):
         if self.sleep_s:
             time.sleep(self.sleep_s)
         self.steps += 1
+        self.modes_seen.add((self.image_encoder.training, self.head.training))
         logits = self.head(self.drop(self.norm(self.image_encoder(batch["image"]).mean(1))))
         ids = hash_tokens(batch["text_input"], self.vocab, 16).to(logits.device)
         target = torch.zeros_like(logits).scatter_(1, ids, 1.0)[:, 1:]
