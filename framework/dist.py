@@ -71,3 +71,21 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``t`` concatenated on dim 0, in rank order; gradients flow back to the rank that owns
+    each slice (summed over the ranks that used it). ``t`` itself in one process."""
+    if not is_dist():
+        return t
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(t), 0)
+
+
+def all_gather_no_grad(t: torch.Tensor) -> torch.Tensor:
+    if not is_dist():
+        return t
+    out = [torch.empty_like(t) for _ in range(world_size())]
+    dist.all_gather(out, t.contiguous())
+    return torch.cat(out, 0)

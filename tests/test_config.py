@@ -89,7 +89,7 @@ def test_unknown_registry_name_lists_names_and_closest(tmp_path: Path) -> None:
         _exp(tmp_path, lambda c: c["model"]["image_encoder"].update(name="conv_stm"))
     msg = str(e.value)
     assert "unknown image_encoder 'conv_stm'; did you mean 'conv_stem'?" in msg
-    assert "Registered image_encoder names: conv_stem" in msg and "model.image_encoder.name" in msg
+    assert "Registered image_encoder names: clip_vit_l, conv_stem, eva_vit_g." in msg and "model.image_encoder.name" in msg
 
 
 def test_dataset_entry_keys_are_validated_against_the_builder(tmp_path: Path) -> None:

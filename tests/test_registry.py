@@ -20,7 +20,7 @@ def test_unknown_name_lists_registered_names_and_closest_match() -> None:
         IMAGE_ENCODERS.get("convstem")
     msg = str(e.value)
     assert "unknown image_encoder 'convstem'; did you mean 'conv_stem'?" in msg
-    assert "Registered image_encoder names: conv_stem" in msg and ENTRY_POINT_GROUP in msg
+    assert "Registered image_encoder names: clip_vit_l, conv_stem, eva_vit_g." in msg and ENTRY_POINT_GROUP in msg
 
 
 def test_duplicate_name_names_both_definitions() -> None:

@@ -47,19 +47,22 @@ class DualEncoder(nn.Module):
     def no_weight_decay(self) -> List[str]:
         return ["temp"]
 
-    def image_embed(self, images: torch.Tensor) -> torch.Tensor:
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_proj(self.image_encoder(images).mean(1)), dim=-1)
 
-    def text_embed(self, texts: List[str]) -> torch.Tensor:
+    def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return image_features @ text_features.t()
+
+    def text_features(self, texts: List[str]) -> torch.Tensor:
         ids = hash_tokens(texts, self.vocab_size, self.max_words).to(self.word_embed.weight.device)
         mask = (ids > 0).unsqueeze(-1).float()
         pooled = (self.word_embed(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        img = self.image_embed(batch["image"])
-        txt = self.text_embed(batch["text_input"])
-        logits = img @ txt.t() / self.temp.clamp(min=1e-3)
+        img = self.image_features(batch["image"])
+        txt = self.text_features(batch["text_input"])
+        logits = self.similarity(img, txt) / self.temp.clamp(min=1e-3)
         # captions of the same image are positives too (several captions per image in a batch)
         ids = batch["image_id"]
         target = (ids[:, None] == ids[None, :]).float()

@@ -1,27 +1,58 @@
-"""``retrieval``: image-text retrieval, R@1/5/10 in both directions from embedding similarities."""
+"""``retrieval``: image-text retrieval, R@1/5/10 in both directions from ITC similarities."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from framework import dist
+from framework.models.interfaces import Retrievable
 from framework.registry import TASKS
 from framework.task import Task
 
 
-def recall_at_k(sims: torch.Tensor, positives: List[List[int]], ks=(1, 5, 10)) -> Dict[int, float]:
+def recall_at_k(sims: torch.Tensor, positives: List[List[int]], ks: Sequence[int] = (1, 5, 10)) -> Dict[int, float]:
     """Percentage of queries (rows of ``sims``) with a positive among their top k columns."""
     order = sims.argsort(dim=1, descending=True)
-    ranks = torch.tensor([min(int((order[q] == p).nonzero()[0]) for p in pos) for q, pos in enumerate(positives)])
-    return {k: 100.0 * float((ranks < k).float().mean()) for k in ks}
+    hit = torch.zeros_like(order, dtype=torch.bool)
+    for q, pos in enumerate(positives):
+        hit[q] = torch.isin(order[q], torch.tensor(pos))
+    first = hit.float().argmax(1)  # rank of the best-placed positive
+    return {k: 100.0 * float((first < k).float().mean()) for k in ks}
+
+
+@torch.no_grad()
+def itc_similarities(model: Retrievable, loader: DataLoader, text_batch_size: int) -> torch.Tensor:
+    """[images, texts] similarities over a retrieval split; images split across ranks, then gathered."""
+    data = loader.dataset
+    device = next(model.parameters()).device
+    local = {}
+    for batch in loader:
+        feats = model.image_features(batch["image"].to(device)).float().cpu()
+        local.update(zip(batch["index"].tolist(), feats))
+    merged: Dict[int, torch.Tensor] = {}
+    for part in dist.all_gather_objects(local):
+        merged.update(part)
+    images = torch.stack([merged[i] for i in range(len(data))])
+    texts = torch.cat([model.text_features(data.texts[i:i + text_batch_size]).float().cpu()
+                       for i in range(0, len(data.texts), text_batch_size)])
+    return model.similarity(images, texts)
+
+
+def retrieval_metrics(sims: torch.Tensor, img2txt: List[List[int]], txt2img: List[int]) -> Dict[str, float]:
+    i2t = recall_at_k(sims, img2txt)
+    t2i = recall_at_k(sims.t(), [[j] for j in txt2img])
+    out = {f"txt_r{k}": v for k, v in i2t.items()} | {f"img_r{k}": v for k, v in t2i.items()}
+    out["r_mean"] = sum(out.values()) / len(out)
+    return out
 
 
 @TASKS.register("retrieval")
 class Retrieval(Task):
-    """Trains with the model's own loss; evaluates with ``model.image_embed`` / ``model.text_embed``.
+    """Trains with the model's own loss; evaluates R@1/5/10 (``txt_r*``: image->text, ``img_r*``: text->image)
+    from the model's ITC similarities (see :class:`framework.models.interfaces.Retrievable`).
 
     Args:
         text_batch_size: texts embedded per forward pass at evaluation.
@@ -36,19 +67,4 @@ class Retrieval(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         data = loader.dataset
-        local = {}
-        for batch in loader:
-            emb = model.image_embed(batch["image"].to(next(model.parameters()).device)).float().cpu()
-            local.update(zip(batch["index"].tolist(), emb))
-        merged = {}
-        for part in dist.all_gather_objects(local):
-            merged.update(part)
-        images = torch.stack([merged[i] for i in range(len(data))])
-        texts = torch.cat([model.text_embed(data.texts[i:i + self.text_batch_size]).float().cpu()
-                           for i in range(0, len(data.texts), self.text_batch_size)])
-        sims = images @ texts.t()
-        i2t = recall_at_k(sims, data.img2txt)
-        t2i = recall_at_k(sims.t(), [[j] for j in data.txt2img])
-        out = {f"txt_r{k}": v for k, v in i2t.items()} | {f"img_r{k}": v for k, v in t2i.items()}
-        out["r_mean"] = sum(out.values()) / len(out)
-        return out
+        return retrieval_metrics(itc_similarities(model, loader, self.text_batch_size), data.img2txt, data.txt2img)

@@ -1,0 +1,116 @@
+"""What every image encoder plugin shares: freezing, storage precision, size checks and weight loading.
+
+Contract: ``forward(images[B,3,H,W]) -> tokens[B,N,D]`` and ``num_features`` (= D).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Literal, Optional, Tuple
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from framework.logs import logger
+
+Precision = Literal["fp32", "fp16", "bf16"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+KeyMap = Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]
+
+
+class WeightLoadError(RuntimeError):
+    pass
+
+
+def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightLoadError(f"image encoder weights {path} do not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict", "module"):  # checkpoints that nest the weights one level down
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    return state
+
+
+class ImageEncoder(nn.Module):
+    """Wraps a timm vision transformer whose final norm is removed: the tokens of its last kept block.
+
+    ``freeze``: no gradients, always in eval mode, run under ``no_grad``; stored in ``precision``.
+    """
+
+    def __init__(self, vit: nn.Module, image_size: int, freeze: bool, precision: Precision) -> None:
+        super().__init__()
+        vit.norm = nn.Identity()
+        self.vit = vit
+        self.image_size = image_size
+        self.num_features = vit.embed_dim
+        self.frozen = freeze
+        if freeze:
+            self.requires_grad_(False)
+            self.to(DTYPES[precision])
+            super().train(False)
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        return super().train(mode and not self.frozen)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"image encoder built for {self.image_size}x{self.image_size} images got "
+                             f"{tuple(images.shape[-2:])}; set the encoder's image_size to the processor's size "
+                             f"(position embeddings are interpolated when weights are loaded) or resize the images")
+        dtype = self.vit.pos_embed.dtype
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            return self.vit.forward_features(images.to(dtype))
+
+    def load_pretrained(self, path: str, key_map: KeyMap) -> None:
+        """Load ``path`` through ``key_map`` (source keys -> ours, with the reason for every key left out)."""
+        mapped, dropped = key_map(read_state_dict(path))
+        if "vit.pos_embed" in mapped and mapped["vit.pos_embed"].shape != self.vit.pos_embed.shape:
+            grid = self.image_size // self.vit.patch_embed.patch_size[0]
+            mapped["vit.pos_embed"] = resample_abs_pos_embed(mapped["vit.pos_embed"].float(), (grid, grid),
+                                                             num_prefix_tokens=1)
+            logger.info("interpolated the position embeddings of %s to %dx%d patches", path, grid, grid)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(mapped))
+        unknown = sorted(set(mapped) - set(own))
+        shapes = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in mapped
+                  if k in own and mapped[k].shape != own[k].shape]
+        if missing or unknown or shapes:
+            raise WeightLoadError(f"{path} does not fit this encoder: missing {missing[:10]} "
+                                  f"({len(missing)}), unknown {unknown[:10]} ({len(unknown)}), shapes {shapes[:10]}")
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()})
+        for reason in sorted(set(dropped.values())):
+            keys = [k for k, r in dropped.items() if r == reason]
+            logger.info("%s: %d keys not used (%s): %s%s", path, len(keys), reason, ", ".join(keys[:6]),
+                        " ..." if len(keys) > 6 else "")
+
+
+def prefix_map(state: Dict[str, torch.Tensor], rename: List[Tuple[str, str]], keep_blocks: int,
+               block_prefix: str, unused: Dict[str, str]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Rename keys by ordered (source prefix, our prefix) rules. Blocks at index >= ``keep_blocks`` and keys
+    with a prefix in ``unused`` (prefix -> reason) are reported as left out; any other key is an error."""
+    out, dropped, unmapped = {}, {}, []
+    for key, value in state.items():
+        if key.startswith(block_prefix) and int(key[len(block_prefix):].split(".")[0]) >= keep_blocks:
+            dropped[key] = "blocks after the one whose tokens BLIP-2 uses"
+            continue
+        reason = next((r for p, r in unused.items() if key.startswith(p)), None)
+        if reason is not None:
+            dropped[key] = reason
+            continue
+        for src, dst in rename:
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+                break
+        else:
+            unmapped.append(key)
+    if unmapped:
+        raise WeightLoadError(f"{len(unmapped)} keys have no place in the encoder: {', '.join(unmapped[:12])}"
+                              f"{' ...' if len(unmapped) > 12 else ''}")
+    return out, dropped

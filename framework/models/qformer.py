@@ -1,0 +1,373 @@
+"""The Q-Former: a BERT whose learned query tokens cross-attend to frozen image tokens.
+
+One sequence holds ``Q`` query positions followed by ``T`` text positions. Every layer runs self-attention
+over the whole sequence under a mask that says who sees whom (:func:`attention_mask`); every
+``cross_attention_freq``-th layer lets the query positions (only) cross-attend to the image tokens; the
+feed-forward is a separate one for query positions and for text positions. The three BLIP-2 objectives are
+three masks over the same weights:
+
+* ``itc`` (unimodal): queries see queries, text sees text: query outputs and text [CLS] are independent;
+* ``itm`` (bidirectional): everything sees everything (padding excepted);
+* ``itg`` (multimodal causal): queries see queries; text sees the queries and earlier text.
+
+All attention goes through ``scaled_dot_product_attention`` with one boolean mask built per batch.
+Self-attention projections are fused (one ``qkv`` matmul; one ``kv`` matmul for cross-attention).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Mode = Literal["itc", "itm", "itg"]
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+def attention_mask(n_query: int, text_mask: Optional[torch.Tensor], mode: Mode, batch: int = 1,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
+    """Boolean ``[B, 1, Q+T, Q+T]`` mask (True: may attend) for ``n_query`` queries then text.
+
+    ``text_mask`` is ``[B, T]`` (1 for tokens, 0 for padding) or None for no text.
+    """
+    if text_mask is not None:
+        batch, device = text_mask.shape[0], text_mask.device
+    n_text = 0 if text_mask is None else text_mask.shape[1]
+    n = n_query + n_text
+    is_query = torch.arange(n, device=device) < n_query
+    if mode == "itm":
+        allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+    elif mode == "itc":
+        allowed = is_query[:, None] == is_query[None, :]
+    elif mode == "itg":
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        allowed = (is_query[None, :] | causal) & (~is_query[:, None] | is_query[None, :])
+    else:
+        raise ValueError(f"unknown attention mode {mode!r}; one of itc, itm, itg")
+    keys = torch.ones(batch, n, dtype=torch.bool, device=device)
+    if text_mask is not None:
+        keys[:, n_query:] = text_mask.bool()
+    return (allowed[None] & keys[:, None, :])[:, None]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"Q-Former hidden_size {dim} is not a multiple of num_heads {heads}")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: Optional[KV] = None) -> Tuple[torch.Tensor, KV]:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, n, d), (k, v)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, kv_dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(kv_dim, 2 * dim)
+
+    def forward(self, x: torch.Tensor, image: torch.Tensor, image_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(image).view(b, image.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        mask = None if image_mask is None else image_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, n, d)
+
+
+class AddNorm(nn.Module):
+    """BERT's output block: LayerNorm(residual + dropout(dense(x)))."""
+
+    def __init__(self, d_in: int, d_out: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+        self.ln = nn.LayerNorm(d_out, eps=eps)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.ln(residual + self.drop(self.dense(x)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.out = AddNorm(hidden, dim, eps, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.fc1(x)), x)
+
+
+class QFormerLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int, vision_width: int, cross: bool, eps: float,
+                 dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        self.attn = SelfAttention(dim, heads, attn_dropout)
+        self.attn_out = AddNorm(dim, dim, eps, dropout)
+        self.cross = CrossAttention(dim, vision_width, heads, attn_dropout) if cross else None
+        self.cross_out = AddNorm(dim, dim, eps, dropout) if cross else None
+        self.ffn_query = FeedForward(dim, ffn, eps, dropout)
+        self.ffn_text = FeedForward(dim, ffn, eps, dropout)
+
+    def forward(self, x: torch.Tensor, n_query: int, mask: torch.Tensor, image: Optional[torch.Tensor],
+                image_mask: Optional[torch.Tensor], past: Optional[KV]) -> Tuple[torch.Tensor, KV]:
+        a, present = self.attn(x, mask, past)
+        x = self.attn_out(a, x)
+        query, text = x[:, :n_query], x[:, n_query:]
+        parts = []
+        if n_query:
+            if self.cross is not None:
+                if image is None:
+                    raise ValueError("the Q-Former's query positions need image tokens (image=None was given)")
+                query = self.cross_out(self.cross(query, image, image_mask), query)
+            parts.append(self.ffn_query(query))
+        if text.shape[1]:
+            parts.append(self.ffn_text(text))
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0], present
+
+
+class LMHead(nn.Module):
+    """BERT's prediction head; the decoder weight is tied to the word embeddings."""
+
+    def __init__(self, dim: int, eps: float, embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.ln = nn.LayerNorm(dim, eps=eps)
+        self.embeddings = [embeddings]  # a list: not a submodule, so the weight is stored once
+        self.bias = nn.Parameter(torch.zeros(embeddings.num_embeddings))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.ln(F.gelu(self.dense(x))), self.embeddings[0].weight, self.bias)
+
+
+@dataclass
+class QFormerOutput:
+    hidden: torch.Tensor  # [B, Q+T, H] (only the new positions when ``past`` was given)
+    past: Optional[List[KV]]  # per layer, keys/values of the query positions (``cache_queries=True``)
+
+
+class QFormer(nn.Module):
+    """Args:
+        vision_width: width of the image tokens the queries cross-attend to.
+        hidden_size, num_layers, num_heads, intermediate_size: the BERT sizes (BERT-base by default).
+        vocab_size: the BERT vocabulary; one more row is added for the [DEC] token that starts ITG text.
+        num_query_tokens: learned queries. cross_attention_freq: layer i has cross-attention if i % freq == 0.
+        max_position_embeddings, layer_norm_eps, dropout, attention_dropout: as BERT's config.
+    """
+
+    def __init__(self, vision_width: int, hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12,
+                 intermediate_size: int = 3072, vocab_size: int = 30522, num_query_tokens: int = 32,
+                 cross_attention_freq: int = 2, max_position_embeddings: int = 512, layer_norm_eps: float = 1e-12,
+                 dropout: float = 0.1, attention_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.hidden_size, self.num_heads, self.vocab_size = hidden_size, num_heads, vocab_size
+        self.dec_token_id = vocab_size
+        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, hidden_size) * 0.02)
+        self.word_embeddings = nn.Embedding(vocab_size + 1, hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
+        self.emb_ln = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.emb_drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            QFormerLayer(hidden_size, num_heads, intermediate_size, vision_width, i % cross_attention_freq == 0,
+                         layer_norm_eps, dropout, attention_dropout) for i in range(num_layers))
+        self.lm_head = LMHead(hidden_size, layer_norm_eps, self.word_embeddings)
+        self.apply(_init_bert)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.query_tokens.shape[1]
+
+    def embed(self, input_ids: Optional[torch.Tensor], with_queries: bool, batch: int) -> torch.Tensor:
+        parts = [self.query_tokens.expand(batch, -1, -1)] if with_queries else []
+        if input_ids is not None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+            parts.append(self.word_embeddings(input_ids) + self.position_embeddings(pos))
+        return self.emb_drop(self.emb_ln(torch.cat(parts, 1)))
+
+    def forward(self, mode: Mode, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
+                text_mask: Optional[torch.Tensor] = None, with_queries: bool = True,
+                image_mask: Optional[torch.Tensor] = None, past: Optional[List[KV]] = None,
+                cache_queries: bool = False) -> QFormerOutput:
+        """Run the Q-Former over [queries (unless ``with_queries=False`` or cached in ``past``), text].
+
+        ``past`` holds the query positions' keys/values from an earlier call with ``cache_queries=True``
+        (ITG reuses the ITC pass's queries instead of recomputing them).
+        """
+        batch = (image if image is not None else input_ids).shape[0]
+        queries_here = with_queries and past is None
+        n_query = self.num_query_tokens if with_queries else 0
+        x = self.embed(input_ids, queries_here, batch)
+        if text_mask is None and input_ids is not None:
+            text_mask = torch.ones_like(input_ids)
+        mask = attention_mask(n_query, text_mask, mode, batch, x.device)
+        if past is not None:
+            mask = mask[:, :, n_query:]  # rows: the text positions computed now; columns: cached queries + text
+        presents: List[KV] = []
+        n_here = n_query if queries_here else 0
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, n_here, mask, image, image_mask, None if past is None else past[i])
+            if cache_queries:
+                presents.append((k[:, :, :n_query], v[:, :, :n_query]))
+        return QFormerOutput(x, presents if cache_queries else None)
+
+
+def _init_bert(m: nn.Module) -> None:
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# ------------------------------------------------------------------------------------------ weight key maps
+class NotABertCheckpoint(ValueError):
+    pass
+
+
+def _bert_layer_map(src: str, dst: str) -> Dict[str, str]:
+    """BERT layer names -> ours, for one layer; ``*`` stands for weight/bias."""
+    return {
+        f"{src}.attention.output.dense": f"{dst}.attn_out.dense",
+        f"{src}.attention.output.LayerNorm": f"{dst}.attn_out.ln",
+        f"{src}.intermediate.dense": f"{dst}.ffn_text.fc1",
+        f"{src}.output.dense": f"{dst}.ffn_text.out.dense",
+        f"{src}.output.LayerNorm": f"{dst}.ffn_text.out.ln",
+    }
+
+
+def read_bert_folder(folder: str | Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(config.json, state dict) of a Hugging Face BERT folder; clear errors for anything else."""
+    folder = Path(folder).expanduser()
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise NotABertCheckpoint(f"{folder} is not a Hugging Face BERT folder: no config.json. Expected "
+                                 f"config.json, vocab.txt and model.safetensors (or pytorch_model.bin), e.g. "
+                                 f"bert-base-uncased from https://huggingface.co/bert-base-uncased")
+    config = json.loads(cfg_file.read_text())
+    if config.get("model_type") != "bert":
+        raise NotABertCheckpoint(f"{cfg_file}: model_type is {config.get('model_type')!r}, not 'bert'")
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise NotABertCheckpoint(f"{folder}: no model.safetensors or pytorch_model.bin weights")
+    state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
+    return config, state
+
+
+BERT_SIZE_KEYS = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers",
+                  "num_attention_heads": "num_heads", "intermediate_size": "intermediate_size",
+                  "vocab_size": "vocab_size", "max_position_embeddings": "max_position_embeddings"}
+
+
+def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
+    """Initialise from a BERT checkpoint: embeddings, self-attention and the text feed-forward from BERT, the
+    query feed-forward copied from the text one, cross-attention left new. Returns the BERT keys not used."""
+    config, state = read_bert_folder(folder)
+    ours = {"hidden_size": qformer.hidden_size, "num_layers": len(qformer.layers), "num_heads": qformer.num_heads,
+            "intermediate_size": qformer.layers[0].ffn_text.fc1.out_features, "vocab_size": qformer.vocab_size,
+            "max_position_embeddings": qformer.position_embeddings.num_embeddings}
+    wrong = [f"{ours_key}: {ours[ours_key]} (BERT {bert_key}: {config.get(bert_key)})"
+             for bert_key, ours_key in BERT_SIZE_KEYS.items() if config.get(bert_key) != ours[ours_key]]
+    if wrong:
+        raise NotABertCheckpoint(f"the Q-Former's sizes do not match the BERT checkpoint {folder}: "
+                                 + "; ".join(wrong) + ". Set those Q-Former keys to the checkpoint's values.")
+    new: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def take(src: str, dst: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{src}.{suffix}" in state:
+                new[f"{dst}.{suffix}"] = state[f"{src}.{suffix}"]
+                used.add(f"{src}.{suffix}")
+
+    word = state["embeddings.word_embeddings.weight"]
+    new["word_embeddings.weight"] = torch.cat([word, qformer.word_embeddings.weight.detach()[-1:].to(word)])
+    used.add("embeddings.word_embeddings.weight")
+    take("embeddings.position_embeddings", "position_embeddings")
+    take("embeddings.LayerNorm", "emb_ln")
+    for i in range(len(qformer.layers)):
+        src, dst = f"encoder.layer.{i}", f"layers.{i}"
+        for suffix in ("weight", "bias"):
+            new[f"{dst}.attn.qkv.{suffix}"] = torch.cat(
+                [state[f"{src}.attention.self.{p}.{suffix}"] for p in ("query", "key", "value")])
+            used.update(f"{src}.attention.self.{p}.{suffix}" for p in ("query", "key", "value"))
+        for s, d in _bert_layer_map(src, dst).items():
+            take(s, d)
+        for suffix in ("weight", "bias"):  # the query feed-forward starts as a copy of the text one
+            new[f"{dst}.ffn_query.fc1.{suffix}"] = new[f"{dst}.ffn_text.fc1.{suffix}"]
+            new[f"{dst}.ffn_query.out.dense.{suffix}"] = new[f"{dst}.ffn_text.out.dense.{suffix}"]
+            new[f"{dst}.ffn_query.out.ln.{suffix}"] = new[f"{dst}.ffn_text.out.ln.{suffix}"]
+    take("cls.predictions.transform.dense", "lm_head.dense")
+    take("cls.predictions.transform.LayerNorm", "lm_head.ln")
+    if "cls.predictions.bias" in state:
+        bias = state["cls.predictions.bias"]
+        new["lm_head.bias"] = torch.cat([bias, bias.new_zeros(1)])
+        used.add("cls.predictions.bias")
+    missing, unexpected = qformer.load_state_dict(new, strict=False)
+    assert not unexpected, unexpected  # our own map: a bug if it names a key we do not have
+    return sorted(set(state) - used)
+
+
+def state_from_hf_qformer(hf: Dict[str, torch.Tensor], query_tokens: Optional[torch.Tensor] = None
+                          ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Map a transformers ``Blip2QFormerModel`` state dict (keys below ``qformer.``) onto ours.
+
+    Returns (our state dict, the HF keys that have no place in ours)."""
+    out: Dict[str, torch.Tensor] = {}
+    used = set()
+
+    def take(src: str, dst: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{src}.{suffix}" in hf:
+                out[f"{dst}.{suffix}"] = hf[f"{src}.{suffix}"]
+                used.add(f"{src}.{suffix}")
+
+    def fuse(srcs: List[str], dst: str) -> None:
+        for suffix in ("weight", "bias"):
+            out[f"{dst}.{suffix}"] = torch.cat([hf[f"{s}.{suffix}"] for s in srcs])
+            used.update(f"{s}.{suffix}" for s in srcs)
+
+    take("layernorm", "emb_ln")
+    take("embeddings.layernorm", "emb_ln")
+    take("embeddings.word_embeddings", "word_embeddings")
+    take("embeddings.position_embeddings", "position_embeddings")
+    layers = sorted({int(k.split(".")[2]) for k in hf if k.startswith("encoder.layer.")})
+    for i in layers:
+        s, d = f"encoder.layer.{i}", f"layers.{i}"
+        fuse([f"{s}.attention.attention.{p}" for p in ("query", "key", "value")], f"{d}.attn.qkv")
+        take(f"{s}.attention.output.dense", f"{d}.attn_out.dense")
+        take(f"{s}.attention.output.LayerNorm", f"{d}.attn_out.ln")
+        if f"{s}.crossattention.attention.query.weight" in hf:
+            take(f"{s}.crossattention.attention.query", f"{d}.cross.q")
+            fuse([f"{s}.crossattention.attention.{p}" for p in ("key", "value")], f"{d}.cross.kv")
+            take(f"{s}.crossattention.output.dense", f"{d}.cross_out.dense")
+            take(f"{s}.crossattention.output.LayerNorm", f"{d}.cross_out.ln")
+        for ffn, (inter, output) in {"ffn_query": ("intermediate_query", "output_query"),
+                                     "ffn_text": ("intermediate", "output")}.items():
+            take(f"{s}.{inter}.dense", f"{d}.{ffn}.fc1")
+            take(f"{s}.{output}.dense", f"{d}.{ffn}.out.dense")
+            take(f"{s}.{output}.LayerNorm", f"{d}.{ffn}.out.ln")
+    if query_tokens is not None:
+        out["query_tokens"] = query_tokens
+    return out, sorted(set(hf) - used)
