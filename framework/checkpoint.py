@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List
 
@@ -43,10 +44,24 @@ def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
             if k not in fixed and not any(k.startswith(p + ".") for p in frozen)}
 
 
-def _head(keys: Iterable[str], n: int = 12) -> str:
-    keys = sorted(keys)
-    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
+def summarize_keys(keys: Iterable[str], n: int = 12) -> str:
+    """Weight names, readable: keys that differ only in a layer index fold into ``encoder.layer.2-5.*``."""
+    indices: Dict[str, set] = {}
+    counts: Dict[str, int] = {}
+    parts: List[str] = []
+    for k in sorted(keys):
+        m = re.match(r"^(.*?\.)(\d+)\.", k)
+        if m is None:
+            parts.append(k)
+            continue
+        indices.setdefault(m.group(1), set()).add(int(m.group(2)))
+        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    for prefix, idx in indices.items():
+        lo, hi = min(idx), max(idx)
+        span = f"{lo}-{hi}" if hi > lo and len(idx) == hi - lo + 1 else ",".join(map(str, sorted(idx)))
+        parts.insert(0, f"{prefix}{span}.* ({counts[prefix]} keys)")
+    more = f" ... and {len(parts) - n} more" if len(parts) > n else ""
+    return ", ".join(parts[:n]) + more
 
 
 def load_model_weights(model: nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
@@ -59,11 +74,12 @@ def load_model_weights(model: nn.Module, weights: Dict[str, torch.Tensor], sourc
               for k in set(weights) & set(own) if weights[k].shape != own[k].shape]
     problems = []
     if unexpected:
-        problems.append(f"{len(unexpected)} keys the model does not have: {_head(unexpected)}")
+        problems.append(f"{len(unexpected)} keys the model does not have: {summarize_keys(unexpected)}")
     if missing:
-        problems.append(f"{len(missing)} trainable keys the checkpoint lacks: {_head(missing)}")
+        problems.append(f"{len(missing)} trainable keys the checkpoint lacks: {summarize_keys(missing)}")
     if shapes:
-        problems.append(f"{len(shapes)} keys with another shape: {_head(shapes)}")
+        more = f" ... and {len(shapes) - 12} more" if len(shapes) > 12 else ""
+        problems.append(f"{len(shapes)} keys with another shape: {', '.join(sorted(shapes)[:12])}{more}")
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit model {type(model).__name__}:\n  "
                               + "\n  ".join(problems)

@@ -3,7 +3,8 @@
 A config is a YAML file. ``_base_: path`` or ``_base_: [a.yaml, b.yaml]`` (relative to the including file)
 names files it inherits: the bases are deep-merged in order, then the file itself; later wins, a list is
 replaced, not appended. ``--options a.b=c`` overrides come last, typed as YAML types them (``3`` is an int,
-``3.0`` a float, ``[1,2]`` a list, ``null`` None).
+``3.0`` a float, ``[1,2]`` a list, ``null`` None). Interpolations: ``${oc.env:VAR,default}`` and
+``${pkg:package_name}`` (the folder of an installed package, e.g. a BERT shipped on PyPI).
 
 Validation is against schemas that live next to the code reading each section: dataclasses (for example
 :class:`framework.runner.RunConfig`) and the keyword signatures of registered parts (a section
@@ -29,6 +30,20 @@ from framework.registry import REGISTRIES, PartOf, RegistryError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_CFG_DIR = REPO_ROOT / "datasets_cfg"
+
+
+def _package_dir(name: str) -> str:
+    """``${pkg:name}``: the folder of an installed Python package (for files shipped inside packages)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"${{pkg:{name}}}: no installed package {name!r}; pip install it or give a path")
+    return str(Path(list(spec.submodule_search_locations)[0]))
+
+
+if not OmegaConf.has_resolver("pkg"):
+    OmegaConf.register_resolver("pkg", _package_dir)
 
 
 class ConfigError(ValueError):

@@ -73,14 +73,30 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward sums every rank's gradient of the gathered tensor and returns this rank's
+    slice (an all_reduce: gloo has no reduce_scatter and its all_to_all is unreliable)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = [torch.empty_like(t) for _ in range(world_size())]
+        dist.all_gather(out, t.contiguous())
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        n = grad.shape[0] // world_size()
+        return grad[rank() * n:(rank() + 1) * n]
+
+
 def all_gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """Every rank's ``t`` concatenated on dim 0, in rank order; gradients flow back to the rank that owns
     each slice (summed over the ranks that used it). ``t`` itself in one process."""
     if not is_dist():
         return t
-    import torch.distributed.nn.functional as dist_nn
-
-    return torch.cat(dist_nn.all_gather(t), 0)
+    return _GatherWithGrad.apply(t)
 
 
 def all_gather_no_grad(t: torch.Tensor) -> torch.Tensor:

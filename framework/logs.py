@@ -30,7 +30,6 @@ def setup_console() -> None:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
         logger.setLevel(logging.INFO if dist.is_main() else logging.WARNING)
-        logger.propagate = False
 
 
 class RunLog:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -253,7 +254,9 @@ class Runner:
             self._restore(ckpt)
         evals = self.eval_loaders(self.cfg.eval_splits)
         self.best_key = f"{next(iter(evals))}/{self.task.best_metric}" if evals else None
-        bar = tqdm(total=total, initial=self.it, desc="train", disable=not dist.is_main(), dynamic_ncols=True)
+        # in a log file (no terminal) a progress line every 30 s, not a flood of carriage returns
+        bar = tqdm(total=total, initial=self.it, desc="train", disable=not dist.is_main(), dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
         profiler = self._profiler()
         self._train_mode()
         try:
@@ -313,7 +316,7 @@ class Runner:
         self.it += 1
         dt = time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
         if self.it % self.cfg.log_every == 0 or self.it == 1:
             record = {"epoch": epoch, "lr": lr, **values, "sec_per_iter": dt,
                       "samples_per_sec": n_samples * dist.world_size() / dt}

@@ -11,6 +11,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from framework.checkpoint import FORMAT, CheckpointError
 from framework.logs import logger
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -18,8 +19,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KeyMap = Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]
 
 
-class WeightLoadError(RuntimeError):
-    pass
+class WeightLoadError(CheckpointError):
+    """Image encoder weights that cannot be read or do not fit; the message names the keys."""
 
 
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
@@ -32,6 +33,8 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") == FORMAT:
+        return state
     for wrapper in ("model", "state_dict", "module"):  # checkpoints that nest the weights one level down
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
@@ -69,8 +72,20 @@ class ImageEncoder(nn.Module):
             return self.vit.forward_features(images.to(dtype))
 
     def load_pretrained(self, path: str, key_map: KeyMap) -> None:
-        """Load ``path`` through ``key_map`` (source keys -> ours, with the reason for every key left out)."""
-        mapped, dropped = key_map(read_state_dict(path))
+        """Load ``path`` through ``key_map`` (source keys -> ours, with the reason for every key left out).
+
+        ``path`` may also be one of our own checkpoints of a model holding this encoder (e.g. the demo's
+        ``attribute_classifier``): its ``...vit.*`` weights are taken as they are."""
+        state = read_state_dict(path)
+        if state.get("format") == FORMAT:
+            weights = state["model"]
+            ours = {k: k[k.index("vit."):] for k in weights if k.startswith("vit.") or ".vit." in k}
+            mapped = {new: weights[k] for k, new in ours.items()}
+            dropped = {k: "not part of the image encoder" for k in weights if k not in ours}
+            if not mapped:
+                raise WeightLoadError(f"checkpoint {path} holds no image encoder weights (no '...vit.' keys)")
+        else:
+            mapped, dropped = key_map(state)
         if "vit.pos_embed" in mapped and mapped["vit.pos_embed"].shape != self.vit.pos_embed.shape:
             grid = self.image_size // self.vit.patch_embed.patch_size[0]
             mapped["vit.pos_embed"] = resample_abs_pos_embed(mapped["vit.pos_embed"].float(), (grid, grid),

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.config import ConfigError
+
 Mode = Literal["itc", "itm", "itg"]
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -237,8 +239,8 @@ def _init_bert(m: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------ weight key maps
-class NotABertCheckpoint(ValueError):
-    pass
+class NotABertCheckpoint(ConfigError):
+    """``model.qformer.bert`` names something that is not a usable BERT folder."""
 
 
 def _bert_layer_map(src: str, dst: str) -> Dict[str, str]:
@@ -282,13 +284,16 @@ BERT_SIZE_KEYS = {"hidden_size": "hidden_size", "num_hidden_layers": "num_layers
 
 def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
     """Initialise from a BERT checkpoint: embeddings, self-attention and the text feed-forward from BERT, the
-    query feed-forward copied from the text one, cross-attention left new. Returns the BERT keys not used."""
+    query feed-forward copied from the text one, cross-attention left new. A Q-Former with fewer layers than
+    the BERT takes its first layers. Returns the BERT keys not used."""
     config, state = read_bert_folder(folder)
     ours = {"hidden_size": qformer.hidden_size, "num_layers": len(qformer.layers), "num_heads": qformer.num_heads,
             "intermediate_size": qformer.layers[0].ffn_text.fc1.out_features, "vocab_size": qformer.vocab_size,
             "max_position_embeddings": qformer.position_embeddings.num_embeddings}
+    # a shallower Q-Former takes the BERT's first layers; every other size must match
     wrong = [f"{ours_key}: {ours[ours_key]} (BERT {bert_key}: {config.get(bert_key)})"
-             for bert_key, ours_key in BERT_SIZE_KEYS.items() if config.get(bert_key) != ours[ours_key]]
+             for bert_key, ours_key in BERT_SIZE_KEYS.items() if config.get(bert_key) != ours[ours_key]
+             and not (ours_key == "num_layers" and ours[ours_key] < config.get(bert_key, 0))]
     if wrong:
         raise NotABertCheckpoint(f"the Q-Former's sizes do not match the BERT checkpoint {folder}: "
                                  + "; ".join(wrong) + ". Set those Q-Former keys to the checkpoint's values.")
@@ -304,7 +309,12 @@ def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
     word = state["embeddings.word_embeddings.weight"]
     new["word_embeddings.weight"] = torch.cat([word, qformer.word_embeddings.weight.detach()[-1:].to(word)])
     used.add("embeddings.word_embeddings.weight")
-    take("embeddings.position_embeddings", "position_embeddings")
+    # BERT adds segment embedding 0 to every token; the Q-Former has no segments, so it is folded into the
+    # position embeddings: the text path then computes exactly what BERT computes (LAVIS drops it instead)
+    pos = state["embeddings.position_embeddings.weight"]
+    segment = state.get("embeddings.token_type_embeddings.weight")
+    new["position_embeddings.weight"] = pos + (segment[0] if segment is not None else 0)
+    used.update({"embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"})
     take("embeddings.LayerNorm", "emb_ln")
     for i in range(len(qformer.layers)):
         src, dst = f"encoder.layer.{i}", f"layers.{i}"

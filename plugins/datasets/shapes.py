@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -161,9 +162,37 @@ def generate(root: Path, seed: int, image_size: int, num_images: Dict[str, int])
 
 
 # ------------------------------------------------------------------------------------------------ builder
+# what a column of the 3 x 3 grid holds: nothing, or one coloured shape
+COLUMN_CLASSES = ["empty"] + [f"{c} {s}" for c in COLORS for s in SHAPES]
+
+
+class AttributeDataset(Dataset):
+    """Images with ``labels``: for each of the three columns, the index in :data:`COLUMN_CLASSES` of what it
+    holds (which coloured shape, or nothing)."""
+
+    def __init__(self, objects_file: Path, image_root: Path, split: str, image_proc) -> None:
+        self.records = json.loads(objects_file.read_text())
+        self.image_root, self.split, self.image_proc = image_root, split, image_proc
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        r = self.records[i]
+        labels = torch.zeros(3, dtype=torch.long)
+        for o in r["objects"]:
+            labels[o["column"]] = COLUMN_CLASSES.index(f"{o['color']} {o['shape']}")
+        with Image.open(self.image_root / self.split / f"{r['image_id']}.png") as img:
+            image = img.convert("RGB")
+        return {"image": self.image_proc(image) if self.image_proc else image, "labels": labels,
+                "image_id": r["image_id"], "index": i}
+
+
 @DATASETS.register("shapes")
 class ShapesBuilder(DatasetBuilder):
-    """Builds caption, VQA or retrieval splits of the generated shapes set (``annotations`` picks which).
+    """Builds caption, VQA, retrieval or attribute splits of the generated shapes set (``annotations`` picks
+    which). ``attributes`` samples carry ``labels``: what each column holds, the targets that pretrain the
+    demo's unimodal image encoder.
 
     Args:
         annotations: which annotation kind the samples carry.
@@ -173,7 +202,7 @@ class ShapesBuilder(DatasetBuilder):
 
     how_to_get = "shapes is generated on first use; rerun, or delete the folder to regenerate it"
 
-    def __init__(self, entry: str, *, annotations: Literal["caption", "vqa", "retrieval"],
+    def __init__(self, entry: str, *, annotations: Literal["caption", "vqa", "retrieval", "attributes"],
                  processors: Optional[ProcessorSpecs] = None, cache_dir: str = "~/.cache/blip2_framework",
                  seed: int = 0, image_size: int = 64, num_images: Optional[Dict[str, int]] = None) -> None:
         super().__init__(entry, processors=processors)
@@ -187,7 +216,8 @@ class ShapesBuilder(DatasetBuilder):
         a = self.root / "annotations"
         return {"caption": [a / f"captions_{split}.json"],
                 "vqa": [a / f"vqa_questions_{split}.json", a / f"vqa_annotations_{split}.json"],
-                "retrieval": [a / f"retrieval_{split}.json"]}[self.annotations]
+                "retrieval": [a / f"retrieval_{split}.json"],
+                "attributes": [a / f"objects_{split}.json"]}[self.annotations]
 
     def data_files(self, splits: List[str]) -> List[DataFile]:
         return [DataFile(p, f"{split} {self.annotations} annotations", generated=True)
@@ -211,5 +241,7 @@ class ShapesBuilder(DatasetBuilder):
             return CocoCaptionDataset(self._ann(split)[0], images, train, proc["image"], proc["text"])
         if self.annotations == "retrieval":
             return RetrievalDataset(self._ann(split)[0], images, train, proc["image"], proc["text"])
+        if self.annotations == "attributes":
+            return AttributeDataset(self._ann(split)[0], images, split, proc["image"])
         q, a = self._ann(split)
         return VQADataset(q, a, images, lambda image_id: f"{split}/{image_id}.png", proc["image"], proc["text"])

@@ -1,0 +1,109 @@
+"""What stage 1 and stage 2 BLIP-2 share: frozen image encoder -> ``ln_vision`` -> Q-Former, and its tokenizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from framework.checkpoint import summarize_keys
+from framework.logs import logger
+from framework.models.qformer import NotABertCheckpoint, QFormer, load_bert
+from framework.registry import Part, build
+
+
+@dataclass
+class QFormerArgs:
+    """``model.qformer``: the Q-Former's sizes (BERT-base by default) and where its BERT comes from.
+
+    bert: a Hugging Face BERT folder (config.json, vocab.txt, weights) giving the tokenizer and, when
+    ``init_from_bert``, the initial weights; its sizes must equal the ones here. For the real-size configs
+    put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here.
+    """
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 30522
+    num_query_tokens: int = 32
+    cross_attention_freq: int = 2
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    bert: Optional[str] = None
+    init_from_bert: bool = True
+
+
+class LayerNormFP32(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype (the frozen encoder's tokens may be fp16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+def load_tokenizer(folder: str, vocab_size: int):
+    """The BERT tokenizer of ``folder`` with [DEC] (the ITG start token) added as BOS, id ``vocab_size``."""
+    from transformers import BertTokenizerFast
+
+    path = Path(folder).expanduser()
+    if not (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
+        raise NotABertCheckpoint(f"model.qformer.bert: {path} holds no BERT tokenizer (vocab.txt or tokenizer.json)")
+    tok = BertTokenizerFast.from_pretrained(str(path), truncation_side="right")
+    if len(tok) != vocab_size:
+        raise NotABertCheckpoint(f"model.qformer.bert: the tokenizer in {path} has {len(tok)} tokens but "
+                                 f"qformer.vocab_size is {vocab_size}; set vocab_size: {len(tok)}")
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    return tok
+
+
+class Blip2Base(nn.Module):
+    """Frozen image encoder, the trainable fp32 ``ln_vision``, and the Q-Former with its tokenizer."""
+
+    def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs, max_txt_len: int) -> None:
+        super().__init__()
+        self.visual_encoder = build("image_encoder", image_encoder)
+        width = self.visual_encoder.num_features
+        self.ln_vision = LayerNormFP32(width)
+        q = qformer
+        self.qformer = QFormer(width, q.hidden_size, q.num_layers, q.num_heads, q.intermediate_size, q.vocab_size,
+                               q.num_query_tokens, q.cross_attention_freq, q.max_position_embeddings,
+                               q.layer_norm_eps, q.dropout, q.attention_dropout)
+        self.max_txt_len = max_txt_len
+        self.num_truncated = 0
+        self.tokenizer = None
+        if self.ln_vision.weight.is_meta:
+            return  # --dry-run: architecture only, no files read
+        if q.bert is None:
+            raise NotABertCheckpoint("model.qformer.bert is not set: the Q-Former needs a BERT folder for its "
+                                     "tokenizer (and initial weights); e.g. bert-base-uncased in Hugging Face format")
+        self.tokenizer = load_tokenizer(q.bert, q.vocab_size)
+        if q.init_from_bert:
+            unused = load_bert(self.qformer, q.bert)
+            logger.info("Q-Former initialised from %s; BERT weights not used: %s", q.bert,
+                        summarize_keys(unused) or "none")
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""
+        return self.ln_vision(self.visual_encoder(images))
+
+    def tokenize(self, texts: List[str], pad_to_max: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask): [CLS] text [SEP], cut to ``max_txt_len`` tokens (cuts are counted in
+        ``num_truncated`` and logged once), padded to the longest text or to ``max_txt_len``."""
+        tok = self.tokenizer
+        ids = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_txt_len]
+        if long:
+            if not self.num_truncated:
+                logger.warning("texts longer than max_txt_len=%d tokens are truncated, e.g. %r (%d tokens); "
+                               "the count is kept in model.num_truncated", self.max_txt_len, texts[long[0]][:80],
+                               len(ids[long[0]]))
+            self.num_truncated += len(long)
+            for i in long:
+                ids[i] = ids[i][: self.max_txt_len - 1] + [tok.sep_token_id]
+        enc = tok.pad({"input_ids": ids}, padding="max_length" if pad_to_max else "longest",
+                      max_length=self.max_txt_len, return_tensors="pt")
+        device = self.qformer.query_tokens.device
+        return enc["input_ids"].to(device), enc["attention_mask"].to(device)

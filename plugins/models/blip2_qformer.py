@@ -1,0 +1,170 @@
+"""``blip2_qformer``: stage-1 BLIP-2, the Q-Former learning from a frozen image encoder with three losses.
+
+* ITC: contrast the queries' embeddings with the text [CLS] embedding; an image-text similarity is the
+  maximum over the queries. Features are gathered from all ranks with gradients flowing back.
+* ITM: classify (image, text) pairs as matching or not; for each text a hard negative image and for each
+  image a hard negative text are sampled from the ITC similarities.
+* ITG: generate the text from the queries: text sees the queries and earlier text (``itg`` mask), and the
+  queries' keys/values come cached from the ITC pass.
+
+``losses: [itc, itm]`` removes ITG (the paper's ablation) without touching anything else.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framework import dist
+from framework.models.blip2 import Blip2Base, QFormerArgs
+from framework.registry import MODELS, Part
+
+Loss = Literal["itc", "itm", "itg"]
+
+
+def itc_loss(image_feats: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+             image_ids: Optional[torch.Tensor] = None,
+             label_smoothing: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ITC over the global batch. ``image_feats`` [B,Q,D] and ``text_feat`` [B,D] are this rank's normalised
+    features. Returns (loss, sim_i2t [B, B*world], sim_t2i [B, B*world]).
+
+    With ``image_ids`` the targets are soft: every text of the same image is a positive."""
+    image_all = dist.all_gather_with_grad(image_feats)
+    text_all = dist.all_gather_with_grad(text_feat)
+    sim_i2t = torch.einsum("iqd,td->itq", image_feats, text_all).amax(-1) / temp
+    sim_t2i = torch.einsum("td,iqd->tiq", text_feat, image_all).amax(-1) / temp
+    b = image_feats.shape[0]
+    if image_ids is None:
+        targets = torch.arange(b, device=image_feats.device) + dist.rank() * b
+    else:
+        same = (image_ids[:, None] == dist.all_gather_no_grad(image_ids)[None, :]).float()
+        targets = same / same.sum(1, keepdim=True)
+    loss = (F.cross_entropy(sim_i2t, targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(sim_t2i, targets, label_smoothing=label_smoothing)) / 2
+    return loss, sim_i2t, sim_t2i
+
+
+@torch.no_grad()
+def sample_hard_negatives(sim: torch.Tensor, image_ids: Optional[torch.Tensor] = None,
+                          image_ids_all: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """For each row of ``sim`` [B, B*world] (this rank's rows), the global column index of a negative,
+    drawn with probability softmax(sim) among the columns that are not a positive: never the pair itself,
+    and with image ids never another caption of the same image."""
+    b = sim.shape[0]
+    if image_ids is not None:
+        forbid = image_ids[:, None] == image_ids_all[None, :]
+    else:
+        forbid = torch.zeros_like(sim, dtype=torch.bool)
+        idx = torch.arange(b, device=sim.device)
+        forbid[idx, idx + dist.rank() * b] = True
+    if forbid.all(1).any():
+        raise ValueError("ITM has no negative for some sample: every candidate in the global batch is a positive "
+                         "(the batch holds a single image); use a larger batch or drop 'itm' from model.losses")
+    weights = torch.softmax(sim.float().masked_fill(forbid, float("-inf")), 1)
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+@MODELS.register("blip2_qformer")
+class Blip2QFormer(Blip2Base):
+    """Args:
+        image_encoder: a registered image encoder (frozen by its own ``freeze`` key).
+        qformer: sizes and BERT initialisation (:class:`framework.models.blip2.QFormerArgs`).
+        embed_dim: width of the ITC embedding space. max_txt_len: text tokens kept (longer text is cut).
+        losses: the stage-1 objectives to train (any non-empty subset of itc, itm, itg).
+        label_smoothing: for ITC and ITG, as LAVIS. temperature: initial ITC temperature (learned, in
+        [0.001, 0.5]).
+        use_image_ids: treat captions of the same image in a batch as positives (ITC soft targets; never
+        ITM negatives). LAVIS does so only in retrieval fine-tuning; with several captions per image it is
+        the correct target in pretraining too.
+    """
+
+    def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs = QFormerArgs(),
+                 embed_dim: int = 256, max_txt_len: int = 32, losses: List[Loss] = ("itc", "itm", "itg"),
+                 label_smoothing: float = 0.1, temperature: float = 0.07, use_image_ids: bool = True) -> None:
+        super().__init__(image_encoder, qformer, max_txt_len)
+        if not losses:
+            raise ValueError("model.losses is empty: name at least one of itc, itm, itg")
+        hidden = qformer.hidden_size
+        self.vision_proj = nn.Linear(hidden, embed_dim)
+        self.text_proj = nn.Linear(hidden, embed_dim)
+        self.itm_head = nn.Linear(hidden, 2)
+        self.temp = nn.Parameter(torch.tensor(float(temperature)))
+        self.losses, self.label_smoothing, self.use_image_ids = list(losses), label_smoothing, use_image_ids
+
+    # ------------------------------------------------------------------------------------------ training
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        image_embeds = self.encode_image(batch["image"])
+        ids, mask = self.tokenize(batch["text_input"], pad_to_max=dist.is_dist())  # equal widths to gather
+        image_ids = batch.get("image_id") if self.use_image_ids else None
+        n_query = self.qformer.num_query_tokens
+        out = self.qformer("itc", image=image_embeds, input_ids=ids, text_mask=mask,
+                           cache_queries="itg" in self.losses)
+        image_feats = F.normalize(self.vision_proj(out.hidden[:, :n_query]), dim=-1)
+        text_feat = F.normalize(self.text_proj(out.hidden[:, n_query]), dim=-1)
+        loss_itc, sim_i2t, sim_t2i = itc_loss(image_feats, text_feat, self.temp, image_ids, self.label_smoothing)
+        terms: Dict[str, torch.Tensor] = {}
+        if "itc" in self.losses:
+            terms["loss_itc"] = loss_itc
+        if "itm" in self.losses:
+            terms["loss_itm"] = self._itm(ids, mask, image_embeds, sim_i2t, sim_t2i, image_ids)
+        if "itg" in self.losses:
+            terms["loss_itg"] = self._itg(ids, mask, out.past)
+        return {"loss": sum(terms.values()), **terms}
+
+    def _itm(self, ids: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor, sim_i2t: torch.Tensor,
+             sim_t2i: torch.Tensor, image_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        ids_all_images = None if image_ids is None else dist.all_gather_no_grad(image_ids)
+        neg_image = sample_hard_negatives(sim_t2i, image_ids, ids_all_images)  # a wrong image for each text
+        neg_text = sample_hard_negatives(sim_i2t, image_ids, ids_all_images)  # a wrong text for each image
+        ids_all, mask_all = dist.all_gather_no_grad(ids), dist.all_gather_no_grad(mask)
+        images_all = dist.all_gather_with_grad(image_embeds)
+        out = self.qformer("itm", image=torch.cat([image_embeds, images_all[neg_image], image_embeds]),
+                           input_ids=torch.cat([ids, ids, ids_all[neg_text]]),
+                           text_mask=torch.cat([mask, mask, mask_all[neg_text]]))
+        logits = self.itm_head(out.hidden[:, :self.qformer.num_query_tokens]).mean(1)
+        b = ids.shape[0]
+        labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+        return F.cross_entropy(logits, labels)
+
+    def _itg(self, ids: torch.Tensor, mask: torch.Tensor, query_past) -> torch.Tensor:
+        dec = ids.clone()
+        dec[:, 0] = self.qformer.dec_token_id
+        labels = dec.masked_fill(mask == 0, -100)
+        out = self.qformer("itg", input_ids=dec, text_mask=mask, past=query_past)
+        logits = self.qformer.lm_head(out.hidden)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
+                               label_smoothing=self.label_smoothing)
+
+    # ---------------------------------------------------------------------------------------- retrieval
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, Q, embed_dim] normalised query embeddings."""
+        out = self.qformer("itc", image=self.encode_image(images))
+        return F.normalize(self.vision_proj(out.hidden), dim=-1)
+
+    def text_features(self, texts: List[str]) -> torch.Tensor:
+        """[B, embed_dim] normalised text [CLS] embeddings (the unimodal text path)."""
+        ids, mask = self.tokenize(texts)
+        out = self.qformer("itc", input_ids=ids, text_mask=mask, with_queries=False)
+        return F.normalize(self.text_proj(out.hidden[:, 0]), dim=-1)
+
+    def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("iqd,td->itq", image_features, text_features).amax(-1)
+
+    def itm_scores(self, images: torch.Tensor, texts: List[str]) -> torch.Tensor:
+        """P(match) of each (image i, text i) pair."""
+        ids, mask = self.tokenize(texts)
+        out = self.qformer("itm", image=self.encode_image(images), input_ids=ids, text_mask=mask)
+        logits = self.itm_head(out.hidden[:, :self.qformer.num_query_tokens]).mean(1)
+        return logits.softmax(-1)[:, 1]
+
+    def extract_features(self, images: torch.Tensor, texts: List[str]) -> Dict[str, torch.Tensor]:
+        """Image embeddings [B,Q,E], text embeddings [B,E] and multimodal (ITM) query outputs [B,Q,H]."""
+        ids, mask = self.tokenize(texts)
+        image_embeds = self.encode_image(images)
+        multimodal = self.qformer("itm", image=image_embeds, input_ids=ids, text_mask=mask).hidden
+        return {"image_embeds": self.image_features(images), "text_embeds": self.text_features(texts),
+                "multimodal_embeds": multimodal[:, :self.qformer.num_query_tokens]}

@@ -1,0 +1,35 @@
+"""``slot_classification``: several labelled slots per image, one class each (the data's ``labels``)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from framework import dist
+from framework.registry import TASKS
+from framework.task import Task
+
+
+@TASKS.register("slot_classification")
+class SlotClassification(Task):
+    """Evaluates ``model.logits(images)`` [B, slots, classes]: ``exact_match`` (% of images with every slot
+    right) and ``slot_accuracy`` (% of slots right)."""
+
+    best_metric = "exact_match"
+    best_mode = "max"
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        device = next(model.parameters()).device
+        local = {}
+        for batch in loader:
+            right = model.logits(batch["image"].to(device)).argmax(-1).cpu() == batch["labels"]
+            local.update(zip(batch["index"].tolist(), right))
+        merged = {}
+        for part in dist.all_gather_objects(local):
+            merged.update(part)
+        right = torch.stack(list(merged.values()))
+        return {"exact_match": 100.0 * float(right.all(1).float().mean()),
+                "slot_accuracy": 100.0 * float(right.float().mean())}

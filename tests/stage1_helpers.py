@@ -1,0 +1,31 @@
+"""A CPU-seconds stage-1 experiment on shapes: tiny frozen ViT, tiny BERT made in the test."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+from tiny_bert import make_tiny_bert
+
+TINY_VIT = {"name": "eva_vit_g", "image_size": 32, "patch_size": 8, "width": 48, "depth": 2, "heads": 4,
+            "mlp_dim": 96, "precision": "fp32"}
+
+
+def stage1_config(tmp: Path, out: Path, **run: Any) -> Dict[str, Any]:
+    bert = tmp / "bert"
+    if not bert.exists():
+        make_tiny_bert(bert)
+    return {
+        "model": {"name": "blip2_qformer", "image_encoder": dict(TINY_VIT), "embed_dim": 32, "max_txt_len": 24,
+                  "qformer": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+                              "vocab_size": 120, "max_position_embeddings": 64, "num_query_tokens": 4,
+                              "dropout": 0.0, "attention_dropout": 0.0, "bert": str(bert)}},
+        "task": {"name": "pretrain"},
+        "datasets": {"shapes_retrieval": {
+            "image_size": 32, "num_images": {"train": 300, "val": 40},
+            "processors": {"train": {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]},
+                           "eval": {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}}}},
+        "run": {"output_dir": str(out), "device": "cpu", "batch_size": 16, "log_every": 10, "tensorboard": False,
+                "optimizer": {"lr": 2e-3, "betas": [0.9, 0.98],
+                              "lr_schedule": {"name": "linear_warmup_cosine", "warmup_iters": 10, "min_lr": 1e-4}},
+                **run},
+    }
