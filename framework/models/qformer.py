@@ -216,7 +216,8 @@ class QFormer(nn.Module):
         x = self.embed(input_ids, queries_here, batch)
         if text_mask is None and input_ids is not None:
             text_mask = torch.ones_like(input_ids)
-        mask = attention_mask(n_query, text_mask, mode, batch, x.device)
+        # queries alone see each other freely: no mask lets SDPA pick its fused kernels
+        mask = None if text_mask is None else attention_mask(n_query, text_mask, mode, batch, x.device)
         if past is not None:
             mask = mask[:, :, n_query:]  # rows: the text positions computed now; columns: cached queries + text
         presents: List[KV] = []

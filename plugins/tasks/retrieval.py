@@ -1,6 +1,7 @@
 """``retrieval``: image-text retrieval, R@1/5/10 in both directions from ITC similarities."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Sequence
 
 import torch
@@ -41,11 +42,27 @@ def itc_similarities(model: Retrievable, loader: DataLoader, text_batch_size: in
     return model.similarity(images, texts)
 
 
-def retrieval_metrics(sims: torch.Tensor, img2txt: List[List[int]], txt2img: List[int]) -> Dict[str, float]:
-    i2t = recall_at_k(sims, img2txt)
-    t2i = recall_at_k(sims.t(), [[j] for j in txt2img])
+def chance_recall(n_candidates: int, n_positives: List[int], k: int) -> float:
+    """Expected R@k (%) of a random ranking: some of ``n_positives[q]`` positives among the first k."""
+    total = 0.0
+    for p in n_positives:
+        miss = math.prod((n_candidates - p - j) / (n_candidates - j) for j in range(min(k, n_candidates - p)))
+        total += 1.0 - (miss if k < n_candidates - p + 1 else 0.0)
+    return 100.0 * total / len(n_positives)
+
+
+def retrieval_metrics(sims: torch.Tensor, img2txt: List[List[int]], txt2img: List[int],
+                      ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+    """R@k both ways (``txt_r*``: image->text, ``img_r*``: text->image), their mean ``r_mean``, and what a
+    random ranking would score (``chance_*``), to read the numbers against."""
+    i2t = recall_at_k(sims, img2txt, ks)
+    t2i = recall_at_k(sims.t(), [[j] for j in txt2img], ks)
     out = {f"txt_r{k}": v for k, v in i2t.items()} | {f"img_r{k}": v for k, v in t2i.items()}
     out["r_mean"] = sum(out.values()) / len(out)
+    n_img, n_txt = sims.shape
+    for k in ks:
+        out[f"chance_txt_r{k}"] = chance_recall(n_txt, [len(t) for t in img2txt], k)
+        out[f"chance_img_r{k}"] = chance_recall(n_img, [1] * n_txt, k)
     return out
 
 

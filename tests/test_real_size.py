@@ -1,0 +1,30 @@
+"""The real-size configs build on the meta device in seconds, with the paper's parameter counts."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO
+from framework.train import main as train_main
+
+
+def _table(out: str) -> dict:
+    return {m.group(1): (int(m.group(2).replace(",", "")), int(m.group(3).replace(",", "")))
+            for m in re.finditer(r"^(\S+)\s+([\d,]+)\s+([\d,]+)$", out, re.M)}
+
+
+@pytest.mark.parametrize("cfg, vit, qformer", [
+    # EVA ViT-g/14: 1.01B with 40 blocks, 985.9M with the 39 BLIP-2 uses; paper: "about 1B"
+    ("stage1_vitg.yaml", 985_894_528, 186_307_387),
+    # CLIP ViT-L/14: 303M with 24 blocks, 290.6M with 23; the Q-Former cross-attends 1024-wide tokens
+    ("stage1_vitl.yaml", 290_581_504, 182_768_443),
+])
+def test_real_size_dry_run(cfg: str, vit: int, qformer: int, capsys) -> None:
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    table = _table(capsys.readouterr().out)
+    assert table["visual_encoder"] == (vit, 0)  # frozen
+    assert table["qformer"] == (qformer, qformer)
+    trainable = table["total"][1]
+    # the paper: "the Q-Former ... contains 188M parameters" (with its projections and ITM head)
+    assert abs(trainable - 188e6) / 188e6 < 0.03
