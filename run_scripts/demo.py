@@ -28,7 +28,9 @@ RETRIEVAL = [("txt_r1", "image->text R@1"), ("txt_r5", "image->text R@5"), ("img
 
 
 def last_validation(out: Path) -> Dict[str, float]:
+    """The metrics of the run's last evaluation of its validation split."""
     evals = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    evals = [e for e in evals if any("/val/" in k for k in e)]
     return {k.split("/")[-1]: v for k, v in evals[-1].items() if "/val/" in k} if evals else {}
 
 

@@ -135,9 +135,10 @@ class Blip2QFormer(Blip2Base):
         dec[:, 0] = self.qformer.dec_token_id
         labels = dec.masked_fill(mask == 0, -100)
         out = self.qformer("itg", input_ids=dec, text_mask=mask, past=query_past)
-        logits = self.qformer.lm_head(out.hidden)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
-                               label_smoothing=self.label_smoothing)
+        target = labels[:, 1:]
+        keep = target != -100  # the vocabulary projection only where there is a next token to predict
+        logits = self.qformer.lm_head(out.hidden[:, :-1][keep])
+        return F.cross_entropy(logits, target[keep], label_smoothing=self.label_smoothing)
 
     # ---------------------------------------------------------------------------------------- retrieval
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
