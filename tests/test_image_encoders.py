@@ -107,3 +107,10 @@ def test_frozen_encoder_stays_in_eval_mode_without_gradients_in_its_precision() 
     assert out.dtype == torch.bfloat16 and not out.requires_grad
     trainable = IMAGE_ENCODERS.get("eva_vit_g")(**TINY, freeze=False)
     assert trainable.train().training and all(p.requires_grad for p in trainable.parameters())
+
+
+def test_tiny_preset_is_the_same_code_at_test_size() -> None:
+    tiny = IMAGE_ENCODERS.get("eva_vit_g")(image_size=32, preset="tiny", precision="fp32")
+    assert len(tiny.vit.blocks) == 2 and tiny.num_features == 64 and tiny(torch.randn(1, 3, 32, 32)).shape == (1, 17, 64)
+    wider = IMAGE_ENCODERS.get("clip_vit_l")(image_size=32, preset="tiny", width=96, heads=4, precision="fp32")
+    assert wider.num_features == 96 and len(wider.vit.blocks) == 2  # explicit keys override the preset

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,4 +116,6 @@ def test_logs_tensorboard_and_profiler_trace(tmp_path: Path) -> None:
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     traces = list((out / "profile").glob("*.pt.trace.json"))
     assert traces and json.loads(traces[0].read_text())["traceEvents"]
-    assert "iteration 8" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "iteration 8" in log
+    assert re.search(r"total\s+[\d,]+\s+[\d,]+", log) and "trainable" in log  # parameters per part at the start

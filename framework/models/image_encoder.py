@@ -19,6 +19,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KeyMap = Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]
 
 
+def resolve_sizes(presets: Dict[str, Dict[str, int]], preset: str, **given: Optional[int]) -> Dict[str, int]:
+    """Architecture sizes: the preset's, with every size given explicitly (not None) taking precedence."""
+    return {**presets[preset], **{k: v for k, v in given.items() if v is not None}}
+
+
 class WeightLoadError(CheckpointError):
     """Image encoder weights that cannot be read or do not fit; the message names the keys."""
 
@@ -42,22 +47,49 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
 
 
 class ImageEncoder(nn.Module):
-    """Wraps a timm vision transformer whose final norm is removed: the tokens of its last kept block.
+    """A timm vision transformer whose final norm is removed: the tokens of its last kept block.
 
-    ``freeze``: no gradients, always in eval mode, run under ``no_grad``; stored in ``precision``.
+    Subclasses (the registered plugins) give ``PRESETS`` (architecture sizes by preset name), ``build_vit``
+    and ``key_map`` (their checkpoints' key names -> ours). Arguments, shared by every such plugin:
+
+    image_size: input resolution (224 in pretraining; 364 or 490 when fine-tuning: the position embeddings
+        of loaded weights are interpolated).
+    preset: ``full`` (the paper's encoder) or ``tiny`` (2 blocks, 64 wide: the same code at test size).
+    patch_size, width, depth, heads, mlp_dim: architecture; each given one overrides the preset.
+    drop_path: stochastic depth (only matters when trainable).
+    freeze: no gradients, always in eval mode, run under ``no_grad``, stored in ``precision``.
+    checkpoint: a local weights file (the plugin's key names, or one of our checkpoints holding the encoder);
+        null: random initialisation.
     """
 
-    def __init__(self, vit: nn.Module, image_size: int, freeze: bool, precision: Precision) -> None:
+    PRESETS: Dict[str, Dict[str, int]] = {}
+
+    def __init__(self, image_size: int = 224, preset: Literal["full", "tiny"] = "full",
+                 patch_size: Optional[int] = None, width: Optional[int] = None, depth: Optional[int] = None,
+                 heads: Optional[int] = None, mlp_dim: Optional[int] = None, drop_path: float = 0.0,
+                 freeze: bool = True, precision: Precision = "fp16", checkpoint: Optional[str] = None) -> None:
         super().__init__()
+        sizes = resolve_sizes(self.PRESETS, preset, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                              mlp_dim=mlp_dim)
+        vit = self.build_vit(image_size, drop_path, **sizes)
         vit.norm = nn.Identity()
         self.vit = vit
         self.image_size = image_size
         self.num_features = vit.embed_dim
         self.frozen = freeze
+        if checkpoint and not vit.pos_embed.is_meta:
+            self.load_pretrained(checkpoint, self.key_map(sizes["depth"]))
         if freeze:
             self.requires_grad_(False)
             self.to(DTYPES[precision])
             super().train(False)
+
+    def build_vit(self, image_size: int, drop_path: float, patch_size: int, width: int, depth: int, heads: int,
+                  mlp_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def key_map(self, depth: int) -> KeyMap:
+        raise NotImplementedError
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         return super().train(mode and not self.frozen)

@@ -244,6 +244,28 @@ class NotABertCheckpoint(ConfigError):
     """``model.qformer.bert`` names something that is not a usable BERT folder."""
 
 
+class _Copier:
+    """Copies weight/bias pairs from a source state dict into ours by name, remembering what it used."""
+
+    def __init__(self, src: Dict[str, torch.Tensor]) -> None:
+        self.src, self.out, self.used = src, {}, set()
+
+    def take(self, src: str, dst: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{src}.{suffix}" in self.src:
+                self.out[f"{dst}.{suffix}"] = self.src[f"{src}.{suffix}"]
+                self.used.add(f"{src}.{suffix}")
+
+    def fuse(self, srcs: List[str], dst: str) -> None:
+        """Concatenate several source layers into one of ours (separate q/k/v -> fused qkv)."""
+        for suffix in ("weight", "bias"):
+            self.out[f"{dst}.{suffix}"] = torch.cat([self.src[f"{s}.{suffix}"] for s in srcs])
+            self.used.update(f"{s}.{suffix}" for s in srcs)
+
+    def unused(self) -> List[str]:
+        return sorted(set(self.src) - self.used)
+
+
 def _bert_layer_map(src: str, dst: str) -> Dict[str, str]:
     """BERT layer names -> ours, for one layer; ``*`` stands for weight/bias."""
     return {
@@ -298,46 +320,34 @@ def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
     if wrong:
         raise NotABertCheckpoint(f"the Q-Former's sizes do not match the BERT checkpoint {folder}: "
                                  + "; ".join(wrong) + ". Set those Q-Former keys to the checkpoint's values.")
-    new: Dict[str, torch.Tensor] = {}
-    used = set()
-
-    def take(src: str, dst: str) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{src}.{suffix}" in state:
-                new[f"{dst}.{suffix}"] = state[f"{src}.{suffix}"]
-                used.add(f"{src}.{suffix}")
-
+    c = _Copier(state)
     word = state["embeddings.word_embeddings.weight"]
-    new["word_embeddings.weight"] = torch.cat([word, qformer.word_embeddings.weight.detach()[-1:].to(word)])
-    used.add("embeddings.word_embeddings.weight")
+    c.out["word_embeddings.weight"] = torch.cat([word, qformer.word_embeddings.weight.detach()[-1:].to(word)])
+    c.used.add("embeddings.word_embeddings.weight")
     # BERT adds segment embedding 0 to every token; the Q-Former has no segments, so it is folded into the
     # position embeddings: the text path then computes exactly what BERT computes (LAVIS drops it instead)
-    pos = state["embeddings.position_embeddings.weight"]
     segment = state.get("embeddings.token_type_embeddings.weight")
-    new["position_embeddings.weight"] = pos + (segment[0] if segment is not None else 0)
-    used.update({"embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"})
-    take("embeddings.LayerNorm", "emb_ln")
+    c.out["position_embeddings.weight"] = state["embeddings.position_embeddings.weight"] + (
+        segment[0] if segment is not None else 0)
+    c.used.update({"embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"})
+    c.take("embeddings.LayerNorm", "emb_ln")
     for i in range(len(qformer.layers)):
         src, dst = f"encoder.layer.{i}", f"layers.{i}"
-        for suffix in ("weight", "bias"):
-            new[f"{dst}.attn.qkv.{suffix}"] = torch.cat(
-                [state[f"{src}.attention.self.{p}.{suffix}"] for p in ("query", "key", "value")])
-            used.update(f"{src}.attention.self.{p}.{suffix}" for p in ("query", "key", "value"))
-        for s, d in _bert_layer_map(src, dst).items():
-            take(s, d)
-        for suffix in ("weight", "bias"):  # the query feed-forward starts as a copy of the text one
-            new[f"{dst}.ffn_query.fc1.{suffix}"] = new[f"{dst}.ffn_text.fc1.{suffix}"]
-            new[f"{dst}.ffn_query.out.dense.{suffix}"] = new[f"{dst}.ffn_text.out.dense.{suffix}"]
-            new[f"{dst}.ffn_query.out.ln.{suffix}"] = new[f"{dst}.ffn_text.out.ln.{suffix}"]
-    take("cls.predictions.transform.dense", "lm_head.dense")
-    take("cls.predictions.transform.LayerNorm", "lm_head.ln")
+        c.fuse([f"{src}.attention.self.{p}" for p in ("query", "key", "value")], f"{dst}.attn.qkv")
+        for s_, d_ in _bert_layer_map(src, dst).items():
+            c.take(s_, d_)
+        for part in ("fc1", "out.dense", "out.ln"):  # the query feed-forward starts as a copy of the text one
+            for suffix in ("weight", "bias"):
+                c.out[f"{dst}.ffn_query.{part}.{suffix}"] = c.out[f"{dst}.ffn_text.{part}.{suffix}"]
+    c.take("cls.predictions.transform.dense", "lm_head.dense")
+    c.take("cls.predictions.transform.LayerNorm", "lm_head.ln")
     if "cls.predictions.bias" in state:
         bias = state["cls.predictions.bias"]
-        new["lm_head.bias"] = torch.cat([bias, bias.new_zeros(1)])
-        used.add("cls.predictions.bias")
-    missing, unexpected = qformer.load_state_dict(new, strict=False)
+        c.out["lm_head.bias"] = torch.cat([bias, bias.new_zeros(1)])
+        c.used.add("cls.predictions.bias")
+    missing, unexpected = qformer.load_state_dict(c.out, strict=False)
     assert not unexpected, unexpected  # our own map: a bug if it names a key we do not have
-    return sorted(set(state) - used)
+    return c.unused()
 
 
 def state_from_hf_qformer(hf: Dict[str, torch.Tensor], query_tokens: Optional[torch.Tensor] = None
@@ -345,40 +355,27 @@ def state_from_hf_qformer(hf: Dict[str, torch.Tensor], query_tokens: Optional[to
     """Map a transformers ``Blip2QFormerModel`` state dict (keys below ``qformer.``) onto ours.
 
     Returns (our state dict, the HF keys that have no place in ours)."""
-    out: Dict[str, torch.Tensor] = {}
-    used = set()
-
-    def take(src: str, dst: str) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{src}.{suffix}" in hf:
-                out[f"{dst}.{suffix}"] = hf[f"{src}.{suffix}"]
-                used.add(f"{src}.{suffix}")
-
-    def fuse(srcs: List[str], dst: str) -> None:
-        for suffix in ("weight", "bias"):
-            out[f"{dst}.{suffix}"] = torch.cat([hf[f"{s}.{suffix}"] for s in srcs])
-            used.update(f"{s}.{suffix}" for s in srcs)
-
-    take("layernorm", "emb_ln")
-    take("embeddings.layernorm", "emb_ln")
-    take("embeddings.word_embeddings", "word_embeddings")
-    take("embeddings.position_embeddings", "position_embeddings")
+    c = _Copier(hf)
+    c.take("layernorm", "emb_ln")
+    c.take("embeddings.layernorm", "emb_ln")
+    c.take("embeddings.word_embeddings", "word_embeddings")
+    c.take("embeddings.position_embeddings", "position_embeddings")
     layers = sorted({int(k.split(".")[2]) for k in hf if k.startswith("encoder.layer.")})
     for i in layers:
         s, d = f"encoder.layer.{i}", f"layers.{i}"
-        fuse([f"{s}.attention.attention.{p}" for p in ("query", "key", "value")], f"{d}.attn.qkv")
-        take(f"{s}.attention.output.dense", f"{d}.attn_out.dense")
-        take(f"{s}.attention.output.LayerNorm", f"{d}.attn_out.ln")
+        c.fuse([f"{s}.attention.attention.{p}" for p in ("query", "key", "value")], f"{d}.attn.qkv")
+        c.take(f"{s}.attention.output.dense", f"{d}.attn_out.dense")
+        c.take(f"{s}.attention.output.LayerNorm", f"{d}.attn_out.ln")
         if f"{s}.crossattention.attention.query.weight" in hf:
-            take(f"{s}.crossattention.attention.query", f"{d}.cross.q")
-            fuse([f"{s}.crossattention.attention.{p}" for p in ("key", "value")], f"{d}.cross.kv")
-            take(f"{s}.crossattention.output.dense", f"{d}.cross_out.dense")
-            take(f"{s}.crossattention.output.LayerNorm", f"{d}.cross_out.ln")
+            c.take(f"{s}.crossattention.attention.query", f"{d}.cross.q")
+            c.fuse([f"{s}.crossattention.attention.{p}" for p in ("key", "value")], f"{d}.cross.kv")
+            c.take(f"{s}.crossattention.output.dense", f"{d}.cross_out.dense")
+            c.take(f"{s}.crossattention.output.LayerNorm", f"{d}.cross_out.ln")
         for ffn, (inter, output) in {"ffn_query": ("intermediate_query", "output_query"),
                                      "ffn_text": ("intermediate", "output")}.items():
-            take(f"{s}.{inter}.dense", f"{d}.{ffn}.fc1")
-            take(f"{s}.{output}.dense", f"{d}.{ffn}.out.dense")
-            take(f"{s}.{output}.LayerNorm", f"{d}.{ffn}.out.ln")
+            c.take(f"{s}.{inter}.dense", f"{d}.{ffn}.fc1")
+            c.take(f"{s}.{output}.dense", f"{d}.{ffn}.out.dense")
+            c.take(f"{s}.{output}.LayerNorm", f"{d}.{ffn}.out.ln")
     if query_tokens is not None:
-        out["query_tokens"] = query_tokens
-    return out, sorted(set(hf) - used)
+        c.out["query_tokens"] = query_tokens
+    return c.out, c.unused()

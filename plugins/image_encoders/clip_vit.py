@@ -1,16 +1,17 @@
 """``clip_vit_l``: CLIP ViT-L/14's image tower as BLIP-2 uses it: the second-to-last block's tokens.
 
 Built with timm's ``VisionTransformer`` (pre-norm, QuickGELU, as CLIP). Weights: OpenAI CLIP key names
-(``visual.``-prefixed or bare, as LAVIS stores them) or timm's own names.
+(``visual.``-prefixed or bare, as LAVIS stores them) or timm's own names. Arguments: see
+:class:`framework.models.image_encoder.ImageEncoder`.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from framework.models.image_encoder import ImageEncoder, Precision, prefix_map
+from framework.models.image_encoder import ImageEncoder, KeyMap, prefix_map
 from framework.registry import IMAGE_ENCODERS
 
 
@@ -34,33 +35,29 @@ def _openai_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def clip_key_map(depth: int):
-    def key_map(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-        text_tower: Dict[str, str] = {}
-        if any(k.startswith("visual.") for k in state):  # a whole CLIP model: keep its image tower
-            text_tower = {k: "CLIP's text tower" for k in state if not k.startswith("visual.")}
-            state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-        if any(k.startswith(("conv1.", "transformer.")) for k in state):
-            state = _openai_to_timm(state)
-        rename = [(p, f"vit.{p}") for p in ("cls_token", "pos_embed", "patch_embed.", "norm_pre.", "blocks.")]
-        unused = {"ln_post.": "the final norm (BLIP-2 takes the tokens before it)", "norm.": "the final norm",
-                  "proj": "the CLIP projection", "head.": "the classifier", "fc_norm.": "the pooled-feature norm"}
-        out, dropped = prefix_map(state, rename, depth, "blocks.", unused)
-        return out, {**dropped, **text_tower}
-
-    return key_map
-
-
 @IMAGE_ENCODERS.register("clip_vit_l")
 class ClipViTL(ImageEncoder):
-    """Args: as ``eva_vit_g``; defaults are CLIP ViT-L/14 (width 1024, 24 blocks of which 23 are used)."""
+    PRESETS = {"full": dict(patch_size=14, width=1024, depth=23, heads=16, mlp_dim=4096),
+               "tiny": dict(patch_size=8, width=64, depth=2, heads=4, mlp_dim=256)}
 
-    def __init__(self, image_size: int = 224, patch_size: int = 14, width: int = 1024, depth: int = 23,
-                 heads: int = 16, mlp_dim: int = 4096, drop_path: float = 0.0, freeze: bool = True,
-                 precision: Precision = "fp16", checkpoint: Optional[str] = None) -> None:
-        vit = VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth,
-                                num_heads=heads, mlp_ratio=mlp_dim / width, pre_norm=True, act_layer="quick_gelu",
-                                drop_path_rate=drop_path, num_classes=0, global_pool="")
-        super().__init__(vit, image_size, freeze, precision)
-        if checkpoint and not vit.pos_embed.is_meta:
-            self.load_pretrained(checkpoint, clip_key_map(depth))
+    def build_vit(self, image_size: int, drop_path: float, patch_size: int, width: int, depth: int, heads: int,
+                  mlp_dim: int) -> VisionTransformer:
+        return VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth,
+                                 num_heads=heads, mlp_ratio=mlp_dim / width, pre_norm=True, act_layer="quick_gelu",
+                                 drop_path_rate=drop_path, num_classes=0, global_pool="")
+
+    def key_map(self, depth: int) -> KeyMap:
+        def clip(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+            text_tower: Dict[str, str] = {}
+            if any(k.startswith("visual.") for k in state):  # a whole CLIP model: keep its image tower
+                text_tower = {k: "CLIP's text tower" for k in state if not k.startswith("visual.")}
+                state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+            if any(k.startswith(("conv1.", "transformer.")) for k in state):
+                state = _openai_to_timm(state)
+            rename = [(p, f"vit.{p}") for p in ("cls_token", "pos_embed", "patch_embed.", "norm_pre.", "blocks.")]
+            unused = {"ln_post.": "the final norm (BLIP-2 takes the tokens before it)", "norm.": "the final norm",
+                      "proj": "the CLIP projection", "head.": "the classifier", "fc_norm.": "the pooled-feature norm"}
+            out, dropped = prefix_map(state, rename, depth, "blocks.", unused)
+            return out, {**dropped, **text_tower}
+
+        return clip
