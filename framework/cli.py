@@ -12,7 +12,7 @@ from framework.checkpoint import CheckpointError
 from framework.config import ConfigError, load_config, validate
 from framework.data.builder import MissingDataError
 from framework.logs import setup_console
-from framework.models.build import build_model, parameter_table
+from framework.models.build import build_model, parameter_table, weight_files
 from framework.registry import RegistryError, load_plugin_modules
 from framework.runner import ExperimentConfig, NonFiniteLossError, builders
 
@@ -43,6 +43,9 @@ def dry_run(exp: ExperimentConfig) -> None:
         model = build_model(exp.model)
     print(f"config OK. model {exp.model['name']!r} (built on the meta device):")
     print(parameter_table(model))
+    print("model files:")
+    for f in weight_files(model, exp.model):
+        print(f"  [{'exists' if f.path.exists() else 'MISSING'}] {f.role}: {f.path}")
     splits = exp.run.train_splits + exp.run.eval_splits + exp.run.test_splits
     print("data files:")
     for entry, builder in builders(exp).items():

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from framework.checkpoint import summarize_keys
+from framework.data.builder import DataFile
 from framework.logs import logger
 from framework.models.qformer import NotABertCheckpoint, QFormer, load_bert
 from framework.registry import Part, build
@@ -74,6 +75,8 @@ class Blip2Base(nn.Module):
         self.max_txt_len = max_txt_len
         self.num_truncated = 0
         self.tokenizer = None
+        self.weight_files = [DataFile(Path(q.bert).expanduser(), "Q-Former BERT folder (tokenizer and weights)")] \
+            if q.bert else []
         if self.ln_vision.weight.is_meta:
             return  # --dry-run: architecture only, no files read
         if q.bert is None:

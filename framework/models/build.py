@@ -1,11 +1,13 @@
 """Build the configured model and describe it."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, List
 
 from torch import nn
 
 from framework import checkpoint
+from framework.data.builder import DataFile
 from framework.registry import build
 
 
@@ -18,6 +20,15 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     if ckpt and not on_meta:
         checkpoint.load_model_weights(model, checkpoint.load(ckpt)["model"], ckpt)
     return model
+
+
+def weight_files(model: nn.Module, spec: Dict[str, Any]) -> List[DataFile]:
+    """Files the model reads when built for real: ``model.checkpoint`` and every ``weight_files`` a part
+    declares (an encoder's pretrained weights, the Q-Former's BERT folder)."""
+    files = [DataFile(Path(spec["checkpoint"]), "model.checkpoint")] if spec.get("checkpoint") else []
+    for module in model.modules():
+        files += getattr(module, "weight_files", [])
+    return files
 
 
 def parameter_table(model: nn.Module) -> str:

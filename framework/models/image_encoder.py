@@ -12,6 +12,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from framework.checkpoint import FORMAT, CheckpointError
+from framework.data.builder import DataFile
 from framework.logs import logger
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -31,7 +32,8 @@ class WeightLoadError(CheckpointError):
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise WeightLoadError(f"image encoder weights {path} do not exist")
+        raise WeightLoadError(f"image encoder weights {path} do not exist (model.image_encoder.checkpoint): put the "
+                              f"file there, point the key at it, or set it to null for random weights")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -77,6 +79,7 @@ class ImageEncoder(nn.Module):
         self.image_size = image_size
         self.num_features = vit.embed_dim
         self.frozen = freeze
+        self.weight_files = [DataFile(Path(checkpoint).expanduser(), "image encoder weights")] if checkpoint else []
         if checkpoint and not vit.pos_embed.is_meta:
             self.load_pretrained(checkpoint, self.key_map(sizes["depth"]))
         if freeze:
