@@ -161,3 +161,20 @@ def test_checkpoint_without_qformer_keys_is_named(tmp_path: Path, capsys) -> Non
     assert "trainable keys the checkpoint lacks: qformer.layers.0-1.* (44 keys)" in err and "itm_head.weight" in err
     assert "keys the model does not have: image_encoder.body.0,2.* (4 keys)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_itm_reusing_the_itc_pass_keys_values_equals_projecting_every_image(tmp_path: Path) -> None:
+    m = _model(tmp_path).eval()
+    images = torch.randn(4, 3, 32, 32)
+    ids, mask = m.tokenize(["a red circle", "a blue square", "two shapes", "a single green triangle"])
+    embeds = m.encode_image(images)
+    sims = torch.randn(4, 4)
+    torch.manual_seed(3)
+    fast = m._itm(ids, mask, embeds, m.qformer.project_image(embeds), sims, sims.t(), None)
+    torch.manual_seed(3)  # the same negatives, then every image of the 3B pairs projected again
+    neg_image, neg_text = sample_hard_negatives(sims.t()), sample_hard_negatives(sims)
+    out = m.qformer("itm", image=torch.cat([embeds, embeds[neg_image], embeds]),
+                    input_ids=torch.cat([ids, ids, ids[neg_text]]), text_mask=torch.cat([mask, mask, mask[neg_text]]))
+    logits = m.itm_head(out.hidden[:, :m.qformer.num_query_tokens]).mean(1)
+    slow = F.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 8))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)

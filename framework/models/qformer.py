@@ -81,11 +81,18 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(kv_dim, 2 * dim)
 
-    def forward(self, x: torch.Tensor, image: torch.Tensor, image_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def project(self, image: torch.Tensor) -> KV:
+        """Keys and values of the image tokens ([B, heads, N, head_dim] each)."""
+        b, n, _ = image.shape
+        h = self.heads
+        k, v = self.kv(image).view(b, n, 2, h, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, image_kv: KV, image_mask: Optional[torch.Tensor]) -> torch.Tensor:
         b, n, d = x.shape
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.kv(image).view(b, image.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        k, v = image_kv
         mask = None if image_mask is None else image_mask.bool()[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -126,7 +133,7 @@ class QFormerLayer(nn.Module):
         self.ffn_query = FeedForward(dim, ffn, eps, dropout)
         self.ffn_text = FeedForward(dim, ffn, eps, dropout)
 
-    def forward(self, x: torch.Tensor, n_query: int, mask: torch.Tensor, image: Optional[torch.Tensor],
+    def forward(self, x: torch.Tensor, n_query: int, mask: Optional[torch.Tensor], image_kv: Optional[KV],
                 image_mask: Optional[torch.Tensor], past: Optional[KV]) -> Tuple[torch.Tensor, KV]:
         a, present = self.attn(x, mask, past)
         x = self.attn_out(a, x)
@@ -134,9 +141,9 @@ class QFormerLayer(nn.Module):
         parts = []
         if n_query:
             if self.cross is not None:
-                if image is None:
+                if image_kv is None:
                     raise ValueError("the Q-Former's query positions need image tokens (image=None was given)")
-                query = self.cross_out(self.cross(query, image, image_mask), query)
+                query = self.cross_out(self.cross(query, image_kv, image_mask), query)
             parts.append(self.ffn_query(query))
         if text.shape[1]:
             parts.append(self.ffn_text(text))
@@ -201,17 +208,26 @@ class QFormer(nn.Module):
             parts.append(self.word_embeddings(input_ids) + self.position_embeddings(pos))
         return self.emb_drop(self.emb_ln(torch.cat(parts, 1)))
 
+    def project_image(self, image: torch.Tensor) -> List[Optional[KV]]:
+        """Per layer, the cross-attention keys/values of ``image`` (None for layers without cross-attention).
+        Computed once, they serve several passes over the same images (stage 1's ITC and ITM)."""
+        return [None if layer.cross is None else layer.cross.project(image) for layer in self.layers]
+
     def forward(self, mode: Mode, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
                 text_mask: Optional[torch.Tensor] = None, with_queries: bool = True,
                 image_mask: Optional[torch.Tensor] = None, past: Optional[List[KV]] = None,
-                cache_queries: bool = False) -> QFormerOutput:
+                cache_queries: bool = False, image_kv: Optional[List[Optional[KV]]] = None) -> QFormerOutput:
         """Run the Q-Former over [queries (unless ``with_queries=False`` or cached in ``past``), text].
 
+        The image comes as tokens (``image``) or already projected (``image_kv``, from :meth:`project_image`).
         ``past`` holds the query positions' keys/values from an earlier call with ``cache_queries=True``
         (ITG reuses the ITC pass's queries instead of recomputing them).
         """
-        batch = (image if image is not None else input_ids).shape[0]
         queries_here = with_queries and past is None
+        if image_kv is None and image is not None and queries_here:
+            image_kv = self.project_image(image)
+        first_kv = next((kv[0] for kv in image_kv or [] if kv is not None), None)
+        batch = (first_kv if first_kv is not None else image if image is not None else input_ids).shape[0]
         n_query = self.num_query_tokens if with_queries else 0
         x = self.embed(input_ids, queries_here, batch)
         if text_mask is None and input_ids is not None:
@@ -223,7 +239,8 @@ class QFormer(nn.Module):
         presents: List[KV] = []
         n_here = n_query if queries_here else 0
         for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, n_here, mask, image, image_mask, None if past is None else past[i])
+            x, (k, v) = layer(x, n_here, mask, None if image_kv is None else image_kv[i], image_mask,
+                              None if past is None else past[i])
             if cache_queries:
                 presents.append((k[:, :, :n_query], v[:, :, :n_query]))
         return QFormerOutput(x, presents if cache_queries else None)

@@ -101,7 +101,8 @@ class Blip2QFormer(Blip2Base):
         ids, mask = self.tokenize(batch["text_input"], pad_to_max=dist.is_dist())  # equal widths to gather
         image_ids = batch.get("image_id") if self.use_image_ids else None
         n_query = self.qformer.num_query_tokens
-        out = self.qformer("itc", image=image_embeds, input_ids=ids, text_mask=mask,
+        image_kv = self.qformer.project_image(image_embeds)  # shared by the ITC and ITM passes
+        out = self.qformer("itc", image_kv=image_kv, input_ids=ids, text_mask=mask,
                            cache_queries="itg" in self.losses)
         image_feats = F.normalize(self.vision_proj(out.hidden[:, :n_query]), dim=-1)
         text_feat = F.normalize(self.text_proj(out.hidden[:, n_query]), dim=-1)
@@ -110,20 +111,24 @@ class Blip2QFormer(Blip2Base):
         if "itc" in self.losses:
             terms["loss_itc"] = loss_itc
         if "itm" in self.losses:
-            terms["loss_itm"] = self._itm(ids, mask, image_embeds, sim_i2t, sim_t2i, image_ids)
+            terms["loss_itm"] = self._itm(ids, mask, image_embeds, image_kv, sim_i2t, sim_t2i, image_ids)
         if "itg" in self.losses:
             terms["loss_itg"] = self._itg(ids, mask, out.past)
         return {"loss": sum(terms.values()), **terms}
 
-    def _itm(self, ids: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor, sim_i2t: torch.Tensor,
+    def _itm(self, ids: torch.Tensor, mask: torch.Tensor, image_embeds: torch.Tensor, image_kv, sim_i2t: torch.Tensor,
              sim_t2i: torch.Tensor, image_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """Pairs [positive, (negative image, text), (image, negative text)]; the positive images' keys/values
+        come from the ITC pass, only the negative images are projected here."""
         ids_all_images = None if image_ids is None else dist.all_gather_no_grad(image_ids)
         neg_image = sample_hard_negatives(sim_t2i, image_ids, ids_all_images)  # a wrong image for each text
         neg_text = sample_hard_negatives(sim_i2t, image_ids, ids_all_images)  # a wrong text for each image
         ids_all, mask_all = dist.all_gather_no_grad(ids), dist.all_gather_no_grad(mask)
         images_all = dist.all_gather_with_grad(image_embeds)
-        out = self.qformer("itm", image=torch.cat([image_embeds, images_all[neg_image], image_embeds]),
-                           input_ids=torch.cat([ids, ids, ids_all[neg_text]]),
+        neg_kv = self.qformer.project_image(images_all[neg_image])
+        kv = [None if p is None else (torch.cat([p[0], n[0], p[0]]), torch.cat([p[1], n[1], p[1]]))
+              for p, n in zip(image_kv, neg_kv)]
+        out = self.qformer("itm", image_kv=kv, input_ids=torch.cat([ids, ids, ids_all[neg_text]]),
                            text_mask=torch.cat([mask, mask, mask_all[neg_text]]))
         logits = self.itm_head(out.hidden[:, :self.qformer.num_query_tokens]).mean(1)
         b = ids.shape[0]
@@ -143,8 +148,10 @@ class Blip2QFormer(Blip2Base):
     # ---------------------------------------------------------------------------------------- retrieval
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """[B, Q, embed_dim] normalised query embeddings."""
-        out = self.qformer("itc", image=self.encode_image(images))
-        return F.normalize(self.vision_proj(out.hidden), dim=-1)
+        return self._query_embeds(self.qformer.project_image(self.encode_image(images)))
+
+    def _query_embeds(self, image_kv) -> torch.Tensor:
+        return F.normalize(self.vision_proj(self.qformer("itc", image_kv=image_kv).hidden), dim=-1)
 
     def text_features(self, texts: List[str]) -> torch.Tensor:
         """[B, embed_dim] normalised text [CLS] embeddings (the unimodal text path)."""
@@ -165,7 +172,7 @@ class Blip2QFormer(Blip2Base):
     def extract_features(self, images: torch.Tensor, texts: List[str]) -> Dict[str, torch.Tensor]:
         """Image embeddings [B,Q,E], text embeddings [B,E] and multimodal (ITM) query outputs [B,Q,H]."""
         ids, mask = self.tokenize(texts)
-        image_embeds = self.encode_image(images)
-        multimodal = self.qformer("itm", image=image_embeds, input_ids=ids, text_mask=mask).hidden
-        return {"image_embeds": self.image_features(images), "text_embeds": self.text_features(texts),
+        image_kv = self.qformer.project_image(self.encode_image(images))
+        multimodal = self.qformer("itm", image_kv=image_kv, input_ids=ids, text_mask=mask).hidden
+        return {"image_embeds": self._query_embeds(image_kv), "text_embeds": self.text_features(texts),
                 "multimodal_embeds": multimodal[:, :self.qformer.num_query_tokens]}
