@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+from framework.config import ConfigError
 from framework.registry import LR_SCHEDULERS, Part
 
 
@@ -31,7 +32,7 @@ class OptimConfig:
 def param_groups(model: nn.Module, cfg: OptimConfig) -> List[Dict[str, Any]]:
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     if cfg.layer_decay is not None and not (hasattr(model, "layer_id") and hasattr(model, "num_layers")):
-        raise ValueError(f"run.optimizer.layer_decay needs the model ({type(model).__name__}) to define "
+        raise ConfigError(f"run.optimizer.layer_decay needs the model ({type(model).__name__}) to define "
                          f"layer_id(param_name) and num_layers; set layer_decay: null or add them")
     groups: Dict[tuple, Dict[str, Any]] = {}
     for name, p in model.named_parameters():

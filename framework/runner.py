@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from framework import checkpoint, dist
-from framework.config import DatasetsOf, to_yaml
+from framework.config import ConfigError, DatasetsOf, to_yaml
 from framework.data.builder import DatasetBuilder
 from framework.data.loader import eval_loader, set_position, train_loader
 from framework.logs import RunLog, logger, truncate_after
@@ -97,7 +97,7 @@ class NonFiniteLossError(FloatingPointError):
 def _device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
+            raise ConfigError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
@@ -128,7 +128,7 @@ class Runner:
         self.device = _device(self.cfg)
         dist.init(self.device)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
+            raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
         self.out = Path(self.cfg.output_dir)
         self.builders = builders(exp)
         splits = self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits
@@ -242,7 +242,7 @@ class Runner:
         loader = self._train_data()
         iters_per_epoch = len(loader) // self.cfg.accum_steps
         if iters_per_epoch == 0:
-            raise ValueError(f"the training data has {len(loader.dataset)} samples: fewer than one optimizer "
+            raise ConfigError(f"the training data has {len(loader.dataset)} samples: fewer than one optimizer "
                              f"step of batch_size={self.cfg.batch_size} x accum_steps={self.cfg.accum_steps} "
                              f"x {dist.world_size()} processes")
         total = self.cfg.max_iters or self.cfg.max_epochs * iters_per_epoch

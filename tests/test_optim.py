@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from conftest import read_log, toy_config, write_yaml
+from framework.config import ConfigError
 from framework.optim import OptimConfig, param_groups
 from framework.registry import LR_SCHEDULERS
 from framework.train import main as train_main
@@ -67,7 +68,7 @@ def test_no_weight_decay_on_biases_norms_1d_and_named() -> None:
 
 
 def test_layer_decay_scales_lr_and_needs_layer_ids() -> None:
-    with pytest.raises(ValueError, match=r"layer_decay needs the model \(_Net\) to define layer_id"):
+    with pytest.raises(ConfigError, match=r"layer_decay needs the model \(_Net\) to define layer_id"):
         param_groups(_Net(), OptimConfig(layer_decay=0.5))
     net = _Net()
     net.num_layers = 2

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from framework.config import ConfigError
 from plugins.datasets.shapes import COLORS, ShapesBuilder, generate
 
 COUNTS = {"train": 40, "val": 12, "test": 12}
@@ -50,7 +51,7 @@ def test_builder_generates_once_into_a_fingerprinted_folder(tmp_path: Path) -> N
                          num_images={"train": 4, "val": 2}).root == b.root  # shared by the annotation kinds
     assert ShapesBuilder("x", annotations="caption", cache_dir=str(tmp_path), seed=2, image_size=32,
                          num_images={"train": 4, "val": 2}).root != b.root
-    with pytest.raises(ValueError, match=r"splits \['test'\] are not generated"):
+    with pytest.raises(ConfigError, match=r"splits \['test'\] are not generated"):
         b.prepare(["test"])
 
 

@@ -1,10 +1,6 @@
 """Stage-1 BLIP-2: ITC against a reference and across gloo ranks, hard negatives, training on shapes, bad input."""
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +10,6 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from conftest import read_log, toy_config, write_yaml
-from framework.checkpoint import CheckpointError
 from framework.cli import load_experiment
 from framework.config import ConfigError
 from framework.models.build import build_model

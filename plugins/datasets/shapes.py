@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from framework import dist
+from framework.config import ConfigError
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset, RetrievalDataset, VQADataset
 from framework.registry import DATASETS
@@ -227,7 +228,7 @@ class ShapesBuilder(DatasetBuilder):
     def prepare(self, splits: List[str]) -> None:
         unknown = sorted(set(splits) - set(self.num_images))
         if unknown:
-            raise ValueError(f"dataset entry {self.entry!r}: splits {unknown} are not generated; shapes has "
+            raise ConfigError(f"dataset entry {self.entry!r}: splits {unknown} are not generated; shapes has "
                              f"{sorted(self.num_images)} (set datasets.{self.entry}.num_images)")
         if dist.is_main() and not self.root.exists():
             generate(self.root, self.seed, self.image_size, self.num_images)

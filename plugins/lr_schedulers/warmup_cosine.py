@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from framework.config import ConfigError
 from framework.registry import LR_SCHEDULERS
 
 
@@ -20,7 +21,7 @@ def linear_warmup_cosine(base_lr: float, total_iters: int, iters_per_epoch: int,
             Epochs are converted to steps, so the lr changes every step even when warmup spans epochs.
     """
     if warmup_iters and warmup_epochs:
-        raise ValueError("linear_warmup_cosine: give warmup_iters or warmup_epochs, not both")
+        raise ConfigError("run.optimizer.lr_schedule: give warmup_iters or warmup_epochs, not both")
     warmup = warmup_iters or round(warmup_epochs * iters_per_epoch)
 
     def lr_at(step: int) -> float:

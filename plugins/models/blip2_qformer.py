@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework import dist
+from framework.config import ConfigError
 from framework.models.blip2 import Blip2Base, QFormerArgs
 from framework.registry import MODELS, Part
 
@@ -85,7 +86,7 @@ class Blip2QFormer(Blip2Base):
                  label_smoothing: float = 0.1, temperature: float = 0.07, use_image_ids: bool = True) -> None:
         super().__init__(image_encoder, qformer, max_txt_len)
         if not losses:
-            raise ValueError("model.losses is empty: name at least one of itc, itm, itg")
+            raise ConfigError("model.losses is empty: name at least one of itc, itm, itg")
         hidden = qformer.hidden_size
         self.vision_proj = nn.Linear(hidden, embed_dim)
         self.text_proj = nn.Linear(hidden, embed_dim)
