@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
-from tiny_bert import make_tiny_bert
+from tiny_bert import make_tiny_bert, vocab_size
 
 TINY_VIT = {"name": "eva_vit_g", "image_size": 32, "patch_size": 8, "width": 48, "depth": 2, "heads": 4,
             "mlp_dim": 96, "precision": "fp32"}
@@ -17,7 +17,7 @@ def stage1_config(tmp: Path, out: Path, **run: Any) -> Dict[str, Any]:
     return {
         "model": {"name": "blip2_qformer", "image_encoder": dict(TINY_VIT), "embed_dim": 32, "max_txt_len": 24,
                   "qformer": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
-                              "vocab_size": 120, "max_position_embeddings": 64, "num_query_tokens": 4,
+                              "vocab_size": vocab_size(bert), "max_position_embeddings": 64, "num_query_tokens": 4,
                               "dropout": 0.0, "attention_dropout": 0.0, "bert": str(bert)}},
         "task": {"name": "pretrain"},
         "datasets": {"shapes_retrieval": {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framework.models.qformer import NotABertCheckpoint, QFormer, attention_mask, load_bert, state_from_hf_qformer
-from tiny_bert import make_tiny_bert
+from tiny_bert import make_tiny_bert, vocab_size
 
 
 def test_masks_directly() -> None:
@@ -116,8 +116,8 @@ def test_bert_initialisation_from_the_real_minilm_checkpoint() -> None:
 
 def test_shallower_qformer_takes_the_first_bert_layers(tmp_path: Path) -> None:
     folder = make_tiny_bert(tmp_path / "bert", layers=3)
-    q = QFormer(vision_width=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, vocab_size=120,
-                max_position_embeddings=64)
+    q = QFormer(vision_width=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                vocab_size=vocab_size(folder), max_position_embeddings=64)
     unused = load_bert(q, folder)
     assert any(k.startswith("encoder.layer.2.") for k in unused) and not any(".layer.1." in k for k in unused)
 

@@ -110,12 +110,11 @@ def test_hard_negatives_are_never_positives() -> None:
 def test_stage1_on_shapes_beats_chance_and_runs_without_itg(tmp_path: Path) -> None:
     cfg = stage1_config(tmp_path, tmp_path / "full", max_iters=300, eval_every=300)
     assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
-    ev = read_log(tmp_path / "full", "eval")[-1]
-    key = "shapes_retrieval/val/"
-    # 40 validation images, 5 captions each: chance R@1 = 2.5 %, R@5 = 12.5 %, R@10 = 25 %
-    chance_mean = 100 * (1 + 5 + 10) / 40 / 3
-    assert ev[key + "img_r5"] > 2 * 12.5 and ev[key + "img_r10"] > 2 * 25 * 0.9
-    assert ev[key + "r_mean"] > 1.5 * chance_mean
+    ev = {k.split("/")[-1]: v for k, v in read_log(tmp_path / "full", "eval")[-1].items() if "/val/" in k}
+    # 40 validation images, 5 captions each; measured (deterministic): R@1 12.5 / 10.5 against chance 2.5
+    assert ev["txt_r1"] > 3 * ev["chance_txt_r1"] and ev["img_r1"] > 3 * ev["chance_img_r1"], ev
+    chance_mean = sum(ev[f"chance_{d}_r{k}"] for d in ("txt", "img") for k in (1, 5, 10)) / 6
+    assert ev["r_mean"] > 2 * chance_mean, ev
     assert {"loss_itc", "loss_itm", "loss_itg"} <= set(read_log(tmp_path / "full")[-1])
     # the ITG-removal ablation is one override of the same config
     assert train_main(["--cfg", str(tmp_path / "s1.yaml"), "--options", "model.losses=[itc,itm]",
