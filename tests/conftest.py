@@ -13,6 +13,9 @@ import yaml
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))  # toy_plugins, importable as listed under `plugins:`
+# nothing may come from a model hub: any attempt fails instead of downloading
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
