@@ -1,0 +1,161 @@
+"""LLM adapters: a frozen language model that reads a soft visual prompt.
+
+Contract (what the generative BLIP-2 model relies on): ``hidden_size``; ``lm_loss(prefix, prompts, targets)``,
+the language-modelling loss of ``targets`` given the prefix embeddings ``[B, P, hidden_size]`` (the projected
+query outputs) and the text ``prompts``; ``generate(prefix, prompts, **decoding)``, the decoded texts. The
+adapter owns its tokenizer and its padding side, and hides decoder-only against encoder-decoder:
+
+* decoder-only: the input is [prefix, prompt, target]; only target positions count in the loss; generation
+  continues after the prompt (padding on the left, so every sequence ends where generation starts);
+* encoder-decoder: [prefix, prompt] goes into the encoder, the target is the decoder's.
+
+Weights come from a local Hugging Face folder (``path``) through transformers' own classes: nothing is
+downloaded. Frozen by default, stored in ``precision``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Literal, Optional, Tuple
+
+import torch
+from torch import nn
+
+from framework.config import ConfigError
+from framework.data.builder import DataFile
+from framework.models.image_encoder import DTYPES, Precision
+
+
+class LLMAdapter(nn.Module):
+    """Base class. Args:
+        path: a local Hugging Face model folder (config.json, tokenizer files, weights).
+        precision: storage dtype of the frozen weights (fp16 or bf16 on GPU; fp32 for CPU tests).
+        freeze: no gradients, eval mode (as BLIP-2).
+        max_txt_len: tokens kept of each prompt and of each target.
+    """
+
+    model_type: Tuple[str, ...] = ()  # accepted config.json model_type values; empty: any
+
+    def __init__(self, path: str, precision: Precision = "fp16", freeze: bool = True, max_txt_len: int = 32) -> None:
+        super().__init__()
+        folder = Path(path).expanduser()
+        self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"model.llm.path: {folder} is not a Hugging Face model folder (no config.json); put the "
+                              f"model's files there (config.json, tokenizer files, weights)")
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(str(folder))
+        if self.model_type and config.model_type not in self.model_type:
+            raise ConfigError(f"model.llm.path: {folder} holds a {config.model_type!r} model; this adapter reads "
+                              f"{' or '.join(self.model_type)}")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = self.load(str(folder), DTYPES[precision])
+        self.max_txt_len, self.frozen = max_txt_len, freeze
+        if freeze:
+            self.model.requires_grad_(False)
+            self.model.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def train(self, mode: bool = True) -> "LLMAdapter":
+        return super().train(mode and not self.frozen)
+
+    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+        raise NotImplementedError
+
+    def ids(self, texts: List[str], special: bool) -> List[List[int]]:
+        enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=True, max_length=self.max_txt_len)
+        return enc["input_ids"]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(input embeddings, attention mask) that generation starts from."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, prefix: torch.Tensor, prompts: List[str], num_beams: int = 5, max_new_tokens: int = 30,
+                 min_new_tokens: int = 1, length_penalty: float = 1.0, repetition_penalty: float = 1.0,
+                 do_sample: bool = False, top_p: float = 0.9, num_return_sequences: int = 1) -> List[str]:
+        """Texts generated after each prefix + prompt (``num_return_sequences`` per sample, in order): beam
+        search, or nucleus sampling with ``do_sample``; the LLM's key/value cache is used throughout."""
+        embeds, mask = self.generation_inputs(prefix, prompts)
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
+                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                  length_penalty=length_penalty, repetition_penalty=repetition_penalty,
+                                  do_sample=do_sample, top_p=top_p, num_return_sequences=num_return_sequences,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float = 0.0) -> torch.Tensor:
+    """Stack ``[L_i, ...]`` tensors into ``[B, max L, ...]`` padded with ``value`` on one side."""
+    longest = max(r.shape[0] for r in rows)
+    out = rows[0].new_full((len(rows), longest, *rows[0].shape[1:]), value)
+    for i, r in enumerate(rows):
+        if side == "left":
+            out[i, longest - r.shape[0]:] = r
+        else:
+            out[i, :r.shape[0]] = r
+    return out
+
+
+class DecoderOnlyAdapter(LLMAdapter):
+    """[prefix, prompt, target] through a causal LM; loss on the target tokens (and the closing EOS) only."""
+
+    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    def _sequences(self, prefix: torch.Tensor, prompts: List[str], targets: Optional[List[str]] = None):
+        """Per sample: (input embeddings, labels) of [prefix, prompt, target + EOS]."""
+        eos = self.tokenizer.eos_token_id
+        prompt_ids = self.ids(prompts, special=True)
+        target_ids = [t + [eos] for t in self.ids(targets, special=False)] if targets is not None else None
+        rows, labels = [], []
+        for i, p in enumerate(prompt_ids):
+            ids = torch.tensor(p + (target_ids[i] if target_ids else []), device=prefix.device)
+            rows.append(torch.cat([prefix[i], self.embed(ids).to(prefix.dtype)]))
+            lab = torch.full((prefix.shape[1] + len(ids),), -100, device=prefix.device)
+            if target_ids:
+                lab[prefix.shape[1] + len(p):] = ids[len(p):]
+            labels.append(lab)
+        return rows, labels
+
+    def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
+        rows, labels = self._sequences(prefix, prompts, targets)
+        mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
+        out = self.model(inputs_embeds=_pad(rows, "right").to(self.model.dtype), attention_mask=mask,
+                         labels=_pad(labels, "right", -100))
+        return out.loss
+
+    def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        rows, _ = self._sequences(prefix, prompts)
+        mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "left")
+        return _pad(rows, "left").to(self.model.dtype), mask
+
+
+class EncoderDecoderAdapter(LLMAdapter):
+    """[prefix, prompt] into the encoder; the target is the decoder's (T5 / FlanT5)."""
+
+    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+        from transformers import AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype)
+
+    def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        rows = [torch.cat([prefix[i], self.embed(torch.tensor(p, device=prefix.device)).to(prefix.dtype)])
+                for i, p in enumerate(self.ids(prompts, special=True))]
+        mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
+        return _pad(rows, "right").to(self.model.dtype), mask
+
+    def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
+        embeds, mask = self.generation_inputs(prefix, prompts)
+        labels = [torch.tensor(t, device=prefix.device) for t in self.ids(targets, special=True)]
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100)).loss

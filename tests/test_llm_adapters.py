@@ -1,0 +1,88 @@
+"""LLM adapters: the LM loss against a written-out reference, generation batched and alone, freezing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from framework.config import ConfigError
+from framework.registry import LLMS
+from tiny_llms import make_tiny_opt, make_tiny_t5
+
+PROMPTS = ["a photo of", "question : what color is the circle ? answer :"]
+TARGETS = ["a red circle and a blue square", "red"]
+
+
+@pytest.fixture(scope="module")
+def opt(tmp_path_factory):
+    return LLMS.get("opt")(path=str(make_tiny_opt(tmp_path_factory.mktemp("opt"))), precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory):
+    return LLMS.get("flant5")(path=str(make_tiny_t5(tmp_path_factory.mktemp("t5"))), precision="fp32")
+
+
+def test_decoder_only_loss_counts_only_the_target_tokens(opt) -> None:
+    torch.manual_seed(0)
+    prefix = torch.randn(2, 3, opt.hidden_size)
+    loss = opt.lm_loss(prefix, PROMPTS, TARGETS)
+    tok, eos = opt.tokenizer, opt.tokenizer.eos_token_id
+    total, count = 0.0, 0
+    for i in range(2):  # each sample alone, no padding: [prefix, prompt, target, eos]
+        p = tok(PROMPTS[i])["input_ids"]
+        t = tok(TARGETS[i], add_special_tokens=False)["input_ids"] + [eos]
+        ids = torch.tensor(p + t)
+        logits = opt.model(inputs_embeds=torch.cat([prefix[i], opt.embed(ids)])[None]).logits[0]
+        start = prefix.shape[1] + len(p)  # first target position; predicted from the one before it
+        total += F.cross_entropy(logits[start - 1:-1], torch.tensor(t), reduction="sum")
+        count += len(t)
+    assert float(loss) == pytest.approx(float(total / count), rel=1e-5)
+
+
+def test_encoder_decoder_loss_puts_prefix_and_prompt_in_the_encoder(t5) -> None:
+    torch.manual_seed(0)
+    prefix = torch.randn(2, 3, t5.hidden_size)
+    loss = t5.lm_loss(prefix, PROMPTS, TARGETS)
+    tok = t5.tokenizer
+    total, count = 0.0, 0
+    for i in range(2):
+        enc = torch.cat([prefix[i], t5.embed(torch.tensor(tok(PROMPTS[i])["input_ids"]))])[None]
+        labels = torch.tensor(tok(TARGETS[i])["input_ids"])[None]  # ends with </s>
+        total += float(t5.model(inputs_embeds=enc, labels=labels).loss) * labels.shape[1]
+        count += labels.shape[1]
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["opt", "t5"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_batched_generation_equals_one_at_a_time(name: str, beams: int, request) -> None:
+    adapter = request.getfixturevalue(name)
+    torch.manual_seed(1)
+    prefix = torch.randn(2, 3, adapter.hidden_size)
+    batched = adapter.generate(prefix, PROMPTS, num_beams=beams, max_new_tokens=6)
+    alone = [adapter.generate(prefix[i:i + 1], PROMPTS[i:i + 1], num_beams=beams, max_new_tokens=6)[0]
+             for i in range(2)]
+    assert batched == alone and all(isinstance(t, str) for t in batched)
+    several = adapter.generate(prefix, PROMPTS, num_beams=3, max_new_tokens=6, num_return_sequences=2)
+    assert len(several) == 4
+
+
+def test_frozen_in_its_precision(tmp_path: Path) -> None:
+    adapter = LLMS.get("opt")(path=str(make_tiny_opt(tmp_path / "opt")), precision="bf16")
+    adapter.train()
+    assert not adapter.training and not adapter.model.training
+    assert not any(p.requires_grad for p in adapter.parameters())
+    assert {p.dtype for p in adapter.parameters()} == {torch.bfloat16}
+    loss = adapter.lm_loss(torch.randn(1, 2, adapter.hidden_size, requires_grad=True), ["a photo of"], ["a circle"])
+    assert loss.requires_grad  # gradients reach the prefix (the projected queries), not the LLM
+
+
+def test_wrong_folders_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nothing is not a Hugging Face model folder \(no config.json\)"):
+        LLMS.get("opt")(path=str(tmp_path / "nothing"))
+    opt_folder = make_tiny_opt(tmp_path / "opt")
+    with pytest.raises(ConfigError, match=r"holds a 'opt' model; this adapter reads t5"):
+        LLMS.get("flant5")(path=str(opt_folder))
