@@ -1,0 +1,91 @@
+"""``blip2_generative``: stage-2 BLIP-2. Frozen image encoder -> Q-Former -> linear projection -> frozen LLM.
+
+The projected query outputs are the LLM's soft visual prompt. With ``qformer_text_input: true`` the prompt
+text (an instruction, a VQA question) also goes through the Q-Former (bidirectional ``itm`` mask), so the
+queries extract what the text asks about — LAVIS cannot, once it deletes the Q-Former's text path.
+
+Whether the Q-Former starts from a stage-1 checkpoint (``stage1_checkpoint``) or from the BERT initialisation
+is this one key: the paper's stage-1 removal ablation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from framework import checkpoint
+from framework.config import ConfigError
+from framework.data.builder import DataFile
+from framework.logs import logger
+from framework.models.blip2 import Blip2Base, QFormerArgs
+from framework.registry import MODELS, Part, build
+
+STAGE1_PREFIXES = ("qformer.", "ln_vision.")
+
+
+@MODELS.register("blip2_generative")
+class Blip2Generative(Blip2Base):
+    """Args:
+        image_encoder: a registered image encoder (frozen by its own ``freeze`` key).
+        qformer: sizes and BERT initialisation (:class:`framework.models.blip2.QFormerArgs`).
+        llm: a registered LLM adapter (``opt``, ``flant5``, ``hf_causal_lm``) with its local folder.
+        stage1_checkpoint: one of our stage-1 checkpoints (``blip2_qformer``): the Q-Former and ``ln_vision``
+            start from it. null: from the BERT initialisation (the stage-1 removal ablation).
+        qformer_text_input: feed the prompt text through the Q-Former with the queries.
+        prompt: text placed after the visual prompt when a sample has none (captioning: "a photo of").
+        max_txt_len: Q-Former text tokens kept.
+    """
+
+    def __init__(self, image_encoder: Part("image_encoder"), llm: Part("llm"), qformer: QFormerArgs = QFormerArgs(),
+                 stage1_checkpoint: Optional[str] = None, qformer_text_input: bool = False, prompt: str = "",
+                 max_txt_len: int = 32) -> None:
+        super().__init__(image_encoder, qformer, max_txt_len)
+        self.llm = build("llm", llm)
+        self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)
+        self.qformer_text_input, self.prompt = qformer_text_input, prompt
+        if stage1_checkpoint:
+            self.weight_files = self.weight_files + [DataFile(Path(stage1_checkpoint), "stage-1 checkpoint")]
+            if not self.ln_vision.weight.is_meta:
+                self._load_stage1(stage1_checkpoint)
+
+    def _load_stage1(self, path: str) -> None:
+        weights = checkpoint.load(path)["model"]
+        picked = {k: v for k, v in weights.items() if k.startswith(STAGE1_PREFIXES)}
+        if not picked:
+            raise ConfigError(f"model.stage1_checkpoint: {path} holds no Q-Former weights (no qformer.* keys); "
+                              f"give a checkpoint of a blip2_qformer run")
+        own = self.state_dict()
+        wrong = [k for k, v in picked.items() if k not in own or own[k].shape != v.shape]
+        if wrong:
+            raise checkpoint.CheckpointError(f"model.stage1_checkpoint: {path} does not fit this Q-Former: "
+                                             f"{checkpoint.summarize_keys(wrong)}")
+        self.load_state_dict(picked, strict=False)
+        logger.info("Q-Former and ln_vision from stage-1 checkpoint %s (%d tensors)", path, len(picked))
+
+    def visual_prompt(self, images: torch.Tensor, prompts: List[str]) -> torch.Tensor:
+        """[B, Q, llm hidden] soft visual prompt."""
+        image_kv = self.qformer.project_image(self.encode_image(images))
+        n_query = self.qformer.num_query_tokens
+        if self.qformer_text_input:
+            ids, mask = self.tokenize(prompts)
+            hidden = self.qformer("itm", image_kv=image_kv, input_ids=ids, text_mask=mask).hidden
+        else:
+            hidden = self.qformer("itc", image_kv=image_kv).hidden
+        return self.llm_proj(hidden[:, :n_query])
+
+    def _prompts(self, batch: Dict[str, Any]) -> List[str]:
+        return batch.get("prompt") or [self.prompt] * len(batch["image"])
+
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """LM loss of the sample's ``text_input`` (the caption) after [visual prompt, ``prompt``]."""
+        prompts = self._prompts(batch)
+        loss = self.llm.lm_loss(self.visual_prompt(batch["image"], prompts), prompts, batch["text_input"])
+        return {"loss": loss, "loss_lm": loss}
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, prompts: Optional[List[str]] = None, **decoding: Any) -> List[str]:
+        """Texts for each image (decoding: see :meth:`framework.models.llm.LLMAdapter.generate`)."""
+        prompts = prompts or [self.prompt] * len(images)
+        return self.llm.generate(self.visual_prompt(images, prompts), prompts, **decoding)

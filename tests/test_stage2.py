@@ -1,0 +1,73 @@
+"""Stage-2 BLIP-2: the generative model over the LLM adapters, initialised from stage 1 or from BERT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import toy_config, write_yaml
+from framework import checkpoint
+from framework.cli import load_experiment
+from framework.config import ConfigError
+from framework.models.build import build_model
+from framework.train import main as train_main
+from stage1_helpers import stage1_config
+from tiny_llms import make_tiny_opt, make_tiny_t5
+
+IMAGES = torch.randn(2, 3, 32, 32)
+BATCH = {"image": IMAGES, "text_input": ["a red circle", "two shapes"]}
+
+
+def _spec(tmp_path: Path, llm: str = "opt", **over):
+    base = stage1_config(tmp_path, tmp_path / "s1")["model"]
+    folder = tmp_path / llm
+    if not folder.exists():
+        (make_tiny_opt if llm == "opt" else make_tiny_t5)(folder)
+    spec = {"name": "blip2_generative", "image_encoder": base["image_encoder"], "qformer": base["qformer"],
+            "llm": {"name": "opt" if llm == "opt" else "flant5", "path": str(folder), "precision": "fp32"},
+            "prompt": "a photo of", **over}
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["model"] = spec
+    return load_experiment(str(write_yaml(tmp_path / "g.yaml", cfg))).model
+
+
+@pytest.mark.parametrize("llm", ["opt", "flant5"])
+def test_loss_trains_the_bridge_not_the_frozen_parts_and_generation_runs(tmp_path: Path, llm: str) -> None:
+    model = build_model(_spec(tmp_path, llm))
+    out = model(BATCH)
+    out["loss"].backward()
+    grads = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
+    assert grads == {"ln_vision", "qformer", "llm_proj"} and torch.isfinite(out["loss"])
+    texts = model.generate(IMAGES, num_beams=2, max_new_tokens=4)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    saved = checkpoint.trainable_state_dict(model)
+    assert not any(k.startswith(("llm.", "visual_encoder.")) for k in saved)  # frozen parts come from their source
+
+
+def test_qformer_text_input_makes_the_visual_prompt_depend_on_the_prompt(tmp_path: Path) -> None:
+    plain = build_model(_spec(tmp_path)).eval()
+    a, b = plain.visual_prompt(IMAGES, ["a photo of"] * 2), plain.visual_prompt(IMAGES, ["what color is the circle"] * 2)
+    assert torch.equal(a, b)
+    aware = build_model(_spec(tmp_path, qformer_text_input=True)).eval()
+    a, b = aware.visual_prompt(IMAGES, ["a photo of"] * 2), aware.visual_prompt(IMAGES, ["what color is the circle"] * 2)
+    assert not torch.allclose(a, b)
+
+
+def test_stage1_checkpoint_or_bert_is_one_key(tmp_path: Path) -> None:
+    cfg = stage1_config(tmp_path, tmp_path / "s1", max_iters=2)
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
+    ckpt = tmp_path / "s1" / "checkpoints" / "last.pt"
+    stage1 = checkpoint.load(ckpt)["model"]
+    from_stage1 = build_model(_spec(tmp_path, stage1_checkpoint=str(ckpt)))
+    from_bert = build_model(_spec(tmp_path))
+    key = "qformer.layers.0.cross.kv.weight"  # new in BERT init, trained in stage 1
+    assert torch.equal(from_stage1.state_dict()[key], stage1[key])
+    assert not torch.equal(from_bert.state_dict()[key], stage1[key])
+    assert torch.equal(from_stage1.state_dict()["ln_vision.weight"], stage1["ln_vision.weight"])
+
+
+def test_a_stage1_checkpoint_without_qformer_weights_is_named(tmp_path: Path) -> None:
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "toy.yaml", toy_config(tmp_path / "toy", max_iters=1)))]) == 0
+    with pytest.raises(ConfigError, match=r"holds no Q-Former weights \(no qformer.\* keys\)"):
+        build_model(_spec(tmp_path, stage1_checkpoint=str(tmp_path / "toy" / "checkpoints" / "last.pt")))
