@@ -353,6 +353,7 @@ class Runner:
         self.model.eval()
         metrics: Dict[str, float] = {}
         for name, loader in loaders.items():
+            self.task.prediction_file = self.out / "predictions" / f"{name.replace('/', '_')}_iter{self.it}.json"
             with self._autocast():
                 result = self.task.evaluate(self.model, loader)
             metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})

@@ -1,11 +1,15 @@
 """The Task contract: what a training step computes and how a model is evaluated."""
 from __future__ import annotations
 
-from typing import Any, Dict
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from framework import dist
 
 
 class Task:
@@ -17,6 +21,15 @@ class Task:
 
     best_metric: str = "loss"
     best_mode: str = "min"
+    # where evaluate() writes its predictions; set by the runner before each evaluation (None: not written)
+    prediction_file: Optional[Path] = None
+
+    def save_predictions(self, records: List[Dict[str, Any]]) -> None:
+        """Write predictions (official result format) to ``prediction_file``, once, from rank 0."""
+        if self.prediction_file is None or not dist.is_main():
+            return
+        self.prediction_file.parent.mkdir(parents=True, exist_ok=True)
+        self.prediction_file.write_text(json.dumps(records, indent=1) + "\n")
 
     def train_step(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss terms of one micro-batch; ``loss`` is the one back-propagated, the others are logged."""

@@ -9,7 +9,7 @@ import torch
 from conftest import toy_config, write_yaml
 from framework import checkpoint
 from framework.cli import load_experiment
-from framework.config import ConfigError
+from framework.config import ConfigError, to_plain
 from framework.models.build import build_model
 from framework.train import main as train_main
 from stage1_helpers import stage1_config
@@ -71,3 +71,34 @@ def test_a_stage1_checkpoint_without_qformer_weights_is_named(tmp_path: Path) ->
     assert train_main(["--cfg", str(write_yaml(tmp_path / "toy.yaml", toy_config(tmp_path / "toy", max_iters=1)))]) == 0
     with pytest.raises(ConfigError, match=r"holds no Q-Former weights \(no qformer.\* keys\)"):
         build_model(_spec(tmp_path, stage1_checkpoint=str(tmp_path / "toy" / "checkpoints" / "last.pt")))
+
+
+def test_caption_metrics_on_known_captions() -> None:
+    from plugins.tasks.captioning import caption_metrics
+
+    refs = {1: ["a red circle on the left", "one shape: a red circle"], 2: ["a blue square and a green triangle"]}
+    perfect = caption_metrics(refs, {1: "a red circle on the left", 2: "a blue square and a green triangle"})
+    partial = caption_metrics(refs, {1: "a red circle", 2: "a blue square"})
+    assert perfect["bleu4"] == pytest.approx(100.0, abs=1e-3) and perfect["rouge_l"] == pytest.approx(100.0)
+    assert 0 < partial["bleu1"] < 100 and partial["cider"] < perfect["cider"]
+    assert set(perfect) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}  # no SPICE number
+
+
+@pytest.mark.slow
+def test_captioning_run_writes_official_predictions_and_metrics(tmp_path: Path) -> None:
+    import json
+
+    cfg = stage1_config(tmp_path, tmp_path / "cap", max_iters=3)
+    cfg["model"] = to_plain(_spec(tmp_path))
+    cfg["task"] = {"name": "captioning", "num_beams": 2, "max_new_tokens": 5, "min_new_tokens": 1}
+    shapes = cfg["datasets"].pop("shapes_retrieval")
+    shapes["num_images"] = {"train": 20, "val": 6}
+    cfg["datasets"]["shapes_caption"] = shapes
+    cfg["run"]["batch_size"] = 4
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "cap.yaml", cfg))]) == 0
+    preds = json.loads((tmp_path / "cap" / "predictions" / "shapes_caption_val_iter3.json").read_text())
+    assert len(preds) == 6 and set(preds[0]) == {"image_id", "caption"}
+    metrics = [json.loads(line) for line in (tmp_path / "cap" / "log.jsonl").read_text().splitlines()
+               if '"eval"' in line][-1]
+    assert {"shapes_caption/val/cider", "shapes_caption/val/bleu4", "shapes_caption/val/meteor"} <= set(metrics)
+    assert "SPICE unavailable" in (tmp_path / "cap" / "train.log").read_text()

@@ -1,0 +1,80 @@
+"""``captioning``: generate a caption per image; BLEU-1..4, METEOR, ROUGE-L and CIDEr with pycocoevalcap.
+
+SPICE is not computed: it needs Stanford CoreNLP models that pycocoevalcap downloads on first use, and this
+framework downloads nothing at run time; it is reported as unavailable (with that reason), never as a number.
+Predictions are written in the official result format (``[{"image_id", "caption"}]``) to
+``<output_dir>/predictions/<entry>_<split>_iter<N>.json``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from framework import dist
+from framework.logs import logger
+from framework.registry import TASKS
+from framework.task import Task
+
+SPICE_UNAVAILABLE = ("SPICE unavailable: it needs Stanford CoreNLP models that pycocoevalcap downloads on first "
+                     "use, and nothing is downloaded at run time")
+
+
+def caption_metrics(references: Dict[int, List[str]], predictions: Dict[int, str]) -> Dict[str, float]:
+    """COCO caption metrics (the official tokenisation, then BLEU-1..4, METEOR, ROUGE-L, CIDEr), in percent."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
+    res = tok.tokenize({i: [{"caption": predictions[i]}] for i in references})
+    out: Dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    out.update({f"bleu{n + 1}": 100.0 * b for n, b in enumerate(bleu)})
+    for name, scorer in (("meteor", Meteor()), ("rouge_l", Rouge()), ("cider", Cider())):
+        out[name] = 100.0 * scorer.compute_score(gts, res)[0]
+    return out
+
+
+@TASKS.register("captioning")
+class Captioning(Task):
+    """Trains with the model's LM loss; evaluates ``model.generate(images, prompts, **decoding)``.
+
+    Args:
+        prompt: text after the visual prompt (the paper's "a photo of").
+        num_beams, max_new_tokens, min_new_tokens, length_penalty, repetition_penalty: decoding (the paper:
+            beam 5, up to 30 tokens).
+    """
+
+    best_metric = "cider"
+    best_mode = "max"
+
+    def __init__(self, prompt: str = "a photo of", num_beams: int = 5, max_new_tokens: int = 30,
+                 min_new_tokens: int = 8, length_penalty: float = 1.0, repetition_penalty: float = 1.0) -> None:
+        self.prompt = prompt
+        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             length_penalty=length_penalty, repetition_penalty=repetition_penalty)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        device = next(model.parameters()).device
+        local_preds, local_refs = {}, {}
+        for batch in loader:
+            texts = model.generate(batch["image"].to(device), [self.prompt] * len(batch["image"]), **self.decoding)
+            ids = batch["image_id"].tolist()
+            local_preds.update(zip(ids, texts))
+            local_refs.update(zip(ids, batch["captions"]))
+        preds, refs = {}, {}
+        for p, r in dist.all_gather_objects((local_preds, local_refs)):
+            preds.update(p)
+            refs.update(r)
+        self.save_predictions([{"image_id": i, "caption": c} for i, c in sorted(preds.items())])
+        metrics = caption_metrics(refs, preds)
+        logger.info(SPICE_UNAVAILABLE)
+        return metrics
