@@ -7,7 +7,6 @@ Predictions are written in the official result format (``[{"image_id", "caption"
 """
 from __future__ import annotations
 
-import json
 from typing import Dict, List
 
 import torch
