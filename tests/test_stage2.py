@@ -102,3 +102,38 @@ def test_captioning_run_writes_official_predictions_and_metrics(tmp_path: Path) 
                if '"eval"' in line][-1]
     assert {"shapes_caption/val/cider", "shapes_caption/val/bleu4", "shapes_caption/val/meteor"} <= set(metrics)
     assert "SPICE unavailable" in (tmp_path / "cap" / "train.log").read_text()
+
+
+def test_vqa_normalisation_and_accuracy() -> None:
+    from plugins.tasks.vqa import normalize_answer, vqa_accuracy
+
+    assert normalize_answer("Two dogs.") == "2 dogs"
+    assert normalize_answer("the red one") == "red 1"
+    assert normalize_answer("dont know") == "don't know"
+    assert normalize_answer("t-shirt") == "t shirt" and normalize_answer("yes !") == "yes"
+    assert normalize_answer("1,000") == "1000"
+    # 3 of 10 annotators agree: leaving one of them out leaves 2 (2/3), leaving another out leaves 3 (1)
+    assert vqa_accuracy("red", ["red"] * 3 + ["blue"] * 7) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)
+    assert vqa_accuracy("Red.", ["red"] * 4 + ["blue"] * 6) == pytest.approx(1.0)  # normalised: disagreement
+    assert vqa_accuracy("two", ["2"] * 10) == 0.0  # unanimous annotators: no normalisation, as the official code
+    assert vqa_accuracy("green", ["red"] * 10) == 0.0
+
+
+@pytest.mark.slow
+def test_zero_shot_vqa_run_writes_predictions_and_accuracy(tmp_path: Path) -> None:
+    import json
+
+    cfg = stage1_config(tmp_path, tmp_path / "vqa", max_iters=2)
+    cfg["model"] = to_plain(_spec(tmp_path))
+    cfg["task"] = {"name": "vqa", "num_beams": 2, "max_new_tokens": 3}
+    shapes = cfg["datasets"].pop("shapes_retrieval")
+    shapes["num_images"] = {"train": 20, "val": 6}
+    shapes["processors"]["train"]["text"] = [{"name": "clean_question"}]
+    cfg["datasets"]["shapes_vqa"] = shapes
+    cfg["run"]["batch_size"] = 4
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "vqa.yaml", cfg))]) == 0
+    files = list((tmp_path / "vqa" / "predictions").glob("shapes_vqa_val_iter2.json"))
+    preds = json.loads(files[0].read_text())
+    assert preds and set(preds[0]) == {"question_id", "answer"}
+    ev = [json.loads(line) for line in (tmp_path / "vqa" / "log.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert 0.0 <= ev[-1]["shapes_vqa/val/accuracy"] <= 100.0

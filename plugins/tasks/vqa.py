@@ -1,0 +1,123 @@
+"""``vqa``: zero-shot / fine-tuned visual question answering with the standard VQA accuracy.
+
+An answer is generated after the per-LLM prompt (the paper: "Question: {} Answer:" for OPT, "Question: {}
+Short answer:" for FlanT5), beam 5, length penalty -1 (short answers). Scoring follows the official VQA
+evaluation: when the annotators disagree, answers are normalised (punctuation, number words to digits, articles
+dropped, contractions restored); the accuracy of an answer is min(#annotators who gave it / 3, 1), averaged
+over the ten leave-one-annotator-out subsets. ``metric: exact`` scores GQA-style single answers by exact match
+after the same normalisation. Predictions go to ``<output_dir>/predictions`` as ``[{"question_id", "answer"}]``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from framework import dist
+from framework.registry import TASKS
+from framework.task import Task
+
+# the official evaluation's normalisation tables
+PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
+    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
+    "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
+    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "youve": "you've"}
+_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+
+
+def normalize_answer(text: str) -> str:
+    """The official VQA answer normalisation: punctuation, number words, articles, contractions."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    for p in PUNCTUATION:  # kept apart from words: removed; inside a word (e.g. "t-shirt"): a space
+        if p + " " in text or " " + p in text or _DIGIT_COMMA.search(text) is not None:
+            text = text.replace(p, "")
+        else:
+            text = text.replace(p, " ")
+    text = _PERIOD.sub("", text)
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
+
+
+def vqa_accuracy(answer: str, annotations: List[str]) -> float:
+    """min(#other annotators who gave ``answer`` / 3, 1), averaged over leaving each annotator out."""
+    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+    if len(set(annotations)) > 1:
+        annotations = [normalize_answer(a) for a in annotations]
+        answer = normalize_answer(answer)
+    scores = [min(1.0, sum(a == answer for j, a in enumerate(annotations) if j != i) / 3)
+              for i in range(len(annotations))]
+    return sum(scores) / len(scores)
+
+
+@TASKS.register("vqa")
+class VQA(Task):
+    """Args:
+        prompt: question template (``{}`` is the question).
+        metric: ``vqa`` (ten annotators, VQAv2 / OK-VQA) or ``exact`` (one answer, GQA).
+        num_beams, max_new_tokens, min_new_tokens, length_penalty: decoding (the paper: 5, 10, 1, -1).
+    """
+
+    best_metric = "accuracy"
+    best_mode = "max"
+
+    def __init__(self, prompt: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
+                 num_beams: int = 5, max_new_tokens: int = 10, min_new_tokens: int = 1,
+                 length_penalty: float = -1.0) -> None:
+        self.prompt, self.metric = prompt, metric
+        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                             length_penalty=length_penalty)
+
+    def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
+        """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""
+        answers = [max(set(a), key=a.count) for a in batch["answers"]]
+        return model({**batch, "prompt": [self.prompt.format(q) for q in batch["question"]], "text_input": answers})
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        device = next(model.parameters()).device
+        local = {}
+        for batch in loader:
+            prompts = [self.prompt.format(q) for q in batch["question"]]
+            answers = model.generate(batch["image"].to(device), prompts, **self.decoding)
+            for qid, ans, gts in zip(batch["question_id"].tolist(), answers, batch["answers"]):
+                local[qid] = (ans, gts)
+        merged = {}
+        for part in dist.all_gather_objects(local):
+            merged.update(part)
+        self.save_predictions([{"question_id": q, "answer": a} for q, (a, _) in sorted(merged.items())])
+        if self.metric == "exact":
+            scores = [float(normalize_answer(a) == normalize_answer(g[0])) for a, g in merged.values()]
+        else:
+            scores = [vqa_accuracy(a, g) for a, g in merged.values()]
+        return {"accuracy": 100.0 * sum(scores) / len(scores)}
