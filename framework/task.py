@@ -24,6 +24,14 @@ class Task:
     # where evaluate() writes its predictions; set by the runner before each evaluation (None: not written)
     prediction_file: Optional[Path] = None
 
+    def require(self, model: nn.Module, method: str, kind: str) -> None:
+        """Fail clearly when ``model`` lacks what this task calls (e.g. ``generate`` of a stage-1 model)."""
+        if not callable(getattr(model, method, None)):
+            from framework.config import ConfigError
+
+            raise ConfigError(f"task {type(self).__name__} needs a model with {method}() ({kind}); "
+                              f"{type(model).__name__} has none")
+
     def save_predictions(self, records: List[Dict[str, Any]]) -> None:
         """Write predictions (official result format) to ``prediction_file``, once, from rank 0."""
         if self.prediction_file is None or not dist.is_main():

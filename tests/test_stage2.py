@@ -137,3 +137,30 @@ def test_zero_shot_vqa_run_writes_predictions_and_accuracy(tmp_path: Path) -> No
     assert preds and set(preds[0]) == {"question_id", "answer"}
     ev = [json.loads(line) for line in (tmp_path / "vqa" / "log.jsonl").read_text().splitlines() if '"eval"' in line]
     assert 0.0 <= ev[-1]["shapes_vqa/val/accuracy"] <= 100.0
+
+
+def test_tiny_llms_train_a_few_steps_and_the_loss_falls(tmp_path: Path) -> None:
+    for llm in ("opt", "flant5"):
+        torch.manual_seed(0)
+        model = build_model(_spec(tmp_path, llm))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for _ in range(15):
+            loss = model(BATCH)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert losses[-1] < losses[0] - 0.05, (llm, losses)  # the frozen random LLM is moved by the prefix alone
+
+
+def test_bad_task_input_is_named(tmp_path: Path) -> None:
+    from plugins.tasks.captioning import Captioning
+    from plugins.tasks.vqa import VQA
+
+    with pytest.raises(ConfigError, match=r"task.prompt 'Question: Answer:' has no '\{\}' where the question goes"):
+        VQA(prompt="Question: Answer:")
+    stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s.yaml", stage1_config(tmp_path, tmp_path))))
+                         .model)
+    with pytest.raises(ConfigError, match=r"task Captioning needs a model with generate\(\).*Blip2QFormer has none"):
+        Captioning().evaluate(stage1, [])

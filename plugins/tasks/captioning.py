@@ -62,6 +62,7 @@ class Captioning(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        self.require(model, "generate", "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local_preds, local_refs = {}, {}
         for batch in loader:

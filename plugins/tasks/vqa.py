@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from framework import dist
+from framework.config import ConfigError
 from framework.registry import TASKS
 from framework.task import Task
 
@@ -94,6 +95,9 @@ class VQA(Task):
     def __init__(self, prompt: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
                  num_beams: int = 5, max_new_tokens: int = 10, min_new_tokens: int = 1,
                  length_penalty: float = -1.0) -> None:
+        if "{}" not in prompt:
+            raise ConfigError(f"task.prompt {prompt!r} has no '{{}}' where the question goes, e.g. "
+                              f"'Question: {{}} Answer:'")
         self.prompt, self.metric = prompt, metric
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                              length_penalty=length_penalty)
@@ -105,6 +109,7 @@ class VQA(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+        self.require(model, "generate", "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local = {}
         for batch in loader:
