@@ -150,7 +150,7 @@ def test_tiny_llms_train_a_few_steps_and_the_loss_falls(tmp_path: Path) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         assert losses[-1] < losses[0] - 0.05, (llm, losses)  # the frozen random LLM is moved by the prefix alone
 
 
