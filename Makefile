@@ -2,8 +2,9 @@
 # file makes later calls skip the install until pyproject.toml changes.
 PY := .venv/bin/python
 # Intel MKL (torch's CPU BLAS) picks code paths by memory alignment unless told otherwise: two identical CPU
-# runs of the stage-1 demo drifted apart from step 6 without this, and were bit-identical with it (same
-# speed). MKL reads it when the process starts, so it is set here, not from Python.
+# 40-step runs of the stage-1 demo drifted apart from step 6 without this, and were bit-identical with it
+# (same speed); the full 250-step demo still varies (README, "Reproducibility"). MKL reads it when the
+# process starts, so it is set here, not from Python.
 export MKL_CBWR ?= AUTO,STRICT
 STAMP := .venv/.installed-stamp
 
