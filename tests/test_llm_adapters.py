@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from framework.config import ConfigError
 from framework.registry import LLMS
-from tiny_llms import make_tiny_opt, make_tiny_t5
+from tiny_llms import make_tiny_llama, make_tiny_opt, make_tiny_t5
 
 PROMPTS = ["a photo of", "question : what color is the circle ? answer :"]
 TARGETS = ["a red circle and a blue square", "red"]
@@ -84,5 +84,28 @@ def test_wrong_folders_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nothing is not a Hugging Face model folder \(no config.json\)"):
         LLMS.get("opt")(path=str(tmp_path / "nothing"))
     opt_folder = make_tiny_opt(tmp_path / "opt")
-    with pytest.raises(ConfigError, match=r"holds a 'opt' model; this adapter reads t5"):
+    with pytest.raises(ConfigError, match=r"holds a 'opt' model, which FlanT5 does not read; it reads: t5 "
+                                          r"\(registered LLM adapters: flant5, hf_causal_lm, opt;"):
         LLMS.get("flant5")(path=str(opt_folder))
+    t5_folder = make_tiny_t5(tmp_path / "t5")
+    with pytest.raises(ConfigError, match=r"holds a 't5' model, which HFCausalLM does not read; it reads: .*llama"):
+        LLMS.get("hf_causal_lm")(path=str(t5_folder))
+
+
+def test_arch_names_the_fields_that_differ(tmp_path: Path) -> None:
+    folder = make_tiny_opt(tmp_path / "opt")
+    with pytest.raises(ConfigError, match=r"does not hold a opt-2.7b: hidden_size: 32 \(arch opt-2.7b: 2560\)"):
+        LLMS.get("opt")(path=str(folder), arch="opt-2.7b")
+    with pytest.raises(ConfigError, match=r"unknown architecture 'opt-3b' for OPT; known: opt-1.3b, opt-13b, "
+                                          r"opt-2.7b, opt-6.7b"):
+        LLMS.get("opt")(path=str(folder), arch="opt-3b")
+
+
+def test_hf_causal_lm_reads_another_decoder_only_family(tmp_path: Path) -> None:
+    adapter = LLMS.get("hf_causal_lm")(path=str(make_tiny_llama(tmp_path / "llama")), precision="fp32")
+    assert adapter.model.config.model_type == "llama"
+    prefix = torch.randn(2, 3, adapter.hidden_size)
+    assert torch.isfinite(adapter.lm_loss(prefix, PROMPTS, TARGETS))
+    batched = adapter.generate(prefix, PROMPTS, num_beams=2, max_new_tokens=4)
+    alone = [adapter.generate(prefix[i:i + 1], PROMPTS[i:i + 1], num_beams=2, max_new_tokens=4)[0] for i in range(2)]
+    assert batched == alone

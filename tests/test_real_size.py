@@ -30,3 +30,28 @@ def test_real_size_dry_run(cfg: str, vit: int, qformer: int, capsys) -> None:
     trainable = table["total"][1]
     # the paper: "the Q-Former ... contains 188M parameters" (with its projections and ITM head)
     assert abs(trainable - 188e6) / 188e6 < 0.03
+
+
+# the paper's Table 2: (trainable, total) parameters of each stage-2 model
+TABLE2 = [
+    ("stage2_vitl_opt2.7b.yaml", 104e6, 3.1e9),
+    ("stage2_opt2.7b.yaml", 107e6, 3.8e9),
+    ("stage2_opt6.7b.yaml", 108e6, 7.8e9),
+    ("stage2_vitl_flant5xl.yaml", 103e6, 3.4e9),
+    ("stage2_flant5xl.yaml", 107e6, 4.1e9),
+    ("stage2_flant5xxl.yaml", 108e6, 12.1e9),
+]
+
+
+@pytest.mark.parametrize("cfg, trainable, total", TABLE2)
+def test_stage2_dry_run_matches_table2(cfg: str, trainable: float, total: float, capsys) -> None:
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    table = _table(out)
+    assert table["llm"][1] == 0 and table["visual_encoder"][1] == 0  # both frozen
+    assert "[MISSING] LLM folder (config, tokenizer, weights)" in out
+    assert "[MISSING] stage-1 checkpoint" in out
+    # trainable: the Q-Former without its text path, ln_vision and the projection; the paper rounds to 1M
+    assert round(table["total"][1] / 1e6) == round(trainable / 1e6)
+    # total: within 5% (we count the 39/23 ViT blocks BLIP-2 uses; FlanT5-XL has 2.85B, the paper says "3B")
+    assert abs(table["total"][0] - total) / total < 0.05

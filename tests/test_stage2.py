@@ -39,10 +39,25 @@ def test_loss_trains_the_bridge_not_the_frozen_parts_and_generation_runs(tmp_pat
     out["loss"].backward()
     grads = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
     assert grads == {"ln_vision", "qformer", "llm_proj"} and torch.isfinite(out["loss"])
+    # every trainable parameter is used: the Q-Former's text path (embeddings, text FFNs, LM head) is removed
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.qformer.word_embeddings is None and model.qformer.lm_head is None
     texts = model.generate(IMAGES, num_beams=2, max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     saved = checkpoint.trainable_state_dict(model)
     assert not any(k.startswith(("llm.", "visual_encoder.")) for k in saved)  # frozen parts come from their source
+
+
+@pytest.mark.parametrize("llm", ["opt", "flant5"])
+@pytest.mark.parametrize("text_input", [False, True])
+def test_batched_generation_equals_one_image_at_a_time(tmp_path: Path, llm: str, text_input: bool) -> None:
+    model = build_model(_spec(tmp_path, llm, qformer_text_input=text_input)).eval()
+    prompts = ["a photo of", "question : what color is the circle ? answer :"]  # different lengths: padding
+    for beams in (1, 3):
+        batched = model.generate(IMAGES, prompts, num_beams=beams, max_new_tokens=5)
+        alone = [model.generate(IMAGES[i:i + 1], prompts[i:i + 1], num_beams=beams, max_new_tokens=5)[0]
+                 for i in range(2)]
+        assert batched == alone
 
 
 def test_qformer_text_input_makes_the_visual_prompt_depend_on_the_prompt(tmp_path: Path) -> None:
@@ -50,6 +65,7 @@ def test_qformer_text_input_makes_the_visual_prompt_depend_on_the_prompt(tmp_pat
     a, b = plain.visual_prompt(IMAGES, ["a photo of"] * 2), plain.visual_prompt(IMAGES, ["what color is the circle"] * 2)
     assert torch.equal(a, b)
     aware = build_model(_spec(tmp_path, qformer_text_input=True)).eval()
+    assert aware.qformer.word_embeddings is not None and aware.qformer.lm_head is None  # text in, no LM head
     a, b = aware.visual_prompt(IMAGES, ["a photo of"] * 2), aware.visual_prompt(IMAGES, ["what color is the circle"] * 2)
     assert not torch.allclose(a, b)
 

@@ -47,3 +47,18 @@ def make_tiny_t5(folder: Path, seed: int = 0) -> Path:
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="gated-gelu")
     T5ForConditionalGeneration(cfg).save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A Llama-architecture model for ``hf_causal_lm`` (any decoder-only family beyond OPT)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _tokenizer(folder, bos=True)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=1)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    return folder

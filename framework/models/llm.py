@@ -14,8 +14,9 @@ downloaded. Frozen by default, stored in ``precision``.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -28,34 +29,92 @@ from framework.models.image_encoder import DTYPES, Precision
 class LLMAdapter(nn.Module):
     """Base class. Args:
         path: a local Hugging Face model folder (config.json, tokenizer files, weights).
+        arch: the architecture the folder must hold, by name (e.g. ``opt-2.7b``; the plugin's ``archs``). Its
+            sizes are checked against the folder's config.json, and ``--dry-run`` builds it without the folder.
+            null: whatever the folder holds.
         precision: storage dtype of the frozen weights (fp16 or bf16 on GPU; fp32 for CPU tests).
         freeze: no gradients, eval mode (as BLIP-2).
         max_txt_len: tokens kept of each prompt and of each target.
     """
 
     model_type: Tuple[str, ...] = ()  # accepted config.json model_type values; empty: any
+    archs: Dict[str, Dict[str, Any]] = {}  # named architectures: config.json fields, model_type included
 
-    def __init__(self, path: str, precision: Precision = "fp16", freeze: bool = True, max_txt_len: int = 32) -> None:
+    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
+                 max_txt_len: int = 32) -> None:
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
-        if not (folder / "config.json").is_file():
-            raise ConfigError(f"model.llm.path: {folder} is not a Hugging Face model folder (no config.json); put the "
-                              f"model's files there (config.json, tokenizer files, weights)")
-        from transformers import AutoConfig, AutoTokenizer
+        on_meta = torch.empty(0).is_meta
+        fields = self._architecture(folder, arch, on_meta)
+        if on_meta:  # --dry-run: the architecture, no files read
+            self.tokenizer, self.model = None, self._skeleton(fields)
+        else:
+            from transformers import AutoTokenizer
 
-        config = AutoConfig.from_pretrained(str(folder))
-        if self.model_type and config.model_type not in self.model_type:
-            raise ConfigError(f"model.llm.path: {folder} holds a {config.model_type!r} model; this adapter reads "
-                              f"{' or '.join(self.model_type)}")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = self.load(str(folder), DTYPES[precision])
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model = self.load(str(folder), DTYPES[precision])
         self.max_txt_len, self.frozen = max_txt_len, freeze
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
+
+    def _architecture(self, folder: Path, arch: Optional[str], on_meta: bool) -> Dict[str, Any]:
+        """The config.json fields of the model to build, checked against ``arch`` and ``model_type``."""
+        if arch is not None and arch not in self.archs:
+            known = ", ".join(sorted(self.archs)) or "none: leave arch out"
+            raise ConfigError(f"model.llm.arch: unknown architecture {arch!r} for {type(self).__name__}; known: {known}")
+        if not (folder / "config.json").is_file():
+            if on_meta and arch is not None:
+                return dict(self.archs[arch])
+            hint = (f"; for --dry-run without the folder set model.llm.arch (one of {', '.join(sorted(self.archs))})"
+                    if on_meta and self.archs else "")
+            raise ConfigError(f"model.llm.path: {folder} is not a Hugging Face model folder (no config.json); put the "
+                              f"model's files there (config.json, tokenizer files, weights){hint}")
+        fields = json.loads((folder / "config.json").read_text())
+        supported = self.supported_model_types()
+        if supported and fields.get("model_type") not in supported:
+            common = [t for t in ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi") if t in supported]
+            names = ", ".join(sorted(supported)) if len(supported) <= 12 else \
+                f"any of {len(supported)} model types, e.g. {', '.join(common)}"
+            raise ConfigError(f"model.llm.path: {folder} holds a {fields.get('model_type')!r} model, which "
+                              f"{type(self).__name__} does not read; it reads: {names}" + self._others())
+        if arch is not None:
+            wrong = [f"{k}: {fields.get(k)!r} (arch {arch}: {v!r})" for k, v in self.archs[arch].items()
+                     if fields.get(k) != v]
+            if wrong:
+                raise ConfigError(f"model.llm.path: {folder} does not hold a {arch}: " + "; ".join(wrong)
+                                  + ". Point path at that model, or set model.llm.arch to what the folder holds.")
+        return fields
+
+    def supported_model_types(self) -> Tuple[str, ...]:
+        """config.json ``model_type`` values this adapter reads; empty: any."""
+        return self.model_type
+
+    def _others(self) -> str:
+        from framework.registry import LLMS
+
+        return f" (registered LLM adapters: {', '.join(LLMS.names())}; pick the one for this model in model.llm.name)"
+
+    def _skeleton(self, fields: Dict[str, Any]) -> nn.Module:
+        """The model built from its config alone (on the meta device in a dry run)."""
+        from transformers import AutoConfig
+
+        config = AutoConfig.for_model(**fields)
+        model = self.auto_class().from_config(config)
+        if fields.get("tie_word_embeddings") is False:  # T5's config forces tying; the checkpoint unties on load
+            head = model.get_output_embeddings()
+            head.weight = nn.Parameter(torch.empty_like(head.weight))
+        return model
+
+    def auto_class(self):
+        """The transformers Auto class that builds this kind of model."""
+        raise NotImplementedError
+
+    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+        return self.auto_class().from_pretrained(path, dtype=dtype)
 
     @property
     def hidden_size(self) -> int:
@@ -63,9 +122,6 @@ class LLMAdapter(nn.Module):
 
     def train(self, mode: bool = True) -> "LLMAdapter":
         return super().train(mode and not self.frozen)
-
-    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
-        raise NotImplementedError
 
     def ids(self, texts: List[str], special: bool) -> List[List[int]]:
         enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=True, max_length=self.max_txt_len)
@@ -108,10 +164,10 @@ def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float 
 class DecoderOnlyAdapter(LLMAdapter):
     """[prefix, prompt, target] through a causal LM; loss on the target tokens (and the closing EOS) only."""
 
-    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+    def auto_class(self):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM
 
     def _sequences(self, prefix: torch.Tensor, prompts: List[str], targets: Optional[List[str]] = None):
         """Per sample: (input embeddings, labels) of [prefix, prompt, target + EOS]."""
@@ -144,10 +200,10 @@ class DecoderOnlyAdapter(LLMAdapter):
 class EncoderDecoderAdapter(LLMAdapter):
     """[prefix, prompt] into the encoder; the target is the decoder's (T5 / FlanT5)."""
 
-    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+    def auto_class(self):
         from transformers import AutoModelForSeq2SeqLM
 
-        return AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForSeq2SeqLM
 
     def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = [torch.cat([prefix[i], self.embed(torch.tensor(p, device=prefix.device)).to(prefix.dtype)])

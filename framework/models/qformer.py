@@ -197,6 +197,21 @@ class QFormer(nn.Module):
         self.lm_head = LMHead(hidden_size, layer_norm_eps, self.word_embeddings)
         self.apply(_init_bert)
 
+    def remove_text_path(self, keep_text_input: bool) -> List[str]:
+        """Stage 2 reads only the query outputs: the LM head goes, and unless text goes in beside the queries
+        (``keep_text_input``) so do the word/position embeddings and the text feed-forwards. They would get no
+        gradient (DDP refuses unused parameters) and would inflate the trainable count (the paper's 107M are
+        without them, as in LAVIS). Returns the removed parameter-name prefixes."""
+        removed = ["lm_head."]
+        self.lm_head = None
+        if not keep_text_input:
+            self.word_embeddings = self.position_embeddings = None
+            removed += ["word_embeddings.", "position_embeddings."]
+            for i, layer in enumerate(self.layers):
+                layer.ffn_text = None
+                removed.append(f"layers.{i}.ffn_text.")
+        return removed
+
     @property
     def num_query_tokens(self) -> int:
         return self.query_tokens.shape[1]

@@ -2,9 +2,19 @@
 The paper stores FlanT5 in bf16 (fp16 overflows in its feed-forward)."""
 from __future__ import annotations
 
+from typing import Optional
+
 from framework.models.image_encoder import Precision
 from framework.models.llm import EncoderDecoderAdapter
 from framework.registry import LLMS
+
+
+def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
+    """config.json fields of the released FlanT5 checkpoints (google/flan-t5-*): T5 v1.1, gated GELU, an output
+    layer of its own (not tied to the embeddings)."""
+    return {"model_type": "t5", "d_model": d_model, "d_ff": d_ff, "d_kv": 64, "num_layers": layers,
+            "num_decoder_layers": layers, "num_heads": heads, "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
+            "tie_word_embeddings": False}
 
 
 @LLMS.register("flant5")
@@ -12,6 +22,9 @@ class FlanT5(EncoderDecoderAdapter):
     """Args: see :class:`framework.models.llm.LLMAdapter`; ``precision`` defaults to bf16."""
 
     model_type = ("t5",)
+    archs = {"flan-t5-base": _flant5(768, 2048, 12, 12), "flan-t5-large": _flant5(1024, 2816, 24, 16),
+             "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
-    def __init__(self, path: str, precision: Precision = "bf16", freeze: bool = True, max_txt_len: int = 32) -> None:
-        super().__init__(path, precision, freeze, max_txt_len)
+    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
+                 max_txt_len: int = 32) -> None:
+        super().__init__(path, arch, precision, freeze, max_txt_len)

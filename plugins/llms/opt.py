@@ -5,8 +5,16 @@ from framework.models.llm import DecoderOnlyAdapter
 from framework.registry import LLMS
 
 
+def _opt(hidden: int, layers: int, heads: int) -> dict:
+    """config.json fields of the released OPT checkpoints (facebook/opt-*)."""
+    return {"model_type": "opt", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "ffn_dim": 4 * hidden, "word_embed_proj_dim": hidden, "vocab_size": 50272, "max_position_embeddings": 2048}
+
+
 @LLMS.register("opt")
 class OPT(DecoderOnlyAdapter):
     """Args: see :class:`framework.models.llm.LLMAdapter`; ``path`` must hold an OPT model."""
 
     model_type = ("opt",)
+    archs = {"opt-1.3b": _opt(2048, 24, 32), "opt-2.7b": _opt(2560, 32, 32), "opt-6.7b": _opt(4096, 32, 32),
+             "opt-13b": _opt(5120, 40, 40)}

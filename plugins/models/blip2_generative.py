@@ -34,7 +34,8 @@ class Blip2Generative(Blip2Base):
         stage1_checkpoint: one of our stage-1 checkpoints (``blip2_qformer``): the Q-Former and ``ln_vision``
             start from it. null: from the BERT initialisation (the stage-1 removal ablation).
         qformer_text_input: feed the prompt text through the Q-Former with the queries.
-        prompt: text placed after the visual prompt when a sample has none (captioning: "a photo of").
+        prompt: text after the visual prompt when the caller gives none (``generate`` without prompts,
+            ``framework.predict``); the tasks pass their own (``task.prompt``).
         max_txt_len: Q-Former text tokens kept.
     """
 
@@ -45,6 +46,7 @@ class Blip2Generative(Blip2Base):
         self.llm = build("llm", llm)
         self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)
         self.qformer_text_input, self.prompt = qformer_text_input, prompt
+        self.removed = tuple("qformer." + k for k in self.qformer.remove_text_path(keep_text_input=qformer_text_input))
         if stage1_checkpoint:
             self.weight_files = self.weight_files + [DataFile(Path(stage1_checkpoint), "stage-1 checkpoint")]
             if not self.ln_vision.weight.is_meta:
@@ -57,12 +59,16 @@ class Blip2Generative(Blip2Base):
             raise ConfigError(f"model.stage1_checkpoint: {path} holds no Q-Former weights (no qformer.* keys); "
                               f"give a checkpoint of a blip2_qformer run")
         own = self.state_dict()
-        wrong = [k for k, v in picked.items() if k not in own or own[k].shape != v.shape]
-        if wrong:
+        wrong = [k for k, v in picked.items() if k in own and own[k].shape != v.shape]
+        wrong += [k for k in own if k.startswith(STAGE1_PREFIXES) and k not in picked]
+        unknown = [k for k in picked if k not in own and not k.startswith(self.removed)]
+        if wrong or unknown:
             raise checkpoint.CheckpointError(f"model.stage1_checkpoint: {path} does not fit this Q-Former: "
-                                             f"{checkpoint.summarize_keys(wrong)}")
-        self.load_state_dict(picked, strict=False)
-        logger.info("Q-Former and ln_vision from stage-1 checkpoint %s (%d tensors)", path, len(picked))
+                                             f"{checkpoint.summarize_keys(wrong + unknown)}")
+        used = {k: v for k, v in picked.items() if k in own}
+        self.load_state_dict(used, strict=False)
+        logger.info("Q-Former and ln_vision from stage-1 checkpoint %s (%d tensors; %d of the text path, unused in "
+                    "stage 2, left out)", path, len(used), len(picked) - len(used))
 
     def visual_prompt(self, images: torch.Tensor, prompts: List[str]) -> torch.Tensor:
         """[B, Q, llm hidden] soft visual prompt."""

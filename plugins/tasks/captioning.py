@@ -46,7 +46,8 @@ class Captioning(Task):
     """Trains with the model's LM loss; evaluates ``model.generate(images, prompts, **decoding)``.
 
     Args:
-        prompt: text after the visual prompt (the paper's "a photo of").
+        prompt: text after the visual prompt, in training and generation (the paper fine-tunes and evaluates
+            with "a photo of"; its stage-2 pretraining uses none: "").
         num_beams, max_new_tokens, min_new_tokens, length_penalty, repetition_penalty: decoding (the paper:
             beam 5, up to 30 tokens).
     """
@@ -59,6 +60,10 @@ class Captioning(Task):
         self.prompt = prompt
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                              length_penalty=length_penalty, repetition_penalty=repetition_penalty)
+
+    def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
+        """The LM loss of each caption after [visual prompt, ``prompt``] (the prompt is not in the loss)."""
+        return model({**batch, "prompt": [self.prompt] * len(batch["image"])})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
