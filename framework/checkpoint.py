@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from framework.logs import logger
+
 FORMAT = "blip2-framework/1"
 
 
@@ -47,7 +49,7 @@ def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 def summarize_keys(keys: Iterable[str], n: int = 12) -> str:
     """Weight names, readable: keys that differ only in a layer index fold into ``encoder.layer.2-5.*``."""
     indices: Dict[str, set] = {}
-    counts: Dict[str, int] = {}
+    members: Dict[str, List[str]] = {}
     parts: List[str] = []
     for k in sorted(keys):
         m = re.match(r"^(.*?\.)(\d+)\.", k)
@@ -55,19 +57,29 @@ def summarize_keys(keys: Iterable[str], n: int = 12) -> str:
             parts.append(k)
             continue
         indices.setdefault(m.group(1), set()).add(int(m.group(2)))
-        counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        members.setdefault(m.group(1), []).append(k)
     for prefix, idx in indices.items():
+        if len(members[prefix]) == 1:  # nothing to fold
+            parts.insert(0, members[prefix][0])
+            continue
         lo, hi = min(idx), max(idx)
         span = f"{lo}-{hi}" if hi > lo and len(idx) == hi - lo + 1 else ",".join(map(str, sorted(idx)))
-        parts.insert(0, f"{prefix}{span}.* ({counts[prefix]} keys)")
+        parts.insert(0, f"{prefix}{span}.* ({len(members[prefix])} keys)")
     more = f" ... and {len(parts) - n} more" if len(parts) > n else ""
     return ", ".join(parts[:n]) + more
 
 
-def load_model_weights(model: nn.Module, weights: Dict[str, torch.Tensor], source: str) -> None:
-    """Load ``weights`` (a checkpoint's ``model``) into ``model``; every mismatch is named."""
+def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
+    """Load a checkpoint's weights (``ckpt["model"]``) into ``model``; every mismatch is named. Parts that were
+    frozen in the run that wrote it (``ckpt["frozen"]``) are not in it: they keep the weights they were built
+    with (their own pretrained weights), also when they are trainable now (fine-tuning the image encoder)."""
+    weights = ckpt["model"]
     own = model.state_dict()
-    expected = set(trainable_state_dict(model))
+    was_frozen = tuple(p + "." for p in ckpt.get("frozen", []))
+    expected = {k for k in trainable_state_dict(model) if not k.startswith(was_frozen)}
+    if was_frozen and set(trainable_state_dict(model)) - expected:
+        logger.info("checkpoint %s: %s were frozen when it was written; they keep their own weights", source,
+                    ", ".join(p.rstrip(".") for p in was_frozen))
     unexpected = set(weights) - set(own)
     missing = expected - set(weights)
     shapes = [f"{k} (checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)})"

@@ -2,7 +2,8 @@
 
 A config is a YAML file. ``_base_: path`` or ``_base_: [a.yaml, b.yaml]`` (relative to the including file)
 names files it inherits: the bases are deep-merged in order, then the file itself; later wins, a list is
-replaced, not appended. ``--options a.b=c`` overrides come last, typed as YAML types them (``3`` is an int,
+replaced, not appended; a mapping marked ``_delete_: true`` replaces the base's mapping (e.g. another
+``datasets:`` set) instead of merging into it. ``--options a.b=c`` overrides come last, typed as YAML types them (``3`` is an int,
 ``3.0`` a float, ``[1,2]`` a list, ``null`` None). Interpolations: ``${oc.env:VAR,default}`` and
 ``${pkg:package_name}`` (the folder of an installed package, e.g. a BERT shipped on PyPI).
 
@@ -104,8 +105,29 @@ def load_file(path: str | Path, origins: Optional[Origins] = None, _stack: Tuple
     merged = OmegaConf.create({})
     for base in bases:
         merged = OmegaConf.merge(merged, load_file(path.parent / base, origins, _stack + (path,)))
+    merged, own = _apply_deletes(merged, own)
     _record_origins(own, "", str(path), origins)
     return OmegaConf.merge(merged, own)
+
+
+def _apply_deletes(base: DictConfig, own: DictConfig) -> Tuple[DictConfig, DictConfig]:
+    """A mapping of ``own`` marked ``_delete_: true`` replaces the base's mapping instead of merging into it."""
+    plain_base = OmegaConf.to_container(base, resolve=False)
+    plain_own = OmegaConf.to_container(own, resolve=False)
+
+    def walk(b: Dict[str, Any], o: Dict[str, Any]) -> None:
+        for key, value in o.items():
+            if not isinstance(value, dict):
+                continue
+            if value.pop("_delete_", False):
+                b.pop(key, None)
+            elif isinstance(b.get(key), dict):
+                walk(b[key], value)
+            else:
+                walk({}, value)  # drop markers below a key the base does not have
+
+    walk(plain_base, plain_own)
+    return OmegaConf.create(plain_base), OmegaConf.create(plain_own)
 
 
 def apply_options(cfg: DictConfig, options: Sequence[str], origins: Origins) -> DictConfig:

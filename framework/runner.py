@@ -181,6 +181,7 @@ class Runner:
             "format": checkpoint.FORMAT,
             "model_name": self.exp.model["name"],
             "model": checkpoint.trainable_state_dict(self.model),
+            "frozen": checkpoint.frozen_prefixes(self.model),  # parts left out of "model"
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": dist.all_gather_objects(checkpoint.rng_state()),
@@ -207,7 +208,7 @@ class Runner:
         if ckpt["model_name"] != self.exp.model["name"]:
             raise checkpoint.CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, "
                                              f"this config builds {self.exp.model['name']!r}")
-        checkpoint.load_model_weights(self.model, ckpt["model"], str(path))
+        checkpoint.load_model_weights(self.model, ckpt, str(path))
         ckpt["path"] = str(path)
         return ckpt
 
@@ -367,7 +368,7 @@ class Runner:
         if self.cfg.test_splits:
             best = self.ckpt_dir / "best.pt"
             if best.exists():
-                checkpoint.load_model_weights(self.model, checkpoint.load(best)["model"], str(best))
+                checkpoint.load_model_weights(self.model, checkpoint.load(best), str(best))
             result["test"] = self.evaluate(self.eval_loaders(self.cfg.test_splits))
         self.write_metrics(result)
         return result

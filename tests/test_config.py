@@ -26,6 +26,16 @@ def test_three_level_base_chain_and_list_bases(tmp_path: Path) -> None:
     assert origins["keep"].endswith("root.yaml")
 
 
+def test_delete_marker_replaces_a_base_mapping(tmp_path: Path) -> None:
+    write_yaml(tmp_path / "base.yaml", {"datasets": {"caption": {"size": 224}}, "run": {"seed": 1, "lr": 2}})
+    write_yaml(tmp_path / "child.yaml", {"_base_": "base.yaml", "datasets": {"_delete_": True, "vqa": {"size": 224}},
+                                         "run": {"seed": 3}})
+    cfg, origins = load_config(tmp_path / "child.yaml")
+    assert cfg["datasets"] == {"vqa": {"size": 224}}  # replaced, not merged
+    assert cfg["run"] == {"seed": 3, "lr": 2}  # unmarked mappings still merge
+    assert origins["datasets.vqa.size"].endswith("child.yaml") and "datasets._delete_" not in origins
+
+
 def test_options_are_typed_and_win(tmp_path: Path) -> None:
     write_yaml(tmp_path / "c.yaml", {"a": {"b": "x"}})
     cfg, origins = load_config(tmp_path / "c.yaml", ["a.b=3", "a.f=0.5", "a.l=[1,2]", "a.n=null", "a.s=hello"])

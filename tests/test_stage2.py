@@ -180,3 +180,27 @@ def test_bad_task_input_is_named(tmp_path: Path) -> None:
                          .model)
     with pytest.raises(ConfigError, match=r"task Captioning needs a model with generate\(\).*Blip2QFormer has none"):
         Captioning().evaluate(stage1, [])
+
+
+def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path) -> None:
+    """The paper's caption fine-tuning trains the ViT from a stage-2 checkpoint that holds none of it."""
+    stage2 = build_model(_spec(tmp_path))
+    weights = checkpoint.trainable_state_dict(stage2)
+    spec = to_plain(_spec(tmp_path))
+    spec["image_encoder"]["freeze"] = False
+    cfg = stage1_config(tmp_path, tmp_path / "ft")
+    cfg["model"] = spec
+    finetune = build_model(load_experiment(str(write_yaml(tmp_path / "ft.yaml", cfg))).model)
+    before = {k: v.clone() for k, v in finetune.state_dict().items() if k.startswith("visual_encoder.")}
+    with pytest.raises(checkpoint.CheckpointError, match=r"trainable keys the checkpoint lacks: visual_encoder"):
+        checkpoint.load_model_weights(finetune, {"model": weights}, "unknown.pt")  # not known to be frozen there
+    checkpoint.load_model_weights(finetune, {"model": weights, "frozen": checkpoint.frozen_prefixes(stage2)},
+                                  "stage2.pt")
+    after = finetune.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # kept as built
+    assert torch.equal(after["llm_proj.weight"], weights["llm_proj.weight"])
+    partial = {k: v for k, v in weights.items() if not k.startswith("llm_proj.")}
+    del partial["qformer.layers.0.attn.qkv.weight"]
+    with pytest.raises(checkpoint.CheckpointError, match=r"trainable keys the checkpoint lacks: "
+                                                          r"qformer.layers.0.attn.qkv.weight"):
+        checkpoint.load_model_weights(finetune, {"model": partial, "frozen": ["visual_encoder"]}, "stage2.pt")

@@ -18,7 +18,7 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     model = build("model", args)
     on_meta = any(p.is_meta for p in model.parameters())
     if ckpt and not on_meta:
-        checkpoint.load_model_weights(model, checkpoint.load(ckpt)["model"], ckpt)
+        checkpoint.load_model_weights(model, checkpoint.load(ckpt), ckpt)
     return model
 
 
