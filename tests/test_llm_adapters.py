@@ -109,3 +109,13 @@ def test_hf_causal_lm_reads_another_decoder_only_family(tmp_path: Path) -> None:
     batched = adapter.generate(prefix, PROMPTS, num_beams=2, max_new_tokens=4)
     alone = [adapter.generate(prefix[i:i + 1], PROMPTS[i:i + 1], num_beams=2, max_new_tokens=4)[0] for i in range(2)]
     assert batched == alone
+
+
+def test_nucleus_sampling_is_seeded_and_gives_several_texts_per_sample(opt) -> None:
+    prefix = torch.randn(2, 3, opt.hidden_size)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(opt.generate(prefix, PROMPTS, do_sample=True, top_p=0.9, num_beams=1, max_new_tokens=6,
+                                 num_return_sequences=3))
+    assert runs[0] == runs[1] and len(runs[0]) == 6  # 3 per sample, in sample order

@@ -55,3 +55,13 @@ def test_stage2_dry_run_matches_table2(cfg: str, trainable: float, total: float,
     assert round(table["total"][1] / 1e6) == round(trainable / 1e6)
     # total: within 5% (we count the 39/23 ViT blocks BLIP-2 uses; FlanT5-XL has 2.85B, the paper says "3B")
     assert abs(table["total"][0] - total) / total < 0.05
+
+
+@pytest.mark.parametrize("cfg", sorted(str(p.relative_to(REPO / "projects" / "blip2"))
+                                       for p in (REPO / "projects" / "blip2").glob("[fe]*/*.yaml")))
+def test_finetune_and_eval_configs_validate_and_build(cfg: str, capsys) -> None:
+    from framework.evaluate import main as evaluate_main
+
+    assert evaluate_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[MISSING] model.checkpoint: output/" in out  # each starts from the run before it

@@ -135,6 +135,21 @@ def test_vqa_normalisation_and_accuracy() -> None:
     assert vqa_accuracy("green", ["red"] * 10) == 0.0
 
 
+def test_vqa_scores_per_answer_type_and_gqa_exact_match() -> None:
+    from plugins.tasks.vqa import VQA
+
+    results = [("yes", ["yes"] * 10, "yes/no"), ("no", ["yes"] * 10, "yes/no"), ("two", ["2"] * 5 + ["3"] * 5, "number"),
+               ("red", ["red"] * 2 + ["blue"] * 8, "other")]
+    scores = VQA().score(results)
+    # "two" -> "2" (normalised: the annotators disagree), 5 matches: 1 on every leave-one-out subset
+    assert scores["accuracy_yes/no"] == pytest.approx(50.0) and scores["accuracy_number"] == pytest.approx(100.0)
+    assert scores["accuracy_other"] == pytest.approx(60.0)  # 2 of 10 agree: (2 * 1/3 + 8 * 2/3) / 10
+    assert scores["accuracy"] == pytest.approx((1 + 0 + 1 + 0.6) / 4 * 100)  # over questions, not types
+    gqa = VQA(prompt="Question: {} Short answer:", metric="exact").score([("The table.", ["table"], ""),
+                                                                         ("chair", ["table"], "")])
+    assert gqa == {"accuracy": 50.0}  # one answer, exact after normalisation; GQA has no answer types
+
+
 @pytest.mark.slow
 def test_zero_shot_vqa_run_writes_predictions_and_accuracy(tmp_path: Path) -> None:
     import json

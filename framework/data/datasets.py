@@ -2,6 +2,7 @@
 
 Sample keys: ``image`` (tensor after processors), ``image_id``, and by kind ``text_input`` (a caption),
 ``captions`` (all reference captions, evaluation), ``question``, ``question_id``, ``answers`` (list of ten),
+``answer_type`` (VQAv2's yes/no, number, other; "" when the annotations have none),
 ``index`` (position in the dataset, for exact data-order checks).
 """
 from __future__ import annotations
@@ -74,18 +75,19 @@ class VQADataset(_Base):
                  image_file: Callable[[int], str], image_proc: Pipeline = None, text_proc: Pipeline = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
         questions = json.loads(Path(question_file).read_text())["questions"]
-        answers = {}
+        anns = {}
         if ann_file is not None:
-            answers = {a["question_id"]: [x["answer"] for x in a["answers"]]
-                       for a in json.loads(Path(ann_file).read_text())["annotations"]}
+            anns = {a["question_id"]: a for a in json.loads(Path(ann_file).read_text())["annotations"]}
         self.samples = [{"question_id": q["question_id"], "image_id": q["image_id"], "question": q["question"],
                          "file": image_file(q["image_id"]),
-                         "answers": answers.get(q["question_id"], [])} for q in questions]
+                         "answers": [x["answer"] for x in anns.get(q["question_id"], {}).get("answers", [])],
+                         "answer_type": anns.get(q["question_id"], {}).get("answer_type", "")} for q in questions]
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         s = self.samples[index]
         return {"image": self.image(s["file"]), "image_id": s["image_id"], "index": index,
-                "question_id": s["question_id"], "question": self.text(s["question"]), "answers": s["answers"]}
+                "question_id": s["question_id"], "question": self.text(s["question"]), "answers": s["answers"],
+                "answer_type": s["answer_type"]}
 
 
 class RetrievalDataset(_Base):

@@ -144,7 +144,8 @@ class LLMAdapter(nn.Module):
         out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                   length_penalty=length_penalty, repetition_penalty=repetition_penalty,
-                                  do_sample=do_sample, top_p=top_p, num_return_sequences=num_return_sequences,
+                                  num_return_sequences=num_return_sequences,
+                                  **(dict(do_sample=True, top_p=top_p) if do_sample else dict(do_sample=False)),
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 

@@ -10,7 +10,7 @@ after the same normalisation. Predictions go to ``<output_dir>/predictions`` as 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Literal
+from typing import Dict, List, Literal, Tuple
 
 import torch
 from torch import nn
@@ -115,14 +115,24 @@ class VQA(Task):
         for batch in loader:
             prompts = [self.prompt.format(q) for q in batch["question"]]
             answers = model.generate(batch["image"].to(device), prompts, **self.decoding)
-            for qid, ans, gts in zip(batch["question_id"].tolist(), answers, batch["answers"]):
-                local[qid] = (ans, gts)
+            types = batch.get("answer_type") or [""] * len(answers)
+            for qid, ans, gts, kind in zip(batch["question_id"].tolist(), answers, batch["answers"], types):
+                local[qid] = (ans, gts, kind)
         merged = {}
         for part in dist.all_gather_objects(local):
             merged.update(part)
-        self.save_predictions([{"question_id": q, "answer": a} for q, (a, _) in sorted(merged.items())])
+        self.save_predictions([{"question_id": q, "answer": a} for q, (a, _, _) in sorted(merged.items())])
+        return self.score(list(merged.values()))
+
+    def score(self, results: List[Tuple[str, List[str], str]]) -> Dict[str, float]:
+        """``accuracy`` over (answer, annotator answers, answer type) triples, and per answer type as the
+        official evaluation reports it (``accuracy_yes/no``, ``accuracy_number``, ``accuracy_other``)."""
         if self.metric == "exact":
-            scores = [float(normalize_answer(a) == normalize_answer(g[0])) for a, g in merged.values()]
+            scores = [float(normalize_answer(a) == normalize_answer(g[0])) for a, g, _ in results]
         else:
-            scores = [vqa_accuracy(a, g) for a, g in merged.values()]
-        return {"accuracy": 100.0 * sum(scores) / len(scores)}
+            scores = [vqa_accuracy(a, g) for a, g, _ in results]
+        out = {"accuracy": 100.0 * sum(scores) / len(scores)}
+        for kind in sorted({k for _, _, k in results if k}):
+            mine = [s for s, (_, _, k) in zip(scores, results) if k == kind]
+            out[f"accuracy_{kind}"] = 100.0 * sum(mine) / len(mine)
+        return out
