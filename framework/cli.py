@@ -10,7 +10,7 @@ import torch
 
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError, load_config, validate
-from framework.data.builder import MissingDataError
+from framework.data.builder import BadDataError, MissingDataError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
 from framework.registry import RegistryError, load_plugin_modules
@@ -54,7 +54,8 @@ def dry_run(exp: ExperimentConfig) -> None:
             print(f"  [{state}] {entry}: {f.role}: {f.path}")
 
 
-EXPECTED_ERRORS = (ConfigError, RegistryError, MissingDataError, CheckpointError, ImportError, NonFiniteLossError)
+EXPECTED_ERRORS = (ConfigError, RegistryError, MissingDataError, BadDataError, CheckpointError, ImportError,
+                   NonFiniteLossError)
 
 
 def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.Namespace], None],

@@ -46,3 +46,24 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path: P
         assert y["shapes_caption/val/loss"] == pytest.approx(x["shapes_caption/val/loss"], rel=1e-5)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "checkpoints", "config.yaml", "log.jsonl", "metrics.json", "train.log"]  # written once, by rank 0
+
+
+@pytest.mark.slow
+def test_retrieval_reranking_split_over_two_ranks_gives_the_one_process_metrics(tmp_path: Path) -> None:
+    import json
+
+    from stage1_helpers import stage1_config
+
+    train = stage1_config(tmp_path, tmp_path / "s1", max_iters=3)
+    _run([sys.executable, "-m", "framework.train", "--cfg", str(write_yaml(tmp_path / "s1.yaml", train))], tmp_path)
+    metrics = {}
+    for name, launch in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+        cfg = stage1_config(tmp_path, tmp_path / name)
+        cfg["model"]["checkpoint"] = str(tmp_path / "s1" / "checkpoints" / "last.pt")
+        cfg["task"] = {"name": "retrieval", "k_test": 5, "itm_batch_size": 3, "chunk_size": 7}
+        cmd = [sys.executable] + (launch or []) + ["-m", "framework.evaluate", "--cfg",
+                                                   str(write_yaml(tmp_path / f"{name}.yaml", cfg))]
+        _run(cmd, tmp_path)
+        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["eval"]
+    assert {"shapes_retrieval/val/txt_r1", "shapes_retrieval/val/itc_txt_r1"} <= set(metrics["one"])
+    assert metrics["two"] == pytest.approx(metrics["one"], rel=1e-6)

@@ -32,3 +32,48 @@ def test_chance_levels() -> None:
     assert chance_recall(1000, [5] * 10, 1) == pytest.approx(0.5)
     assert chance_recall(10, [2], 9) == pytest.approx(100.0)  # 8 negatives cannot fill 9 places
     assert chance_recall(4, [1], 2) == pytest.approx(50.0)
+
+
+def test_itm_reranking_reorders_the_top_k_and_keeps_the_rest_in_itc_order() -> None:
+    from plugins.tasks.retrieval import rerank
+
+    sims = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]])  # one query, five candidates in ITC order
+    match = torch.tensor([0.0, 0.0, 5.0, 0.0, 9.0])  # ITM prefers candidate 2 (and 4, beyond the top 3)
+    out = rerank(sims, 3, lambda row, cols: match[cols], "test")
+    # top 3 re-scored: 0.9, 0.8, 5.7 -> order 2, 0, 1; then 3, 4 in ITC order, below every re-scored one
+    assert out[0].argsort(descending=True).tolist() == [2, 0, 1, 3, 4]
+    assert out[0, 2] == pytest.approx(5.7) and out[0, 3] < out[0, 1]
+    everything = rerank(sims, 10, lambda row, cols: match[cols], "test")  # k beyond the candidates: all
+    assert everything[0].argsort(descending=True).tolist() == [4, 2, 0, 1, 3]
+
+
+def test_reranked_recall_on_a_constructed_case() -> None:
+    from plugins.tasks.retrieval import rerank, rerank_metrics
+
+    img2txt, txt2img = [[0], [1], [2]], [0, 1, 2]
+    sims = torch.tensor([[0.5, 0.9, 0.1], [0.8, 0.4, 0.3], [0.2, 0.1, 0.6]])  # ITC gets only image 2 right
+    truth = torch.eye(3) * 10  # ITM knows every true pair
+    i2t = rerank(sims, 2, lambda i, cols: truth[i, cols], "test")
+    t2i = rerank(sims.t().contiguous(), 2, lambda t, rows: truth[rows, t], "test")
+    m = rerank_metrics(i2t, t2i, img2txt, txt2img)
+    # image->text: each image's true text is in its ITC top 2 -> all first. text->image: text 0's images by ITC
+    # are 1 (0.8), 0 (0.5): re-ranked first; text 1: 0 (0.9), 1 (0.4): first; text 2: 2 (0.6), 1 (0.3): first
+    assert m["txt_r1"] == pytest.approx(100.0) and m["img_r1"] == pytest.approx(100.0)
+    itc = retrieval_metrics(sims, img2txt, txt2img)
+    assert itc["txt_r1"] == pytest.approx(100 / 3) and itc["img_r1"] == pytest.approx(100 / 3)
+    only_top1 = rerank(sims, 1, lambda i, cols: truth[i, cols], "test")  # the true text is not re-ranked
+    assert rerank_metrics(only_top1, t2i, img2txt, txt2img)["txt_r1"] == pytest.approx(100 / 3)
+
+
+def test_chunked_similarities_equal_the_unchunked_ones_exactly() -> None:
+    from plugins.tasks.retrieval import chunked_similarity
+
+    class QueryMax:  # BLIP-2's similarity: the best of the image's query embeddings
+        def similarity(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("iqd,td->itq", image_feats, text_feats).amax(-1)
+
+    g = torch.Generator().manual_seed(0)
+    images, texts = torch.randn(50, 8, 16, generator=g), torch.randn(230, 16, generator=g)
+    whole = QueryMax().similarity(images, texts)
+    for chunk in (1, 7, 50, 64):
+        assert torch.equal(chunked_similarity(QueryMax(), images, texts, chunk), whole)

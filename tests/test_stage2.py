@@ -12,23 +12,14 @@ from framework.cli import load_experiment
 from framework.config import ConfigError, to_plain
 from framework.models.build import build_model
 from framework.train import main as train_main
-from stage1_helpers import stage1_config
-from tiny_llms import make_tiny_opt, make_tiny_t5
+from stage1_helpers import stage1_config, stage2_config
 
 IMAGES = torch.randn(2, 3, 32, 32)
 BATCH = {"image": IMAGES, "text_input": ["a red circle", "two shapes"]}
 
 
 def _spec(tmp_path: Path, llm: str = "opt", **over):
-    base = stage1_config(tmp_path, tmp_path / "s1")["model"]
-    folder = tmp_path / llm
-    if not folder.exists():
-        (make_tiny_opt if llm == "opt" else make_tiny_t5)(folder)
-    spec = {"name": "blip2_generative", "image_encoder": base["image_encoder"], "qformer": base["qformer"],
-            "llm": {"name": "opt" if llm == "opt" else "flant5", "path": str(folder), "precision": "fp32"},
-            "prompt": "a photo of", **over}
-    cfg = stage1_config(tmp_path, tmp_path / "out")
-    cfg["model"] = spec
+    cfg = stage2_config(tmp_path, tmp_path / "out", llm, **over)
     return load_experiment(str(write_yaml(tmp_path / "g.yaml", cfg))).model
 
 

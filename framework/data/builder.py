@@ -22,6 +22,10 @@ class MissingDataError(FileNotFoundError):
     """A data file a run needs is missing: the message says which file, which entry, and how to get it."""
 
 
+class BadDataError(ValueError):
+    """Data that cannot be trained on (too many bad records, no file for a split): the message says which."""
+
+
 @dataclass
 class DataFile:
     path: Path

@@ -17,3 +17,13 @@ class Retrievable(Protocol):
 
     def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """[I, T] similarity of every image with every text."""
+
+
+class Matchable(Protocol):
+    """Image-text matching of a pair seen together (ITM), to re-rank what the similarities retrieved."""
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] what matching reads of each image; kept for a whole split during re-ranking."""
+
+    def match_scores(self, image_tokens: torch.Tensor, texts: List[str]) -> torch.Tensor:
+        """[B] score of each (image i, text i) pair, on a scale where adding the ITC similarity makes sense."""

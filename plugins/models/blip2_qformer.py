@@ -163,6 +163,17 @@ class Blip2QFormer(Blip2Base):
     def similarity(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         return torch.einsum("iqd,td->itq", image_features, text_features).amax(-1)
 
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, N, D] what ITM reads of each image (the frozen encoder's tokens after ``ln_vision``)."""
+        return self.encode_image(images)
+
+    def match_scores(self, image_tokens: torch.Tensor, texts: List[str]) -> torch.Tensor:
+        """[B] ITM score of each (image i, text i) pair: the match logit averaged over the queries (as LAVIS
+        re-ranks with)."""
+        ids, mask = self.tokenize(texts)
+        out = self.qformer("itm", image=image_tokens, input_ids=ids, text_mask=mask)
+        return self.itm_head(out.hidden[:, :self.qformer.num_query_tokens])[..., 1].mean(1)
+
     def itm_scores(self, images: torch.Tensor, texts: List[str]) -> torch.Tensor:
         """P(match) of each (image i, text i) pair."""
         ids, mask = self.tokenize(texts)

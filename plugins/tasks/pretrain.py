@@ -16,13 +16,15 @@ from plugins.tasks.retrieval import Retrieval
 @TASKS.register("pretrain")
 class Pretrain(Retrieval):
     """Args:
+        k_test: candidates per query re-ranked by ITM at evaluation (0: ITC recall only, as LAVIS monitors
+            pretraining; the retrieval task re-ranks 128).
         text_batch_size: texts embedded per forward pass at evaluation.
         eval_seed: seeds the hard-negative sampling of the validation ITM loss, so it is comparable across
             evaluations.
     """
 
-    def __init__(self, text_batch_size: int = 256, eval_seed: int = 0) -> None:
-        super().__init__(text_batch_size)
+    def __init__(self, k_test: int = 0, text_batch_size: int = 256, eval_seed: int = 0) -> None:
+        super().__init__(k_test=k_test, text_batch_size=text_batch_size)
         self.eval_seed = eval_seed
 
     @torch.no_grad()
