@@ -22,7 +22,8 @@ def test_tiny_llm_is_a_hugging_face_opt_the_adapter_loads(tmp_path: Path) -> Non
     text = "question: how many shapes are there? answer: 2"
     ids = adapter.tokenizer(text)["input_ids"]
     assert ids[0] == adapter.tokenizer.eos_token_id and adapter.tokenizer.unk_token_id not in ids  # </s> first
-    assert adapter.tokenizer.decode(ids, skip_special_tokens=True) == "question : how many shapes are there ? answer : 2"
+    decoded = adapter.tokenizer.decode(ids, skip_special_tokens=True)
+    assert decoded == "question : how many shapes are there ? answer : 2"
     loss = adapter.lm_loss(torch.zeros(1, 2, adapter.hidden_size), ["question: how many shapes are there? answer:"],
                            ["2"])
     assert torch.isfinite(loss)

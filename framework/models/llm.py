@@ -65,7 +65,8 @@ class LLMAdapter(nn.Module):
         """The config.json fields of the model to build, checked against ``arch`` and ``model_type``."""
         if arch is not None and arch not in self.archs:
             known = ", ".join(sorted(self.archs)) or "none: leave arch out"
-            raise ConfigError(f"model.llm.arch: unknown architecture {arch!r} for {type(self).__name__}; known: {known}")
+            raise ConfigError(f"model.llm.arch: unknown architecture {arch!r} for {type(self).__name__}; "
+                              f"known: {known}")
         if not (folder / "config.json").is_file():
             if on_meta and arch is not None:
                 return dict(self.archs[arch])
