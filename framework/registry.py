@@ -110,7 +110,9 @@ LLMS = Registry("llm")
 # model.checkpoint: one of our checkpoints whose weights load once the model is built (fine-tuning, evaluation)
 MODELS = Registry("model", reserved={"checkpoint": (Optional[str], None)})
 TASKS = Registry("task")
-DATASETS = Registry("dataset", injected=("entry",))
+# datasets.<entry>.sample_ratio: the entry's share of the training samples when several are mixed (the paper's
+# pretraining mix); unset everywhere: the entries are concatenated, each sample once per epoch
+DATASETS = Registry("dataset", injected=("entry",), reserved={"sample_ratio": (Optional[float], None)})
 PROCESSORS = Registry("processor")
 LR_SCHEDULERS = Registry("lr_scheduler", injected=("base_lr", "total_iters", "iters_per_epoch"))
 

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from framework import checkpoint, dist
 from framework.config import ConfigError, DatasetsOf, to_yaml
 from framework.data.builder import DatasetBuilder
-from framework.data.loader import eval_loader, set_position, train_loader
+from framework.data.loader import Mixture, eval_loader, set_position, train_loader
 from framework.logs import RunLog, logger, truncate_after
 from framework.models.build import build_model, parameter_table
 from framework.optim import OptimConfig, build_optimizer, build_schedule, set_lr
-from framework.registry import Part, build
+from framework.registry import DATASETS, Part, build
 from framework.task import Task
 
 
@@ -111,7 +111,7 @@ def seed_everything(seed: int) -> None:
 def builders(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
     out = {}
     for entry, spec in exp.datasets.items():
-        args = {k: v for k, v in spec.items() if k != "builder"}
+        args = {k: v for k, v in spec.items() if k not in ("builder", *DATASETS.reserved)}
         out[entry] = build("dataset", {"name": spec["builder"], **args}, entry=entry)
     return out
 
@@ -229,7 +229,15 @@ class Runner:
     # ---------------------------------------------------------------------------------------------- data
     def _train_data(self) -> DataLoader:
         parts = [b.build(s) for b in self.builders.values() for s in self.cfg.train_splits]
-        data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        ratios = {e: spec["sample_ratio"] for e, spec in self.exp.datasets.items()}
+        if any(r is not None for r in ratios.values()):
+            unset = [e for e, r in ratios.items() if r is None]
+            if unset or any(r <= 0 for r in ratios.values()):
+                raise ConfigError(f"datasets: sample_ratio is set for some entries; give every entry a positive "
+                                  f"one (now {ratios})")
+            data = Mixture(parts, [ratios[e] for e in self.builders for _ in self.cfg.train_splits], self.cfg.seed)
+        else:
+            data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers)
 
     def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:

@@ -37,10 +37,53 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode()))
             return self.dataset[index]
+
+
+class Mixture(Dataset):
+    """Several training sets drawn in given ratios. An epoch has as many samples as all the parts together;
+    which part each position takes is drawn with the ratios, and each part serves its samples in a fresh
+    permutation (cycling when drawn more often than it has samples) — a function of (seed, epoch), so a resumed
+    run sees the same samples."""
+
+    def __init__(self, parts: List[Dataset], ratios: List[float], seed: int) -> None:
+        if len(parts) != len(ratios) or any(r <= 0 for r in ratios):
+            raise ValueError(f"one positive ratio per data set expected, got {ratios} for {len(parts)} sets")
+        self.parts, self.seed = parts, seed
+        self.ratios = torch.tensor(ratios, dtype=torch.float64) / sum(ratios)
+        self.epoch, self._plan = 0, None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._plan = epoch, None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)  # type: ignore[arg-type]
+
+    def plan(self) -> List[tuple]:
+        """(part, index in part) of every position of the current epoch."""
+        if self._plan is None:
+            g = torch.Generator().manual_seed(zlib.crc32(f"mixture/{self.seed}/{self.epoch}".encode()))
+            which = torch.multinomial(self.ratios, len(self), replacement=True, generator=g).tolist()
+            perms = [torch.randperm(len(p), generator=g).tolist() for p in self.parts]  # type: ignore[arg-type]
+            served = [0] * len(self.parts)
+            self._plan = []
+            for d in which:
+                self._plan.append((d, perms[d][served[d] % len(perms[d])]))
+                served[d] += 1
+        return self._plan
+
+    def __getitem__(self, index: int) -> Any:
+        d, i = self.plan()[index]
+        return self.parts[d][i]
 
 
 class ResumableSampler(DistributedSampler):
@@ -72,7 +115,7 @@ def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
     """Point a :func:`train_loader` at ``epoch``, after its first ``batches_done`` batches."""
     loader.sampler.set_epoch(epoch)
     loader.sampler.skip = batches_done * loader.batch_size
-    loader.dataset.epoch = epoch
+    loader.dataset.set_epoch(epoch)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
