@@ -9,12 +9,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from PIL import Image
 from torch.utils.data import Dataset
 
 Pipeline = Optional[Callable[[Any], Any]]
+Source = Union[str, Path, Dict[str, Any], List[Any]]  # an annotation file, or its content already loaded
+
+
+def karpathy(data: Dict[str, Any], split: str) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """Karpathy's split file (``dataset_coco.json``, ``dataset_flickr30k.json``) as (COCO caption JSON,
+    retrieval list) for ``split``; his ``restval`` images belong to ``train``, as in every BLIP-2 number."""
+    wanted = {"train": ("train", "restval")}.get(split, (split,))
+    images, anns, retrieval = [], [], []
+    for im in data["images"]:
+        if im["split"] not in wanted:
+            continue
+        image_id = im.get("cocoid", im.get("imgid"))
+        file_name = f"{im['filepath']}/{im['filename']}" if im.get("filepath") else im["filename"]
+        captions = [s["raw"].strip() for s in im["sentences"]]
+        images.append({"id": image_id, "file_name": file_name})
+        anns += [{"image_id": image_id, "caption": c} for c in captions]
+        retrieval.append({"image": file_name, "image_id": image_id, "caption": captions})
+    return {"images": images, "annotations": anns}, retrieval
+
+
+def _json(source: Any) -> Any:
+    """A JSON annotation file's content: read from a path, or given already loaded (a builder that converts
+    another official format passes the converted records)."""
+    return json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source
 
 
 def _load_image(path: Path) -> Image.Image:
@@ -44,10 +68,10 @@ class CocoCaptionDataset(_Base):
     """COCO caption JSON (``images`` + ``annotations``). Training: one sample per caption; evaluation: one per
     image with every reference caption."""
 
-    def __init__(self, ann_file: Path, image_root: Path, train: bool, image_proc: Pipeline = None,
+    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Pipeline = None,
                  text_proc: Pipeline = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
-        data = json.loads(Path(ann_file).read_text())
+        data = _json(ann_file)
         files = {im["id"]: im["file_name"] for im in data["images"]}
         refs: Dict[int, List[str]] = {}
         for a in data["annotations"]:
@@ -71,13 +95,13 @@ class CocoCaptionDataset(_Base):
 class VQADataset(_Base):
     """VQAv2 question + annotation JSON; ``image_file(image_id)`` names an image relative to ``image_root``."""
 
-    def __init__(self, question_file: Path, ann_file: Optional[Path], image_root: Path,
+    def __init__(self, question_file: Source, ann_file: Optional[Source], image_root: Path,
                  image_file: Callable[[int], str], image_proc: Pipeline = None, text_proc: Pipeline = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
-        questions = json.loads(Path(question_file).read_text())["questions"]
+        questions = _json(question_file)["questions"]
         anns = {}
         if ann_file is not None:
-            anns = {a["question_id"]: a for a in json.loads(Path(ann_file).read_text())["annotations"]}
+            anns = {a["question_id"]: a for a in _json(ann_file)["annotations"]}
         self.samples = [{"question_id": q["question_id"], "image_id": q["image_id"], "question": q["question"],
                          "file": image_file(q["image_id"]),
                          "answers": [x["answer"] for x in anns.get(q["question_id"], {}).get("answers", [])],
@@ -94,10 +118,10 @@ class RetrievalDataset(_Base):
     """Karpathy-style retrieval JSON: a list of ``{image, image_id, caption: [..]}``. Training: one sample per
     caption; evaluation: the images here, the texts in ``self.texts`` with ``txt2img`` / ``img2txt`` maps."""
 
-    def __init__(self, ann_file: Path, image_root: Path, train: bool, image_proc: Pipeline = None,
+    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Pipeline = None,
                  text_proc: Pipeline = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
-        records = json.loads(Path(ann_file).read_text())
+        records = _json(ann_file)
         self.texts: List[str] = []
         self.txt2img: List[int] = []
         self.img2txt: List[List[int]] = []
