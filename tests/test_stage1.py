@@ -172,3 +172,19 @@ def test_itm_reusing_the_itc_pass_keys_values_equals_projecting_every_image(tmp_
     logits = m.itm_head(out.hidden[:, :m.qformer.num_query_tokens]).mean(1)
     slow = F.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 8))
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_decay_lowers_the_encoder_blocks_lr_and_keeps_the_qformer_at_full_lr(tmp_path: Path) -> None:
+    from framework.optim import OptimConfig, param_groups
+
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["model"]["image_encoder"]["freeze"] = False
+    model = build_model(load_experiment(str(write_yaml(tmp_path / "m.yaml", cfg))).model)
+    assert model.num_layers == 2
+    groups = param_groups(model, OptimConfig(lr=1.0, layer_decay=0.5))
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["visual_encoder.vit.pos_embed"] == 0 and ids["visual_encoder.vit.blocks.1.attn.qkv.weight"] == 2
+    assert ids["qformer.query_tokens"] == 3 and ids["ln_vision.weight"] == 3
+    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale["visual_encoder.vit.pos_embed"] == 0.125 and scale["visual_encoder.vit.blocks.0.attn.qkv.weight"] == 0.25
+    assert scale["visual_encoder.vit.blocks.1.attn.qkv.weight"] == 0.5 and scale["qformer.query_tokens"] == 1.0

@@ -210,3 +210,22 @@ def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path)
     with pytest.raises(checkpoint.CheckpointError, match=r"trainable keys the checkpoint lacks: "
                                                           r"qformer.layers.0.attn.qkv.weight"):
         checkpoint.load_model_weights(finetune, {"model": partial, "frozen": ["visual_encoder"]}, "stage2.pt")
+
+
+def test_captioning_reports_cider_per_nocaps_domain() -> None:
+    from plugins.tasks.captioning import Captioning
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, images, prompts, **decoding):
+            return ["a red circle", "a blue square", "a green triangle"][:len(images)]
+
+    batch = {"image": torch.zeros(3, 3, 4, 4), "image_id": torch.tensor([1, 2, 3]),
+             "captions": [["a red circle"], ["a blue square"], ["two yellow stars"]],
+             "domain": ["in-domain", "in-domain", "out-domain"]}
+    metrics = Captioning().evaluate(Fixed(), [batch])
+    assert metrics["cider_out-domain"] == pytest.approx(0.0) and metrics["cider_in-domain"] > 0
+    assert "cider_near-domain" not in metrics  # only the domains present

@@ -1,6 +1,7 @@
 """What stage 1 and stage 2 BLIP-2 share: frozen image encoder -> ``ln_vision`` -> Q-Former, and its tokenizer."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -87,6 +88,21 @@ class Blip2Base(nn.Module):
             unused = load_bert(self.qformer, q.bert)
             logger.info("Q-Former initialised from %s; BERT weights not used: %s", q.bert,
                         summarize_keys(unused) or "none")
+
+    @property
+    def num_layers(self) -> int:
+        """Blocks of the image encoder: ``run.optimizer.layer_decay`` decays their lr (LAVIS's lr_layer_decay
+        when the ViT is fine-tuned); the Q-Former and heads train at the full lr."""
+        return len(getattr(getattr(self.visual_encoder, "vit", None), "blocks", []))
+
+    def layer_id(self, name: str) -> int:
+        """0: the encoder's embeddings; i + 1: its block i; ``num_layers`` + 1: everything else."""
+        if not name.startswith("visual_encoder."):
+            return self.num_layers + 1
+        m = re.match(r"visual_encoder\.vit\.blocks\.(\d+)\.", name)
+        if m:
+            return int(m.group(1)) + 1
+        return 0 if re.match(r"visual_encoder\.vit\.(cls_token|pos_embed|patch_embed)", name) else self.num_layers + 1
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""

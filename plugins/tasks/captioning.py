@@ -69,17 +69,22 @@ class Captioning(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         self.require(model, "generate", "a generative model such as blip2_generative")
         device = next(model.parameters()).device
-        local_preds, local_refs = {}, {}
+        local_preds, local_refs, local_domains = {}, {}, {}
         for batch in loader:
             texts = model.generate(batch["image"].to(device), [self.prompt] * len(batch["image"]), **self.decoding)
             ids = batch["image_id"].tolist()
             local_preds.update(zip(ids, texts))
             local_refs.update(zip(ids, batch["captions"]))
-        preds, refs = {}, {}
-        for p, r in dist.all_gather_objects((local_preds, local_refs)):
+            local_domains.update(zip(ids, batch.get("domain") or [""] * len(ids)))
+        preds, refs, domains = {}, {}, {}
+        for p, r, d in dist.all_gather_objects((local_preds, local_refs, local_domains)):
             preds.update(p)
             refs.update(r)
+            domains.update(d)
         self.save_predictions([{"image_id": i, "caption": c} for i, c in sorted(preds.items())])
         metrics = caption_metrics(refs, preds)
+        for domain in sorted({d for d in domains.values() if d}):  # NoCaps: in-, near-, out-domain CIDEr
+            mine = {i: r for i, r in refs.items() if domains[i] == domain}
+            metrics[f"cider_{domain}"] = caption_metrics(mine, {i: preds[i] for i in mine})["cider"]
         logger.info(SPICE_UNAVAILABLE)
         return metrics
