@@ -139,6 +139,7 @@ def apply_options(cfg: DictConfig, options: Sequence[str], origins: Origins) -> 
         over = OmegaConf.from_dotlist(list(options))
     except (OmegaConfBaseException, yaml.YAMLError) as e:
         raise ConfigError(f"--options {' '.join(options)}: cannot parse: {e}") from None
+    cfg, over = _apply_deletes(cfg, over)
     _record_origins(over, "", "--options", origins)
     return OmegaConf.merge(cfg, over)
 

@@ -56,3 +56,26 @@ def test_a_run_mixes_two_entries_and_partial_ratios_are_an_error(tmp_path: Path,
     cfg["run"]["output_dir"] = str(tmp_path / "bad")
     assert train_main(["--cfg", str(write_yaml(tmp_path / "bad.yaml", cfg))]) == 2
     assert "sample_ratio is set for some entries; give every entry a positive one" in capsys.readouterr().err
+
+
+def test_streams_are_drawn_in_their_ratios_and_restart_when_they_end() -> None:
+    from itertools import islice
+
+    from torch.utils.data import IterableDataset
+
+    from framework.data.loader import IterableMixture
+
+    class Stream(IterableDataset):
+        def __init__(self, tag: str, n: int) -> None:
+            self.tag, self.n = tag, n
+
+        def __iter__(self):
+            return ((self.tag, i) for i in range(self.n))
+
+    mix = IterableMixture([Stream("a", 7), Stream("b", 1000)], [1, 3], seed=0)
+    draws = list(islice(iter(mix), 20000))
+    share = sum(tag == "a" for tag, _ in draws) / len(draws)
+    assert abs(share - 0.25) < 0.015  # 4.9 standard deviations over 20,000 draws
+    a = [i for tag, i in draws if tag == "a"]
+    assert a[:14] == list(range(7)) * 2  # the short stream starts again where it ended
+    assert draws == list(islice(iter(mix), 20000))  # a function of the seed

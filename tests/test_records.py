@@ -7,6 +7,7 @@ from typing import List
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import read_log, write_yaml
@@ -107,3 +108,17 @@ def test_a_split_without_a_file_is_named(tmp_path: Path) -> None:
     builder = DATASETS.get("records")("mine", kind="caption", files={"train": str(tmp_path / "t.jsonl")})
     with pytest.raises(BadDataError, match=r"no file for split\(s\) \['val'\]; set datasets.mine.files.<split>"):
         builder.data_files(["train", "val"])
+
+
+def test_own_data_through_options_alone(tmp_path: Path) -> None:
+    """The README's command: an existing config, the data given on the command line, no file edited."""
+    data = _pairs(tmp_path, 12, bad=0)
+    cfg = _experiment(tmp_path, data)
+    cfg["datasets"] = {"shapes_caption": {"image_size": 32}}  # what the config file trains on
+    image = "[{name: resize, size: 32}, {name: normalize}]"
+    option = (f"datasets={{_delete_: true, mine: {{builder: records, kind: caption, files: {{train: {data}, "
+              f"val: {data}}}, processors: {{train: {{image: {image}}}, eval: {{image: {image}}}}}}}}}")
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "c.yaml", cfg)), "--options", option]) == 0
+    assert "mine/val/cider" in read_log(tmp_path / "out", "eval")[-1]
+    ran = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert list(ran["datasets"]) == ["mine"]  # the config's own data set was replaced, not added to

@@ -6,7 +6,7 @@ import zlib
 from typing import Any, Dict, Iterator, List
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from framework import dist
 
@@ -84,6 +84,28 @@ class Mixture(Dataset):
     def __getitem__(self, index: int) -> Any:
         d, i = self.plan()[index]
         return self.parts[d][i]
+
+
+class IterableMixture(IterableDataset):
+    """Streams (web-scale shards) drawn in given ratios: each sample comes from a stream picked with the ratios;
+    a stream that ends starts again, so the mixture never runs dry before the run's iteration budget."""
+
+    def __init__(self, parts: List[IterableDataset], ratios: List[float], seed: int) -> None:
+        if len(parts) != len(ratios) or any(r <= 0 for r in ratios):
+            raise ValueError(f"one positive ratio per stream expected, got {ratios} for {len(parts)} streams")
+        self.parts, self.seed = parts, seed
+        self.ratios = torch.tensor(ratios, dtype=torch.float64) / sum(ratios)
+
+    def __iter__(self) -> Iterator[Any]:
+        g = torch.Generator().manual_seed(zlib.crc32(f"iterable-mixture/{self.seed}".encode()))
+        streams = [iter(p) for p in self.parts]
+        while True:
+            d = int(torch.multinomial(self.ratios, 1, generator=g))
+            try:
+                yield next(streams[d])
+            except StopIteration:
+                streams[d] = iter(self.parts[d])
+                yield next(streams[d])
 
 
 class ResumableSampler(DistributedSampler):

@@ -13,10 +13,11 @@ before training: a missing image file, an image that cannot be decoded (unreadab
 caption, question or answer, or a line that is not a record is skipped and counted, and the first few are named
 in the log. When more than ``max_bad_fraction`` of a file's records are bad, the run stops before training.
 
-Train on it with a ``datasets_cfg`` entry (``builder: records``), or with ``--options`` alone::
+Train on it with a ``datasets_cfg`` entry (``builder: records``), or with ``--options`` alone (``_delete_``
+replaces the config's data sets instead of adding to them)::
 
     python -m framework.train --cfg projects/blip2/demo/stage2_shapes.yaml --options \\
-        'datasets={mine: {builder: records, kind: caption, files: {train: my/train.jsonl, val: my/val.jsonl}}}'
+        'datasets={_delete_: true, mine: {builder: records, kind: caption, files: {train: my/train.jsonl, val: my/val.jsonl}}}'
 """
 from __future__ import annotations
 
