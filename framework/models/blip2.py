@@ -22,7 +22,8 @@ class QFormerArgs:
 
     bert: a Hugging Face BERT folder (config.json, vocab.txt, weights) giving the tokenizer and, when
     ``init_from_bert``, the initial weights; its sizes must equal the ones here. For the real-size configs
-    put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here.
+    put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here. A stage-2
+    model whose Q-Former reads no text and comes from a checkpoint (a converted Hugging Face model) needs none.
     """
     hidden_size: int = 768
     num_layers: int = 12
@@ -64,7 +65,8 @@ def load_tokenizer(folder: str, vocab_size: int):
 class Blip2Base(nn.Module):
     """Frozen image encoder, the trainable fp32 ``ln_vision``, and the Q-Former with its tokenizer."""
 
-    def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs, max_txt_len: int) -> None:
+    def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs, max_txt_len: int,
+                 reads_text: bool = True) -> None:
         super().__init__()
         self.visual_encoder = build("image_encoder", image_encoder)
         width = self.visual_encoder.num_features
@@ -81,8 +83,13 @@ class Blip2Base(nn.Module):
         if self.ln_vision.weight.is_meta:
             return  # --dry-run: architecture only, no files read
         if q.bert is None:
-            raise NotABertCheckpoint("model.qformer.bert is not set: the Q-Former needs a BERT folder for its "
-                                     "tokenizer (and initial weights); e.g. bert-base-uncased in Hugging Face format")
+            if reads_text:
+                raise NotABertCheckpoint("model.qformer.bert is not set: the Q-Former needs a BERT folder for its "
+                                         "tokenizer (and initial weights); e.g. bert-base-uncased in Hugging Face "
+                                         "format")
+            logger.info("model.qformer.bert is not set: the Q-Former (queries only) starts random; its weights "
+                        "must come from a checkpoint")
+            return
         self.tokenizer = load_tokenizer(q.bert, q.vocab_size)
         if q.init_from_bert:
             unused = load_bert(self.qformer, q.bert)

@@ -42,7 +42,7 @@ class Blip2Generative(Blip2Base):
     def __init__(self, image_encoder: Part("image_encoder"), llm: Part("llm"), qformer: QFormerArgs = QFormerArgs(),
                  stage1_checkpoint: Optional[str] = None, qformer_text_input: bool = False, prompt: str = "",
                  max_txt_len: int = 32) -> None:
-        super().__init__(image_encoder, qformer, max_txt_len)
+        super().__init__(image_encoder, qformer, max_txt_len, reads_text=qformer_text_input)
         self.llm = build("llm", llm)
         self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)
         self.qformer_text_input, self.prompt = qformer_text_input, prompt

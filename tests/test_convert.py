@@ -1,0 +1,94 @@
+"""Hugging Face Blip2 models converted into ours compute the same logits and generate the same text."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_yaml
+from framework.cli import load_experiment
+from framework.convert import hf_to_ours, main as convert_main
+from framework.models.build import build_model
+from stage1_helpers import stage1_config
+from tiny_llms import _tokenizer
+
+PROMPT = "question : what color is the circle ? answer :"
+
+
+def _tiny_hf_blip2(folder: Path, llm: str) -> Path:
+    from transformers import (AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig,
+                              Blip2VisionConfig, OPTConfig, T5Config)
+
+    folder.mkdir(parents=True)
+    _tokenizer(folder, bos=llm == "opt")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})  # where the queries go in the input
+    tok.save_pretrained(str(folder))
+    vocab = len(tok)
+    vision = Blip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 encoder_hidden_size=48, vocab_size=100)
+    if llm == "opt":
+        text = OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                         max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=1)
+    else:
+        text = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0,
+                        eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="gated-gelu",
+                        tie_word_embeddings=False)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config)
+    with torch.no_grad():  # no zero biases or unit norms: every weight must land in the right place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def _ours(tmp_path: Path, model_yaml: Path):
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["_base_"] = str(model_yaml)
+    cfg["model"] = {"image_encoder": {"precision": "fp32"}, "llm": {"precision": "fp32"}}
+    return build_model(load_experiment(str(write_yaml(tmp_path / "ours.yaml", cfg))).model).eval()
+
+
+@pytest.mark.parametrize("llm", ["opt", "t5"])
+def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, llm: str) -> None:
+    from transformers import AutoTokenizer, Blip2ForConditionalGeneration
+
+    src = _tiny_hf_blip2(tmp_path / "hf", llm)
+    assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
+    ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
+    hf = Blip2ForConditionalGeneration.from_pretrained(str(src)).eval()
+    tok = AutoTokenizer.from_pretrained(str(src))
+    image_token = hf.config.image_token_index
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    text = tok([PROMPT] * 2, return_tensors="pt")["input_ids"]
+    hf_ids = torch.cat([torch.full((2, 4), image_token), text], 1)
+    target = tok(["red", "blue"], return_tensors="pt")["input_ids"] if llm == "t5" else None
+    with torch.no_grad():
+        expected = hf(pixel_values=images, input_ids=hf_ids, labels=target).logits
+        prefix = ours.visual_prompt(images, [PROMPT] * 2)
+        embeds = torch.cat([prefix, ours.llm.embed(text)], 1)
+        got = ours.llm.model(inputs_embeds=embeds, labels=target).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    for beams in (1, 5):
+        decoding = dict(num_beams=beams, max_new_tokens=5, min_new_tokens=1, length_penalty=1.0,
+                        repetition_penalty=1.0, do_sample=False)
+        out = hf.generate(pixel_values=images, input_ids=hf_ids, **decoding)
+        out = out[:, hf_ids.shape[1]:] if llm == "opt" and out.shape[1] > hf_ids.shape[1] and \
+            torch.equal(out[:, :hf_ids.shape[1]], hf_ids) else out
+        theirs = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+        assert ours.generate(images, [PROMPT] * 2, **decoding) == theirs and all(theirs)
+
+
+def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
+    from framework.config import ConfigError
+    from tiny_llms import make_tiny_opt
+
+    with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
+        hf_to_ours(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
