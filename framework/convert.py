@@ -1,5 +1,12 @@
 """``python -m framework.convert``: bring weights people already have into this framework.
 
+    python -m framework.convert --from lavis --to ours --src blip2_pretrained.pth --out converted/
+
+reads a LAVIS checkpoint (stage-1 ``blip2``, ``blip2_opt``, ``blip2_t5``: keys under ``visual_encoder.``,
+``ln_vision.``, ``Qformer.bert.``, ``Qformer.cls.``, ``query_tokens``, ``vision_proj``, ``text_proj``, ``itm_head``,
+``temp``, ``opt_proj`` / ``t5_proj``) and writes our ``model.pt`` (and ``vision.pt`` when it holds the image
+encoder); LAVIS checkpoints hold no LLM weights, so the config's ``llm.path`` names the LLM folder.
+
     python -m framework.convert --from hf --to ours --src blip2-opt-2.7b/ --out converted/
 
 reads a Hugging Face ``Blip2ForConditionalGeneration`` folder (``save_pretrained`` / the Hub's files) and writes:
@@ -129,15 +136,104 @@ def hf_to_ours(src: Path, out: Path) -> Path:
     return out / "model.yaml"
 
 
+# LAVIS's Q-Former is a BertModel under ``Qformer.bert.``; these renames give transformers' Blip2QFormer names
+LAVIS_QFORMER_RENAMES = [(".attention.self.", ".attention.attention."), (".crossattention.self.", ".crossattention.attention."),
+                         ("embeddings.LayerNorm.", "embeddings.layernorm.")]
+LAVIS_DROPPED = {"Qformer.bert.embeddings.position_ids": "a buffer (positions 0..511)",
+                 "Qformer.cls.predictions.decoder.weight": "tied to the word embeddings",
+                 "Qformer.cls.predictions.decoder.bias": "the same tensor as cls.predictions.bias"}
+LAVIS_HEADS = {"vision_proj.": "vision_proj.", "text_proj.": "text_proj.", "itm_head.": "itm_head.",
+               "opt_proj.": "llm_proj.", "t5_proj.": "llm_proj.", "ln_vision.": "ln_vision."}
+
+
+def lavis_to_ours(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor],
+                                                            Dict[str, str]]:
+    """A LAVIS BLIP-2 state dict (``blip2``, ``blip2_opt``, ``blip2_t5``) as (our model weights, the image
+    encoder in EVA's key names, {left-out key: why}). A key with no place raises, naming it."""
+    model, vision, dropped, unknown = {}, {}, {}, []
+    bert = {}
+    for key, value in state.items():
+        if key in LAVIS_DROPPED:
+            dropped[key] = LAVIS_DROPPED[key]
+        elif key.startswith(("opt_model.", "t5_model.")):
+            dropped[key] = "the frozen LLM (our config names its folder)"
+        elif key.startswith("visual_encoder."):
+            vision[key[len("visual_encoder."):]] = value
+        elif key.startswith("Qformer.bert."):
+            name = key[len("Qformer.bert."):]
+            for old, new in LAVIS_QFORMER_RENAMES:
+                name = name.replace(old, new)
+            bert[name] = value
+        elif key.startswith("Qformer.cls.predictions."):
+            rest = key[len("Qformer.cls.predictions."):]
+            target = {"bias": "qformer.lm_head.bias", "transform.dense.weight": "qformer.lm_head.dense.weight",
+                      "transform.dense.bias": "qformer.lm_head.dense.bias",
+                      "transform.LayerNorm.weight": "qformer.lm_head.ln.weight",
+                      "transform.LayerNorm.bias": "qformer.lm_head.ln.bias"}.get(rest)
+            if target is None:
+                unknown.append(key)
+            else:
+                model[target] = value
+        elif key == "query_tokens":
+            model["qformer.query_tokens"] = value
+        elif key == "temp":
+            model["temp"] = value
+        else:
+            head = next((h for h in LAVIS_HEADS if key.startswith(h)), None)
+            if head is None:
+                unknown.append(key)
+            else:
+                model[LAVIS_HEADS[head] + key[len(head):]] = value
+    try:
+        qformer, left = state_from_hf_qformer(bert)
+    except ConfigError as e:
+        raise ConfigError(f"the LAVIS checkpoint's Q-Former (under Qformer.bert.; names as transformers spells "
+                          f"them): {e}") from None
+    unknown += [f"Qformer.bert.{k}" for k in left]
+    if unknown:
+        raise ConfigError(f"{len(unknown)} keys of the LAVIS checkpoint have no place in our model: "
+                          f"{', '.join(sorted(unknown)[:12])}")
+    model.update({f"qformer.{k}": v for k, v in qformer.items()})
+    return model, vision, dropped
+
+
+def convert_lavis(src: Path, out: Path) -> None:
+    """Write our checkpoint (``model.pt``) and the image encoder in EVA's key names (``vision.pt``)."""
+    from framework.models.image_encoder import read_state_dict
+
+    if not src.is_file():
+        raise ConfigError(f"--src {src}: no such file (a LAVIS .pth checkpoint)")
+    state = read_state_dict(src)
+    model, vision, dropped = lavis_to_ours(state)
+    generative = "llm_proj.weight" in model
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_atomic({"format": checkpoint.FORMAT,
+                            "model_name": "blip2_generative" if generative else "blip2_qformer", "model": model,
+                            "frozen": ["visual_encoder", "llm"] if generative else ["visual_encoder"], "iter": 0,
+                            "converted_from": str(src)}, out / "model.pt")
+    if vision:
+        torch.save(vision, out / "vision.pt")
+    print(f"converted {src} -> {out}: {len(model)} tensors into model.pt"
+          + (f", {len(vision)} into vision.pt (model.image_encoder.checkpoint)" if vision else ""))
+    for reason in sorted(set(dropped.values())):
+        keys = [k for k, r in dropped.items() if r == reason]
+        print(f"  left out, {reason}: {len(keys)} keys ({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})")
+    print(f"use it: model.checkpoint={out / 'model.pt'} with the matching projects/blip2 config"
+          + ("" if generative else " (blip2_qformer)"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="framework.convert", description=__doc__.splitlines()[0])
-    p.add_argument("--from", dest="source", choices=["hf"], required=True)
+    p.add_argument("--from", dest="source", choices=["hf", "lavis"], required=True)
     p.add_argument("--to", dest="target", choices=["ours"], required=True)
     p.add_argument("--src", required=True, help="the folder (or file) to read")
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
     try:
-        hf_to_ours(Path(args.src), Path(args.out))
+        if args.source == "hf":
+            hf_to_ours(Path(args.src), Path(args.out))
+        else:
+            convert_lavis(Path(args.src), Path(args.out))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Hugging Face Blip2 models converted into ours compute the same logits and generate the same text."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,101 @@ def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
         hf_to_ours(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
+
+
+def _lavis_state(model) -> dict:
+    """Our stage-1 weights under LAVIS's key names and shapes (``Blip2Qformer.state_dict()`` of LAVIS)."""
+    ours, out = model.state_dict(), {}
+    for k, v in ours.items():
+        if k.startswith("visual_encoder.vit."):
+            out["visual_encoder." + k[len("visual_encoder.vit."):]] = v
+        elif k.startswith(("ln_vision.", "vision_proj.", "text_proj.", "itm_head.")) or k == "temp":
+            out[k] = v
+    q = {k[len("qformer."):]: v for k, v in ours.items() if k.startswith("qformer.")}
+    out["query_tokens"] = q["query_tokens"]
+    bert = "Qformer.bert."
+    out[bert + "embeddings.word_embeddings.weight"] = q["word_embeddings.weight"]
+    out[bert + "embeddings.position_embeddings.weight"] = q["position_embeddings.weight"]
+    out[bert + "embeddings.position_ids"] = torch.arange(q["position_embeddings.weight"].shape[0])[None]
+    for p in ("weight", "bias"):
+        out[bert + f"embeddings.LayerNorm.{p}"] = q[f"emb_ln.{p}"]
+    layers = sorted({int(k.split(".")[1]) for k in q if k.startswith("layers.")})
+    for i in layers:
+        s, d = f"{bert}encoder.layer.{i}", f"layers.{i}"
+        for p in ("weight", "bias"):
+            for name, part in zip(("query", "key", "value"), q[f"{d}.attn.qkv.{p}"].chunk(3)):
+                out[f"{s}.attention.self.{name}.{p}"] = part
+            pairs = {"attn_out.dense": "attention.output.dense", "attn_out.ln": "attention.output.LayerNorm",
+                     "ffn_text.fc1": "intermediate.dense", "ffn_text.out.dense": "output.dense",
+                     "ffn_text.out.ln": "output.LayerNorm", "ffn_query.fc1": "intermediate_query.dense",
+                     "ffn_query.out.dense": "output_query.dense", "ffn_query.out.ln": "output_query.LayerNorm"}
+            if f"{d}.cross.q.{p}" in q:
+                out[f"{s}.crossattention.self.query.{p}"] = q[f"{d}.cross.q.{p}"]
+                key, value = q[f"{d}.cross.kv.{p}"].chunk(2)
+                out[f"{s}.crossattention.self.key.{p}"], out[f"{s}.crossattention.self.value.{p}"] = key, value
+                pairs |= {"cross_out.dense": "crossattention.output.dense",
+                          "cross_out.ln": "crossattention.output.LayerNorm"}
+            for ours_name, lavis_name in pairs.items():
+                out[f"{s}.{lavis_name}.{p}"] = q[f"{d}.{ours_name}.{p}"]
+    cls = "Qformer.cls.predictions."
+    out[cls + "bias"], out[cls + "decoder.bias"] = q["lm_head.bias"], q["lm_head.bias"]
+    out[cls + "decoder.weight"] = q["word_embeddings.weight"]
+    for p in ("weight", "bias"):
+        out[cls + f"transform.dense.{p}"] = q[f"lm_head.dense.{p}"]
+        out[cls + f"transform.LayerNorm.{p}"] = q[f"lm_head.ln.{p}"]
+    return out
+
+
+def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_is_named(tmp_path: Path,
+                                                                                         capsys) -> None:
+    from framework import checkpoint
+    from framework.config import ConfigError
+    from framework.convert import lavis_to_ours
+
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["model"]["image_encoder"]["freeze"] = True
+    spec = load_experiment(str(write_yaml(tmp_path / "s1.yaml", cfg))).model
+    torch.manual_seed(3)
+    source = build_model(spec)
+    lavis = _lavis_state(source)
+    torch.save({"model": lavis}, tmp_path / "blip2_pretrained.pth")  # LAVIS nests its weights under "model"
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "blip2_pretrained.pth"),
+                         "--out", str(tmp_path / "conv")]) == 0
+    printed = capsys.readouterr().out
+    assert "left out, tied to the word embeddings: 1 keys" in printed
+    spec["image_encoder"]["checkpoint"] = str(tmp_path / "conv" / "vision.pt")
+    spec["checkpoint"] = str(tmp_path / "conv" / "model.pt")
+    torch.manual_seed(4)  # another initialisation: everything must come from the files
+    converted = build_model(spec)  # strict: every trainable key present, none unknown
+    for k, v in source.state_dict().items():
+        assert torch.equal(converted.state_dict()[k], v), k
+    assert checkpoint.load(tmp_path / "conv" / "model.pt")["model_name"] == "blip2_qformer"
+
+    renamed = dict(lavis)
+    renamed["Qformer.bert.encoder.layer.0.attention.self.querry.weight"] = renamed.pop(
+        "Qformer.bert.encoder.layer.0.attention.self.query.weight")
+    with pytest.raises(ConfigError, match=r"lacks encoder.layer.0.attention.attention.query.weight; keys with no "
+                                          r"place: .*encoder.layer.0.attention.attention.querry.weight"):
+        lavis_to_ours(renamed)
+
+
+def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path) -> None:
+    from framework import checkpoint
+    from framework.convert import lavis_to_ours
+    from stage1_helpers import stage2_config
+
+    stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path)))).model)
+    generative = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path))))
+                             .model)
+    # what LAVIS's Blip2OPT deletes or never has: the text path and the stage-1 heads
+    text_path = re.compile(r"Qformer\.cls\.|embeddings\.(word|position)|layer\.\d+\.(intermediate|output)\."
+                           r"|^(vision_proj|text_proj|itm_head)\.|^temp$")
+    lavis = {k: v for k, v in _lavis_state(stage1).items() if not text_path.search(k)}
+    proj = generative.state_dict()["llm_proj.weight"]
+    lavis |= {"opt_proj.weight": torch.randn_like(proj), "opt_proj.bias": torch.zeros(proj.shape[0]),
+              "opt_model.model.decoder.embed_tokens.weight": torch.zeros(3, 3)}  # an LLM key: left out, named
+    model, vision, dropped = lavis_to_ours(lavis)
+    assert set(model) == set(checkpoint.trainable_state_dict(generative))  # exactly the trainable keys
+    assert dropped["opt_model.model.decoder.embed_tokens.weight"].startswith("the frozen LLM")
+    checkpoint.load_model_weights(generative, {"model": model, "frozen": ["visual_encoder", "llm"]}, "lavis")
+    assert torch.equal(generative.state_dict()["llm_proj.weight"], lavis["opt_proj.weight"])

@@ -280,7 +280,7 @@ class _Copier:
     """Copies weight/bias pairs from a source state dict into ours by name, remembering what it used."""
 
     def __init__(self, src: Dict[str, torch.Tensor]) -> None:
-        self.src, self.out, self.used = src, {}, set()
+        self.src, self.out, self.used, self.missing = src, {}, set(), []
 
     def take(self, src: str, dst: str) -> None:
         for suffix in ("weight", "bias"):
@@ -291,8 +291,19 @@ class _Copier:
     def fuse(self, srcs: List[str], dst: str) -> None:
         """Concatenate several source layers into one of ours (separate q/k/v -> fused qkv)."""
         for suffix in ("weight", "bias"):
-            self.out[f"{dst}.{suffix}"] = torch.cat([self.src[f"{s}.{suffix}"] for s in srcs])
-            self.used.update(f"{s}.{suffix}" for s in srcs)
+            names = [f"{s}.{suffix}" for s in srcs]
+            absent = [n for n in names if n not in self.src]
+            if absent:
+                self.missing += absent
+                continue
+            self.out[f"{dst}.{suffix}"] = torch.cat([self.src[n] for n in names])
+            self.used.update(names)
+
+    def check(self, source: str) -> None:
+        """Fail naming the source keys a fused layer needed but did not find, and those left over."""
+        if self.missing:
+            raise NotABertCheckpoint(f"{source} lacks {', '.join(self.missing[:6])}; keys with no place: "
+                                     f"{', '.join(self.unused()[:6]) or 'none'}")
 
     def unused(self) -> List[str]:
         return sorted(set(self.src) - self.used)
@@ -377,6 +388,7 @@ def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
         bias = state["cls.predictions.bias"]
         c.out["lm_head.bias"] = torch.cat([bias, bias.new_zeros(1)])
         c.used.add("cls.predictions.bias")
+    c.check(f"BERT checkpoint {folder}")
     missing, unexpected = qformer.load_state_dict(c.out, strict=False)
     assert not unexpected, unexpected  # our own map: a bug if it names a key we do not have
     return c.unused()
@@ -408,6 +420,7 @@ def state_from_hf_qformer(hf: Dict[str, torch.Tensor], query_tokens: Optional[to
             c.take(f"{s}.{inter}.dense", f"{d}.{ffn}.fc1")
             c.take(f"{s}.{output}.dense", f"{d}.{ffn}.out.dense")
             c.take(f"{s}.{output}.LayerNorm", f"{d}.{ffn}.out.ln")
+    c.check("the Q-Former weights")
     if query_tokens is not None:
         c.out["query_tokens"] = query_tokens
     return c.out, c.unused()
