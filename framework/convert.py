@@ -18,6 +18,11 @@ reads a Hugging Face ``Blip2ForConditionalGeneration`` folder (``save_pretrained
 * ``model.pt`` — our checkpoint of ``ln_vision`` (HF's ``post_layernorm``), the Q-Former and the projection.
 
 Every source key is placed or reported by name; the counts per part are printed.
+
+    python -m framework.convert --from ours --to hf --src experiment.yaml --out blip2-hf/
+
+writes the experiment's ``blip2_generative`` model (``model.checkpoint`` loaded) as a ``Blip2ForConditionalGeneration``
+folder that transformers' ``from_pretrained`` reads.
 """
 from __future__ import annotations
 
@@ -222,18 +227,113 @@ def convert_lavis(src: Path, out: Path) -> None:
           + ("" if generative else " (blip2_qformer)"))
 
 
+def hf_qformer_from_ours(q: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our Q-Former (queries only, as stage 2 keeps it) in transformers' ``Blip2QFormerModel`` names."""
+    out = {f"layernorm.{p}": q[f"emb_ln.{p}"] for p in ("weight", "bias")}
+    layers = sorted({int(k.split(".")[1]) for k in q if k.startswith("layers.")})
+    for i in layers:
+        s, d = f"encoder.layer.{i}", f"layers.{i}"
+        for p in ("weight", "bias"):
+            for name, part in zip(("query", "key", "value"), q[f"{d}.attn.qkv.{p}"].chunk(3)):
+                out[f"{s}.attention.attention.{name}.{p}"] = part
+            pairs = {"attn_out.dense": "attention.output.dense", "attn_out.ln": "attention.output.LayerNorm",
+                     "ffn_query.fc1": "intermediate_query.dense", "ffn_query.out.dense": "output_query.dense",
+                     "ffn_query.out.ln": "output_query.LayerNorm"}
+            if f"{d}.cross.q.{p}" in q:
+                out[f"{s}.crossattention.attention.query.{p}"] = q[f"{d}.cross.q.{p}"]
+                key, value = q[f"{d}.cross.kv.{p}"].chunk(2)
+                out[f"{s}.crossattention.attention.key.{p}"] = key
+                out[f"{s}.crossattention.attention.value.{p}"] = value
+                pairs |= {"cross_out.dense": "crossattention.output.dense",
+                          "cross_out.ln": "crossattention.output.LayerNorm"}
+            for ours, theirs in pairs.items():
+                out[f"{s}.{theirs}.{p}"] = q[f"{d}.{ours}.{p}"]
+    return out
+
+
+def ours_to_hf(model, out: Path) -> Path:
+    """Write a ``blip2_generative`` model (EVA-style encoder) as a ``Blip2ForConditionalGeneration`` folder
+    that transformers loads with ``from_pretrained``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig
+
+    vit, qf, llm = model.visual_encoder.vit, model.qformer, model.llm
+    tok = llm.tokenizer
+    if "<image>" not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if len(tok) > llm.model.get_input_embeddings().num_embeddings:
+        llm.model.resize_token_embeddings(len(tok))
+    first = qf.layers[0]
+    vision = Blip2VisionConfig(hidden_size=vit.embed_dim, intermediate_size=vit.blocks[0].mlp.fc1.out_features,
+                               num_hidden_layers=len(vit.blocks), num_attention_heads=vit.blocks[0].attn.num_heads,
+                               image_size=model.visual_encoder.image_size, patch_size=vit.patch_embed.patch_size[0],
+                               layer_norm_eps=vit.blocks[0].norm1.eps)
+    cross_freq = next((i for i, layer in enumerate(qf.layers[1:], 1) if layer.cross is not None), len(qf.layers))
+    qformer = Blip2QFormerConfig(hidden_size=qf.hidden_size, num_hidden_layers=len(qf.layers),
+                                 num_attention_heads=qf.num_heads, intermediate_size=first.ffn_query.fc1.out_features,
+                                 encoder_hidden_size=vit.embed_dim, cross_attention_frequency=cross_freq,
+                                 layer_norm_eps=qf.emb_ln.eps)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                         text_config=llm.model.config.to_dict(), num_query_tokens=qf.num_query_tokens,
+                         image_token_index=tok.convert_tokens_to_ids("<image>"))
+    hf = Blip2ForConditionalGeneration(config)
+    ours = {k: v.float() for k, v in model.state_dict().items()}
+    state = {f"vision_model.{k}": v for k, v in _hf_vision(ours).items()}
+    state |= {f"qformer.{k}": v for k, v in hf_qformer_from_ours(split_prefix(ours, "qformer.")).items()}
+    state |= {"query_tokens": ours["qformer.query_tokens"], "language_projection.weight": ours["llm_proj.weight"],
+              "language_projection.bias": ours["llm_proj.bias"],
+              "vision_model.post_layernorm.weight": ours["ln_vision.weight"],
+              "vision_model.post_layernorm.bias": ours["ln_vision.bias"]}
+    state |= {f"language_model.{k}": v for k, v in llm.model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the input embeddings
+    if missing or unexpected:
+        raise ConfigError(f"export to Blip2ForConditionalGeneration: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    print(f"wrote {out}: Blip2ForConditionalGeneration ({sum(p.numel() for p in hf.parameters()):,} parameters)")
+    return out
+
+
+def _hf_vision(ours: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Our EVA encoder (``visual_encoder.vit.``) in ``Blip2VisionModel`` names; the key bias is zero."""
+    v = split_prefix(ours, "visual_encoder.vit.")
+    out = {"embeddings.class_embedding": v["cls_token"], "embeddings.position_embedding": v["pos_embed"],
+           "embeddings.patch_embedding.weight": v["patch_embed.proj.weight"],
+           "embeddings.patch_embedding.bias": v["patch_embed.proj.bias"]}
+    for i in sorted({int(k.split(".")[1]) for k in v if k.startswith("blocks.")}):
+        s, d = f"encoder.layers.{i}", f"blocks.{i}"
+        q_bias = v[f"{d}.attn.q_bias"]
+        out[f"{s}.self_attn.qkv.weight"] = v[f"{d}.attn.qkv.weight"]
+        out[f"{s}.self_attn.qkv.bias"] = torch.cat([q_bias, torch.zeros_like(q_bias), v[f"{d}.attn.v_bias"]])
+        for theirs, mine in (("self_attn.projection", "attn.proj"), ("layer_norm1", "norm1"), ("layer_norm2", "norm2"),
+                             ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for p in ("weight", "bias"):
+                out[f"{s}.{theirs}.{p}"] = v[f"{d}.{mine}.{p}"]
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="framework.convert", description=__doc__.splitlines()[0])
-    p.add_argument("--from", dest="source", choices=["hf", "lavis"], required=True)
-    p.add_argument("--to", dest="target", choices=["ours"], required=True)
-    p.add_argument("--src", required=True, help="the folder (or file) to read")
+    p.add_argument("--from", dest="source", choices=["hf", "lavis", "ours"], required=True)
+    p.add_argument("--to", dest="target", choices=["ours", "hf"], required=True)
+    p.add_argument("--src", required=True, help="the folder or file to read; --from ours: an experiment YAML whose "
+                                                "model (with model.checkpoint) is exported")
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
     try:
-        if args.source == "hf":
+        if (args.source, args.target) == ("hf", "ours"):
             hf_to_ours(Path(args.src), Path(args.out))
-        else:
+        elif (args.source, args.target) == ("lavis", "ours"):
             convert_lavis(Path(args.src), Path(args.out))
+        elif (args.source, args.target) == ("ours", "hf"):
+            from framework.cli import load_experiment
+            from framework.models.build import build_model
+
+            ours_to_hf(build_model(load_experiment(args.src).model), Path(args.out))
+        else:
+            raise ConfigError(f"--from {args.source} --to {args.target} is not a conversion this command makes "
+                              f"(hf->ours, lavis->ours, ours->hf)")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

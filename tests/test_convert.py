@@ -191,3 +191,29 @@ def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path) 
     assert dropped["opt_model.model.decoder.embed_tokens.weight"].startswith("the frozen LLM")
     checkpoint.load_model_weights(generative, {"model": model, "frozen": ["visual_encoder", "llm"]}, "lavis")
     assert torch.equal(generative.state_dict()["llm_proj.weight"], lavis["opt_proj.weight"])
+
+
+@pytest.mark.parametrize("llm", ["opt", "t5"])
+def test_exported_back_transformers_loads_it_with_the_same_logits(tmp_path: Path, llm: str) -> None:
+    from transformers import AutoTokenizer, Blip2ForConditionalGeneration
+
+    src = _tiny_hf_blip2(tmp_path / "hf", llm)
+    hf_to_ours(src, tmp_path / "conv")
+    ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["_base_"] = str(tmp_path / "conv" / "model.yaml")
+    cfg["model"] = {"image_encoder": {"precision": "fp32"}, "llm": {"precision": "fp32"}}
+    assert convert_main(["--from", "ours", "--to", "hf", "--src", str(write_yaml(tmp_path / "exp.yaml", cfg)),
+                         "--out", str(tmp_path / "back")]) == 0
+    back = Blip2ForConditionalGeneration.from_pretrained(str(tmp_path / "back")).eval()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "back"))
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    text = tok([PROMPT] * 2, return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.full((2, 4), back.config.image_token_index), text], 1)
+    target = tok(["red", "blue"], return_tensors="pt")["input_ids"] if llm == "t5" else None
+    with torch.no_grad():
+        embeds = torch.cat([ours.visual_prompt(images, [PROMPT] * 2), ours.llm.embed(text)], 1)
+        expected = ours.llm.model(inputs_embeds=embeds, labels=target).logits
+        got = back(pixel_values=images, input_ids=ids, labels=target).logits
+    # fp32: transformers' eager attention against our fused SDPA, logits up to ~17 with these random weights
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
