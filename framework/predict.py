@@ -1,0 +1,169 @@
+"""``python -m framework.predict``: use a trained or converted model on your own images.
+
+    python -m framework.predict --cfg X.yaml caption photos/ cat.jpg            # a caption per image
+    python -m framework.predict --cfg X.yaml ask cat.jpg "what is the cat doing?"
+    python -m framework.predict --cfg X.yaml rank --texts "a cat" "a dog" -- a.jpg b.jpg
+
+``--cfg`` is an experiment YAML (``model.checkpoint`` names the weights; ``--options`` overrides as in
+training); images go through the eval processors of its first data set entry. Any JPEG/PNG size and mode works
+(grayscale, palette, RGBA; EXIF rotation applied). A file that cannot be read is reported by name and the
+others are still processed (exit status 1). ``--json`` writes one JSON object per line instead of text.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from PIL import Image, ImageOps
+
+from framework.cli import EXPECTED_ERRORS, load_experiment
+from framework.config import ConfigError
+from framework.logs import setup_console
+from framework.models.build import build_model
+from framework.runner import builders
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def image_paths(items: List[str]) -> List[Path]:
+    """Files as given; folders expanded to their image files, sorted."""
+    out = []
+    for item in items:
+        p = Path(item)
+        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    return out
+
+
+def load_image(path: Path) -> Image.Image:
+    """RGB, upright: EXIF rotation applied, grayscale / palette / alpha converted (alpha over white)."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def batches(paths: List[Path], processor: Callable, size: int, report: Callable[[Path, str], None]
+            ) -> Iterator[Tuple[List[Path], torch.Tensor]]:
+    """Processed images in batches of ``size``; an unreadable file is reported and skipped."""
+    done: List[Tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            done.append((path, processor(load_image(path))))
+        except Exception as e:  # PIL raises many types for unreadable files
+            report(path, f"cannot read image ({type(e).__name__}: {e})")
+            continue
+        if len(done) == size:
+            yield [p for p, _ in done], torch.stack([t for _, t in done])
+            done = []
+    if done:
+        yield [p for p, _ in done], torch.stack([t for _, t in done])
+
+
+class Predictor:
+    def __init__(self, exp, args: argparse.Namespace) -> None:
+        self.model = build_model(exp.model).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() and exp.run.device != "cpu" else "cpu")
+        self.model.to(self.device)
+        entries = builders(exp)
+        if not entries:
+            raise ConfigError("--cfg has no datasets: predict takes the image processors of its first entry")
+        self.processor = next(iter(entries.values())).processors("eval")["image"]
+        self.args, self.failed = args, 0
+
+    def report(self, path: Path, problem: str) -> None:
+        self.failed += 1
+        print(f"error: {path}: {problem}", file=sys.stderr)
+
+    def emit(self, record: Dict[str, Any]) -> None:
+        if self.args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            print("\t".join(str(v) for v in record.values()), flush=True)
+
+    def need(self, method: str) -> None:
+        if not callable(getattr(self.model, method, None)):
+            raise ConfigError(f"{self.args.command} needs a model with {method}(); {type(self.model).__name__} "
+                              f"has none (a stage-2 model captions and answers, a stage-1 model ranks)")
+
+    @torch.no_grad()
+    def caption(self) -> None:
+        self.need("generate")
+        for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
+            texts = self.model.generate(images.to(self.device), **self.decoding())
+            for path, text in zip(paths, texts):
+                self.emit({"image": str(path), "caption": text})
+
+    @torch.no_grad()
+    def ask(self) -> None:
+        self.need("generate")
+        prompt = self.args.prompt.format(self.args.question)
+        for paths, images in batches(image_paths([self.args.image]), self.processor, 1, self.report):
+            answer = self.model.generate(images.to(self.device), [prompt], **self.decoding())[0]
+            self.emit({"image": str(paths[0]), "question": self.args.question, "answer": answer})
+
+    @torch.no_grad()
+    def rank(self) -> None:
+        self.need("similarity")
+        feats, kept = [], []
+        for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
+            feats.append(self.model.image_features(images.to(self.device)).float().cpu())
+            kept += paths
+        if not kept:
+            return
+        sims = self.model.similarity(torch.cat(feats), self.model.text_features(self.args.texts).float().cpu())
+        for i, path in enumerate(kept):
+            order = sims[i].argsort(descending=True).tolist()
+            self.emit({"image": str(path), "texts": [self.args.texts[j] for j in order],
+                       "scores": [round(float(sims[i, j]), 4) for j in order]})
+        for j, text in enumerate(self.args.texts):
+            order = sims[:, j].argsort(descending=True).tolist()
+            self.emit({"text": text, "images": [str(kept[i]) for i in order],
+                       "scores": [round(float(sims[i, j]), 4) for i in order]})
+
+    def decoding(self) -> Dict[str, Any]:
+        return {"num_beams": self.args.num_beams, "max_new_tokens": self.args.max_new_tokens}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="framework.predict", description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", required=True)
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of tab-separated text")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-beams", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("caption", help="a caption per image")
+    c.add_argument("images", nargs="+", help="image files or folders")
+    a = sub.add_parser("ask", help="answer a question about an image")
+    a.add_argument("image")
+    a.add_argument("question")
+    a.add_argument("--prompt", default="Question: {} Answer:", help="template; {} is the question")
+    r = sub.add_parser("rank", help="rank texts for each image and images for each text (ITC)")
+    r.add_argument("--texts", nargs="+", required=True)
+    r.add_argument("images", nargs="+")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    setup_console()
+    try:
+        predictor = Predictor(load_experiment(args.cfg, args.options), args)
+        getattr(predictor, args.command)()
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if predictor.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
