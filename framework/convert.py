@@ -97,6 +97,42 @@ def _model_section(config, out: Path, adapter: str) -> dict:
     }}
 
 
+def hf_retrieval_to_ours(src: Path, out: Path, config) -> Path:
+    """A ``Blip2ForImageTextRetrieval`` folder into ``blip2_qformer`` (ITC + ITM; it has no ITG head)."""
+    from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
+
+    state = Blip2ForImageTextRetrieval.from_pretrained(str(src), dtype=torch.float32).state_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    vision, vision_left = vision_from_hf(split_prefix(state, "vision_model."))
+    torch.save(vision, out / "vision.pt")
+    qformer_state = split_prefix(state, "qformer.") | {f"embeddings.{k}": v for k, v in
+                                                       split_prefix(state, "embeddings.").items()}
+    qformer, left = state_from_hf_qformer(qformer_state, state["query_tokens"])
+    ours = {f"qformer.{k}": v for k, v in qformer.items()}
+    ours |= {"ln_vision.weight": state["vision_model.post_layernorm.weight"],
+             "ln_vision.bias": state["vision_model.post_layernorm.bias"], "temp": torch.tensor(0.07)}
+    for theirs, mine in (("vision_projection", "vision_proj"), ("text_projection", "text_proj"),
+                         ("itm_head", "itm_head")):
+        for p in ("weight", "bias"):
+            ours[f"{mine}.{p}"] = state[f"{theirs}.{p}"]
+    left = [f"vision_model.{k}" for k in vision_left] + [f"qformer.{k}" for k in left]
+    if left:
+        raise ConfigError(f"{len(left)} keys of {src} have no place in our model: {', '.join(left[:12])}")
+    checkpoint.save_atomic({"format": checkpoint.FORMAT, "model_name": "blip2_qformer", "model": ours,
+                            "frozen": ["visual_encoder"], "iter": 0, "converted_from": str(src)}, out / "model.pt")
+    tok = AutoTokenizer.from_pretrained(str(src))
+    tok.save_pretrained(str(out / "tokenizer"))
+    section = _model_section(config, out, "")["model"]
+    section.pop("llm"), section.pop("stage1_checkpoint")
+    section["name"] = "blip2_qformer"
+    section["qformer"] |= {"vocab_size": len(tok) - ("[DEC]" in tok.get_vocab()), "bert": str(out / "tokenizer")}
+    section |= {"embed_dim": config.image_text_hidden_size, "losses": ["itc", "itm"]}
+    (out / "model.yaml").write_text(f"# converted from {src} by python -m framework.convert\n"
+                                    + yaml.safe_dump({"model": section}, sort_keys=False))
+    print(f"converted {src} (Blip2ForImageTextRetrieval) -> {out}: {len(vision)} vision tensors, {len(ours)} others")
+    return out / "model.yaml"
+
+
 def hf_to_ours(src: Path, out: Path) -> Path:
     """Convert a ``Blip2ForConditionalGeneration`` folder; returns the written ``model.yaml``."""
     from transformers import AutoConfig, AutoTokenizer
@@ -107,6 +143,8 @@ def hf_to_ours(src: Path, out: Path) -> Path:
     config = AutoConfig.from_pretrained(str(src))
     if config.model_type != "blip-2":
         raise ConfigError(f"--src {src} holds a {config.model_type!r} model; --from hf reads Blip2 folders")
+    if "Blip2ForImageTextRetrieval" in (config.architectures or []):
+        return hf_retrieval_to_ours(src, out, config)
     adapter = LLM_ADAPTERS.get(config.text_config.model_type)
     if adapter is None:
         raise ConfigError(f"--src {src}: language model {config.text_config.model_type!r} has no adapter here "

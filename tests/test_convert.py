@@ -217,3 +217,47 @@ def test_exported_back_transformers_loads_it_with_the_same_logits(tmp_path: Path
         got = back(pixel_values=images, input_ids=ids, labels=target).logits
     # fp32: transformers' eager attention against our fused SDPA, logits up to ~17 with these random weights
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_converted_retrieval_model_gives_the_same_itm_and_itc_scores(tmp_path: Path) -> None:
+    from transformers import (BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig,
+                              Blip2VisionConfig)
+
+    from tiny_bert import make_tiny_bert
+
+    tok = BertTokenizerFast.from_pretrained(str(make_tiny_bert(tmp_path / "bert")))
+    tok.add_special_tokens({"bos_token": "[DEC]"})  # as the released BLIP-2 tokenizers carry it
+    src = tmp_path / "hf_itm"
+    vision = Blip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 encoder_hidden_size=48, vocab_size=len(tok), max_position_embeddings=64,
+                                 use_qformer_text_input=True)  # as the released blip2-itm-vit-g
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), num_query_tokens=4,
+                         image_text_hidden_size=16)
+    torch.manual_seed(0)
+    hf = Blip2ForImageTextRetrieval(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    hf.save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["_base_"] = str(tmp_path / "conv" / "model.yaml")
+    cfg["model"] = {"image_encoder": {"precision": "fp32"}}
+    ours = build_model(load_experiment(str(write_yaml(tmp_path / "ours.yaml", cfg))).model).eval()
+    assert ours.qformer.lm_head is None  # ITC + ITM only, as the source
+
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    texts = ["a red circle", "two blue squares on the left"]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        itm = hf(pixel_values=images, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                 use_image_text_matching_head=True).logits_per_image
+        itc = hf(pixel_values=images, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                 use_image_text_matching_head=False).logits_per_image
+        torch.testing.assert_close(ours.match_scores(ours.image_tokens(images), texts), itm[:, 1], rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.itm_scores(images, texts), itm.softmax(-1)[:, 1], rtol=0, atol=1e-4)
+        sims = ours.similarity(ours.image_features(images), ours.text_features(texts))
+        torch.testing.assert_close(sims, itc, rtol=0, atol=1e-4)

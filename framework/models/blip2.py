@@ -55,9 +55,13 @@ def load_tokenizer(folder: str, vocab_size: int):
     if not (path / "vocab.txt").is_file() and not (path / "tokenizer.json").is_file():
         raise NotABertCheckpoint(f"model.qformer.bert: {path} holds no BERT tokenizer (vocab.txt or tokenizer.json)")
     tok = BertTokenizerFast.from_pretrained(str(path), truncation_side="right")
-    if len(tok) != vocab_size:
-        raise NotABertCheckpoint(f"model.qformer.bert: the tokenizer in {path} has {len(tok)} tokens but "
-                                 f"qformer.vocab_size is {vocab_size}; set vocab_size: {len(tok)}")
+    has_dec = "[DEC]" in tok.get_vocab()  # a BLIP-2 tokenizer saved with it (LAVIS, transformers' Blip2)
+    if len(tok) - has_dec != vocab_size:
+        raise NotABertCheckpoint(f"model.qformer.bert: the tokenizer in {path} has {len(tok) - has_dec} tokens "
+                                 f"(without [DEC]) but qformer.vocab_size is {vocab_size}; set vocab_size: "
+                                 f"{len(tok) - has_dec}")
+    if has_dec and tok.convert_tokens_to_ids("[DEC]") != vocab_size:
+        raise NotABertCheckpoint(f"model.qformer.bert: [DEC] in {path} is not the last token (id {vocab_size})")
     tok.add_special_tokens({"bos_token": "[DEC]"})
     return tok
 

@@ -93,6 +93,8 @@ class Blip2QFormer(Blip2Base):
         self.itm_head = nn.Linear(hidden, 2)
         self.temp = nn.Parameter(torch.tensor(float(temperature)))
         self.losses, self.label_smoothing, self.use_image_ids = list(losses), label_smoothing, use_image_ids
+        if "itg" not in self.losses:  # the ITG ablation: no LM head, no parameters without a gradient
+            self.qformer.lm_head = None
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
