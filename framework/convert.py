@@ -277,6 +277,9 @@ def hf_qformer_from_ours(q: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
             pairs = {"attn_out.dense": "attention.output.dense", "attn_out.ln": "attention.output.LayerNorm",
                      "ffn_query.fc1": "intermediate_query.dense", "ffn_query.out.dense": "output_query.dense",
                      "ffn_query.out.ln": "output_query.LayerNorm"}
+            if f"{d}.ffn_text.fc1.{p}" in q:  # a Q-Former that reads text (stage 1, retrieval)
+                pairs |= {"ffn_text.fc1": "intermediate.dense", "ffn_text.out.dense": "output.dense",
+                          "ffn_text.out.ln": "output.LayerNorm"}
             if f"{d}.cross.q.{p}" in q:
                 out[f"{s}.crossattention.attention.query.{p}"] = q[f"{d}.cross.q.{p}"]
                 key, value = q[f"{d}.cross.kv.{p}"].chunk(2)
@@ -289,48 +292,86 @@ def hf_qformer_from_ours(q: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def ours_to_hf(model, out: Path) -> Path:
-    """Write a ``blip2_generative`` model (EVA-style encoder) as a ``Blip2ForConditionalGeneration`` folder
-    that transformers loads with ``from_pretrained``."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig
+def _hf_configs(model, text_input: bool) -> Tuple[dict, dict]:
+    """transformers' vision and Q-Former configs (as dicts) of our model's encoder and Q-Former."""
+    from transformers import Blip2QFormerConfig, Blip2VisionConfig
 
-    vit, qf, llm = model.visual_encoder.vit, model.qformer, model.llm
-    tok = llm.tokenizer
-    if "<image>" not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    if len(tok) > llm.model.get_input_embeddings().num_embeddings:
-        llm.model.resize_token_embeddings(len(tok))
-    first = qf.layers[0]
+    vit, qf = model.visual_encoder.vit, model.qformer
     vision = Blip2VisionConfig(hidden_size=vit.embed_dim, intermediate_size=vit.blocks[0].mlp.fc1.out_features,
                                num_hidden_layers=len(vit.blocks), num_attention_heads=vit.blocks[0].attn.num_heads,
                                image_size=model.visual_encoder.image_size, patch_size=vit.patch_embed.patch_size[0],
                                layer_norm_eps=vit.blocks[0].norm1.eps)
     cross_freq = next((i for i, layer in enumerate(qf.layers[1:], 1) if layer.cross is not None), len(qf.layers))
+    extra = {"vocab_size": qf.word_embeddings.num_embeddings,
+             "max_position_embeddings": qf.position_embeddings.num_embeddings} if text_input else {}
     qformer = Blip2QFormerConfig(hidden_size=qf.hidden_size, num_hidden_layers=len(qf.layers),
-                                 num_attention_heads=qf.num_heads, intermediate_size=first.ffn_query.fc1.out_features,
+                                 num_attention_heads=qf.num_heads,
+                                 intermediate_size=qf.layers[0].ffn_query.fc1.out_features,
                                  encoder_hidden_size=vit.embed_dim, cross_attention_frequency=cross_freq,
-                                 layer_norm_eps=qf.emb_ln.eps)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
-                         text_config=llm.model.config.to_dict(), num_query_tokens=qf.num_query_tokens,
-                         image_token_index=tok.convert_tokens_to_ids("<image>"))
-    hf = Blip2ForConditionalGeneration(config)
-    ours = {k: v.float() for k, v in model.state_dict().items()}
+                                 layer_norm_eps=qf.emb_ln.eps, use_qformer_text_input=text_input, **extra)
+    return vision.to_dict(), qformer.to_dict()
+
+
+def _shared_hf_state(ours: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Vision tower, ``post_layernorm`` (our ``ln_vision``), Q-Former and queries, in transformers' names."""
     state = {f"vision_model.{k}": v for k, v in _hf_vision(ours).items()}
     state |= {f"qformer.{k}": v for k, v in hf_qformer_from_ours(split_prefix(ours, "qformer.")).items()}
-    state |= {"query_tokens": ours["qformer.query_tokens"], "language_projection.weight": ours["llm_proj.weight"],
-              "language_projection.bias": ours["llm_proj.bias"],
+    state |= {"query_tokens": ours["qformer.query_tokens"],
               "vision_model.post_layernorm.weight": ours["ln_vision.weight"],
               "vision_model.post_layernorm.bias": ours["ln_vision.bias"]}
-    state |= {f"language_model.{k}": v for k, v in llm.model.state_dict().items()}
+    return state
+
+
+def _save_hf(hf, state: Dict[str, torch.Tensor], tok, out: Path, tied: Tuple[str, ...] = ()) -> Path:
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the input embeddings
+    missing = [k for k in missing if not k.endswith(tied)]
     if missing or unexpected:
-        raise ConfigError(f"export to Blip2ForConditionalGeneration: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise ConfigError(f"export to {type(hf).__name__}: missing {missing[:8]}, unexpected {unexpected[:8]}")
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    print(f"wrote {out}: Blip2ForConditionalGeneration ({sum(p.numel() for p in hf.parameters()):,} parameters)")
+    print(f"wrote {out}: {type(hf).__name__} ({sum(p.numel() for p in hf.parameters()):,} parameters)")
     return out
+
+
+def ours_to_hf_retrieval(model, out: Path) -> Path:
+    """A ``blip2_qformer`` model as a ``Blip2ForImageTextRetrieval`` folder (ITC + ITM)."""
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    vision, qformer = _hf_configs(model, text_input=True)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, num_query_tokens=model.qformer.num_query_tokens,
+                         image_text_hidden_size=model.vision_proj.out_features)
+    ours = {k: v.float() for k, v in model.state_dict().items()}
+    state = _shared_hf_state(ours)
+    for key in ("word_embeddings", "position_embeddings"):
+        state[f"embeddings.{key}.weight"] = ours[f"qformer.{key}.weight"]
+    for theirs, mine in (("vision_projection", "vision_proj"), ("text_projection", "text_proj"), ("itm_head", "itm_head")):
+        for p in ("weight", "bias"):
+            state[f"{theirs}.{p}"] = ours[f"{mine}.{p}"]
+    return _save_hf(Blip2ForImageTextRetrieval(config), state, model.tokenizer, out)
+
+
+def ours_to_hf(model, out: Path) -> Path:
+    """Write a ``blip2_generative`` model (EVA-style encoder) as a ``Blip2ForConditionalGeneration`` folder
+    that transformers loads with ``from_pretrained``; a ``blip2_qformer`` as ``Blip2ForImageTextRetrieval``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
+
+    if hasattr(model, "itm_head"):
+        return ours_to_hf_retrieval(model, out)
+    qf, llm = model.qformer, model.llm
+    tok = llm.tokenizer
+    if "<image>" not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if len(tok) > llm.model.get_input_embeddings().num_embeddings:
+        llm.model.resize_token_embeddings(len(tok))
+    vision, qformer = _hf_configs(model, text_input=False)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=llm.model.config.to_dict(),
+                         num_query_tokens=qf.num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    ours = {k: v.float() for k, v in model.state_dict().items()}
+    state = _shared_hf_state(ours)
+    state |= {"language_projection.weight": ours["llm_proj.weight"], "language_projection.bias": ours["llm_proj.bias"]}
+    state |= {f"language_model.{k}": v for k, v in llm.model.state_dict().items()}
+    return _save_hf(Blip2ForConditionalGeneration(config), state, tok, out, tied=("lm_head.weight",))
 
 
 def _hf_vision(ours: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

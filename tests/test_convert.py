@@ -261,3 +261,14 @@ def test_converted_retrieval_model_gives_the_same_itm_and_itc_scores(tmp_path: P
         torch.testing.assert_close(ours.itm_scores(images, texts), itm.softmax(-1)[:, 1], rtol=0, atol=1e-4)
         sims = ours.similarity(ours.image_features(images), ours.text_features(texts))
         torch.testing.assert_close(sims, itc, rtol=0, atol=1e-4)
+
+    # and back: transformers loads our export and scores as we do
+    assert convert_main(["--from", "ours", "--to", "hf", "--src", str(tmp_path / "ours.yaml"),
+                         "--out", str(tmp_path / "back")]) == 0
+    back = Blip2ForImageTextRetrieval.from_pretrained(str(tmp_path / "back")).eval()
+    enc = BertTokenizerFast.from_pretrained(str(tmp_path / "back"))(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        for itm_head, expected in ((True, itm), (False, itc)):
+            got = back(pixel_values=images, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                       use_image_text_matching_head=itm_head).logits_per_image
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
