@@ -15,16 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
 from framework.cli import load_experiment  # noqa: E402
 from framework.convert import hf_to_ours  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
@@ -69,16 +68,6 @@ def make_ours(src: Path, work: Path):
                    "attention_dropout: 0.0}}\n"
                    "task: {name: captioning}\ndatasets: {shapes_caption: {image_size: 224}}\n")
     return build_model(load_experiment(str(cfg)).model)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -152,7 +141,7 @@ def main() -> None:
                "checks": checks, "seconds": {}, "speedup_ours": {}}
     for name, (theirs, mine) in {"qformer_fwd_bwd": (qformer_hf, qformer_ours), "lm_loss_fwd_bwd": (loss_hf, loss_ours),
                                  "generate_beam5": (generate_hf, generate_ours)}.items():
-        t_hf, t_ours = median_seconds(theirs, args.repeats), median_seconds(mine, args.repeats)
+        t_hf, t_ours = timeit(theirs, args.repeats), timeit(mine, args.repeats)
         results["seconds"][name] = {"transformers": t_hf, "ours": t_ours}
         results["speedup_ours"][name] = t_hf / t_ours
         print(f"{name:18s} transformers {t_hf:7.3f} s   ours {t_ours:7.3f} s   speed-up {t_hf / t_ours:5.2f}x",

@@ -67,3 +67,17 @@ def test_retrieval_reranking_split_over_two_ranks_gives_the_one_process_metrics(
         metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["eval"]
     assert {"shapes_retrieval/val/txt_r1", "shapes_retrieval/val/itc_txt_r1"} <= set(metrics["one"])
     assert metrics["two"] == pytest.approx(metrics["one"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_torchrun_launch_script_trains_on_two_processes(tmp_path: Path) -> None:
+    cfg = write_yaml(tmp_path / "toy.yaml", toy_config(tmp_path / "out", max_iters=2))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", "NPROC": "2"}
+    proc = subprocess.run([str(REPO / "run_scripts" / "torchrun.sh"), "train", str(cfg)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")
+    assert ckpt["iter"] == 2 and len(ckpt["rng"]) == 2  # two ranks
+    bad = subprocess.run([str(REPO / "run_scripts" / "torchrun.sh"), "fit", str(cfg)], env=env, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "Launch a training or evaluation config" in bad.stderr

@@ -48,7 +48,8 @@ class GQA(DatasetBuilder):
         raw = json.loads(self._file(split).read_text())  # {question id: {imageId, question, answer, ...}}
         # GQA's question ids are strings; the VQA result format wants integers, so they are numbered in order
         ids = {qid: i for i, qid in enumerate(raw)}
-        questions = [{"question_id": ids[q], "image_id": r["imageId"], "question": r["question"]} for q, r in raw.items()]
+        questions = [{"question_id": ids[q], "image_id": r["imageId"], "question": r["question"]}
+                     for q, r in raw.items()]
         answers = [{"question_id": ids[q], "answers": [{"answer": r["answer"]}], "answer_type": ""}
                    for q, r in raw.items() if "answer" in r]
         return VQADataset({"questions": questions}, {"annotations": answers} if answers else None,
