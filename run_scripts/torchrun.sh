@@ -9,10 +9,11 @@
 #   NNODES=2 NODE_RANK=0 RDZV_ENDPOINT=node0:29500 run_scripts/torchrun.sh train projects/blip2/stage1_vitg.yaml
 #   NNODES=2 NODE_RANK=1 RDZV_ENDPOINT=node0:29500 run_scripts/torchrun.sh train projects/blip2/stage1_vitg.yaml
 # run.batch_size is per process: the global batch is batch_size x accum_steps x NPROC x NNODES (each config
-# states the paper's). Training resumes from output_dir/checkpoints/last.pt when it exists.
+# states the paper's). Training resumes from output_dir/checkpoints/last.pt when it exists. PYTHON picks the
+# interpreter (default: python on PATH, e.g. the activated .venv).
 set -euo pipefail
 if [ $# -lt 2 ] || { [ "$1" != train ] && [ "$1" != evaluate ]; }; then
-  sed -n '2,13p' "$0" >&2
+  sed -n '2,14p' "$0" >&2
   exit 2
 fi
 what=$1; cfg=$2; shift 2
@@ -25,5 +26,5 @@ if [ "${NNODES:-1}" -gt 1 ]; then
 else
   rdzv=(--standalone)
 fi
-exec python -m torch.distributed.run "${rdzv[@]}" --nproc_per_node="$nproc" -m "framework.$what" --cfg "$cfg" \
+exec "${PYTHON:-python}" -m torch.distributed.run "${rdzv[@]}" --nproc_per_node="$nproc" -m "framework.$what" --cfg "$cfg" \
   "${resume[@]}" "$@"

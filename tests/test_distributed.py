@@ -72,7 +72,8 @@ def test_retrieval_reranking_split_over_two_ranks_gives_the_one_process_metrics(
 @pytest.mark.slow
 def test_the_torchrun_launch_script_trains_on_two_processes(tmp_path: Path) -> None:
     cfg = write_yaml(tmp_path / "toy.yaml", toy_config(tmp_path / "out", max_iters=2))
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", "NPROC": "2"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", "NPROC": "2",
+           "PYTHON": sys.executable}
     proc = subprocess.run([str(REPO / "run_scripts" / "torchrun.sh"), "train", str(cfg)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
