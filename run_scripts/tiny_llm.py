@@ -1,9 +1,10 @@
-"""Build the demo's frozen LLM: a tiny OPT-architecture model trained briefly on the shapes text.
+"""Build the demo's frozen LLM: a tiny OPT (or T5) model trained briefly on the shapes text.
 
     python -m run_scripts.tiny_llm --cfg projects/blip2/demo/stage2_shapes.yaml
 
 It reads the shapes set the config trains on (its training split only), builds a word-level tokenizer over
-that text with ``tokenizers``, trains ``OPTForCausalLM`` from scratch on two kinds of text, each after a description of the image (one
+that text with ``tokenizers``, trains ``OPTForCausalLM`` (``T5ForConditionalGeneration`` when the config's
+LLM adapter is ``flant5``) from scratch on two kinds of text, each after a description of the image (one
 of its captions): a caption ("<description> a photo of <caption>") and a question-answer pair ("<description>
 question: <q> answer: <a>"), and writes model and tokenizer with ``save_pretrained`` to ``model.llm.path``,
 where the ``opt`` adapter loads them like any Hugging Face checkpoint. The LLM thus learns to read captions and
@@ -31,8 +32,11 @@ from framework.runner import builders
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2; </s> starts (as OPT's tokenizer does) and ends a text
 
 
-def shapes_texts(root: Path, seed: int) -> List[Tuple[str, str]]:
-    """(description, text) pairs from the generated set's training annotations."""
+Example = Tuple[str, str, str]  # (description, prompt, target)
+
+
+def shapes_texts(root: Path, seed: int) -> List[Example]:
+    """(description, prompt, target) triples from the generated set's training annotations."""
     ann = root / "annotations"
     caps: Dict[int, List[str]] = {}
     for a in json.loads((ann / "captions_train.json").read_text())["annotations"]:
@@ -41,14 +45,15 @@ def shapes_texts(root: Path, seed: int) -> List[Tuple[str, str]]:
     answers = {a["question_id"]: a["multiple_choice_answer"]
                for a in json.loads((ann / "vqa_annotations_train.json").read_text())["annotations"]}
     rng = random.Random(seed)
-    pairs = [(rng.choice(cs), f"a photo of {c}") for cs in caps.values() for c in cs]
-    pairs += [(rng.choice(caps[q["image_id"]]), f"question: {q['question']} answer: {answers[q['question_id']]}")
-              for q in questions]
-    return pairs
+    examples = [(rng.choice(cs), "a photo of", c) for cs in caps.values() for c in cs]
+    examples += [(rng.choice(caps[q["image_id"]]), f"question: {q['question']} answer:", answers[q["question_id"]])
+                 for q in questions]
+    return examples
 
 
-def word_tokenizer(texts: List[str]):
-    """Lower-cased words and punctuation; the vocabulary in a fixed order (count, then word)."""
+def word_tokenizer(texts: List[str], decoder_only: bool):
+    """Lower-cased words and punctuation; the vocabulary in a fixed order (count, then word). Texts start with
+    </s> as OPT's tokenizer does (decoder-only), or end with it as T5's does (encoder-decoder)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -58,34 +63,62 @@ def word_tokenizer(texts: List[str]):
     counts = Counter(w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(t.lower()))
     words = sorted(counts, key=lambda w: (-counts[w], w))
     tok.model = models.WordLevel({w: i for i, w in enumerate(SPECIALS + words)}, unk_token="<unk>")
-    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    template = "</s> $A" if decoder_only else "$A </s>"
+    tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>" if decoder_only else None, eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
 
 
-def train(texts: List[Tuple[str, str]], tokenizer, out: Path, steps: int, batch_size: int, seed: int, width: int,
-          layers: int) -> Dict[str, float]:
-    from transformers import OPTConfig, OPTForCausalLM
+def encode(tokenizer, examples: List[Example], decoder_only: bool) -> List[Tuple[List[int], List[int]]]:
+    """(input ids, target ids) in stage 2's layout, the description standing where the visual prompt will:
+    decoder-only [</s> description] [</s> prompt target </s>], all of it the target (plain language modelling);
+    encoder-decoder [description </s>] [prompt </s>] into the encoder, [target </s>] from the decoder."""
+    contexts = tokenizer([c for c, _, _ in examples])["input_ids"]
+    prompts = tokenizer([p for _, p, _ in examples])["input_ids"]
+    targets = tokenizer([t for _, _, t in examples], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if decoder_only:
+        return [(c + p + t + [eos],) * 2 for c, p, t in zip(contexts, prompts, targets)]
+    return [(c + p, t + [eos]) for c, p, t in zip(contexts, prompts, targets)]
 
+
+def build_llm(decoder_only: bool, vocab: int, width: int, layers: int):
+    from transformers import OPTConfig, OPTForCausalLM, T5Config, T5ForConditionalGeneration
+
+    if decoder_only:
+        return OPTForCausalLM(OPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers,
+                                        num_attention_heads=width // 32, ffn_dim=4 * width, max_position_embeddings=128,
+                                        word_embed_proj_dim=width, dropout=0.0, pad_token_id=0, bos_token_id=1,
+                                        eos_token_id=1))
+    return T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=width, d_kv=32, d_ff=4 * width,
+                                               num_layers=layers, num_heads=width // 32, feed_forward_proj="gated-gelu",
+                                               tie_word_embeddings=False, dropout_rate=0.0, pad_token_id=0,
+                                               eos_token_id=1, decoder_start_token_id=0))
+
+
+def _pad(rows: List[List[int]], value: int) -> torch.Tensor:
+    longest = max(map(len, rows))
+    return torch.tensor([r + [value] * (longest - len(r)) for r in rows])
+
+
+def train(examples: List[Example], tokenizer, out: Path, steps: int, batch_size: int, seed: int, width: int,
+          layers: int, decoder_only: bool) -> Dict[str, float]:
     torch.manual_seed(seed)
-    # [</s> description] [</s> text </s>]: the same layout as stage 2's [visual prompt] [</s> prompt target </s>]
-    contexts = tokenizer([c for c, _ in texts])["input_ids"]
-    ids = [c + t + [tokenizer.eos_token_id] for c, t in zip(contexts, tokenizer([t for _, t in texts])["input_ids"])]
-    cfg = OPTConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=layers,
-                    num_attention_heads=width // 32, ffn_dim=4 * width, max_position_embeddings=128,
-                    word_embed_proj_dim=width, dropout=0.0,
-                    pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    model = OPTForCausalLM(cfg)
+    data = encode(tokenizer, examples, decoder_only)
+    model = build_llm(decoder_only, len(tokenizer), width, layers)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     rng = random.Random(seed)
     losses = []
     for _ in tqdm(range(steps), desc="tiny LLM", unit="step"):
-        rows = [ids[rng.randrange(len(ids))] for _ in range(batch_size)]
-        longest = max(map(len, rows))
-        batch = torch.tensor([r + [0] * (longest - len(r)) for r in rows])
-        mask = (torch.arange(longest)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
-        loss = model(input_ids=batch, attention_mask=mask, labels=batch.masked_fill(mask == 0, -100)).loss
+        rows = [data[rng.randrange(len(data))] for _ in range(batch_size)]
+        inputs = _pad([r[0] for r in rows], 0)
+        mask = (inputs != 0).long()
+        labels = _pad([r[1] for r in rows], -100)
+        if decoder_only:
+            labels = inputs.masked_fill(mask == 0, -100)
+        loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -94,8 +127,9 @@ def train(texts: List[Tuple[str, str]], tokenizer, out: Path, steps: int, batch_
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    record = {"texts": len(texts), "vocab": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
-              "steps": steps, "first_loss": losses[0], "final_loss": sum(losses[-20:]) / 20}
+    record = {"texts": len(examples), "vocab": len(tokenizer),
+              "parameters": sum(p.numel() for p in model.parameters()), "steps": steps, "first_loss": losses[0],
+              "final_loss": sum(losses[-20:]) / 20}
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -116,11 +150,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if (out / "config.json").is_file() and not args.force:
         print(f"tiny LLM: {out} exists (--force rebuilds it)")
         return 0
+    kinds = {"opt": True, "flant5": False}  # the adapters this script builds an LLM for -> decoder-only?
+    if exp.model["llm"]["name"] not in kinds:
+        raise SystemExit(f"tiny_llm builds OPT or T5 models; the config's LLM is {exp.model['llm']['name']!r}")
+    decoder_only = kinds[exp.model["llm"]["name"]]
     builder = next(iter(builders(exp).values()))
     builder.prepare(["train"])
-    texts = shapes_texts(builder.root, args.seed)
-    record = train(texts, word_tokenizer([c + " " + t for c, t in texts]), out, args.steps, args.batch_size, args.seed, args.width,
-                   args.layers)
+    examples = shapes_texts(builder.root, args.seed)
+    tokenizer = word_tokenizer([" ".join(e) for e in examples], decoder_only)
+    record = train(examples, tokenizer, out, args.steps, args.batch_size, args.seed, args.width, args.layers,
+                   decoder_only)
     print(f"tiny LLM: {record['parameters']:,} parameters, vocabulary {record['vocab']}, {record['texts']} texts; "
           f"loss {record['first_loss']:.2f} -> {record['final_loss']:.2f} in {record['steps']} steps; saved to {out}")
     return 0
