@@ -25,7 +25,8 @@ from tqdm import tqdm
 from framework import checkpoint, dist
 from framework.config import ConfigError, DatasetsOf, to_yaml
 from framework.data.builder import DatasetBuilder
-from framework.data.loader import Mixture, eval_loader, set_position, train_loader
+from framework.data.loader import (IterableMixture, Mixture, eval_loader, is_stream, set_position,
+                                   set_stream_position, stream_loader, train_loader)
 from framework.logs import RunLog, logger, truncate_after
 from framework.models.build import build_model, parameter_table
 from framework.optim import OptimConfig, build_optimizer, build_schedule, set_lr
@@ -50,7 +51,9 @@ class RunConfig:
     the first eval split picks best.pt by the task's metric; test splits are evaluated once, at the end,
     with the best weights. log_every: iterations between log.jsonl records. checkpoint_every: iterations
     between checkpoints (null: with each evaluation and at the end of each epoch).
-    num_workers: dataloader worker processes. profile: write a torch profiler trace of ``profile_steps``
+    shuffle: shuffle the training data (map-style: a permutation per epoch; shards: shard order per pass and
+    the entry's shuffle buffer); false: the stored order, e.g. to compare two loaders sample for sample.
+    num_workers: dataloader worker processes (for shards: each rank's workers split its shards). profile: write a torch profiler trace of ``profile_steps``
     iterations to output_dir/profile (open with TensorBoard's profiler plugin).
     find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
     tensorboard: write TensorBoard scalars.
@@ -73,6 +76,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: Optional[int] = None
     num_workers: int = 0
+    shuffle: bool = True
     profile: bool = False
     profile_steps: int = 5
     find_unused_parameters: bool = False
@@ -141,6 +145,7 @@ class Runner:
         self.ddp_model = self._wrap(self.model)
         self.it = 0
         self.best: Dict[str, Any] = {}
+        self.stream_positions: Dict[int, Any] = {}  # reader slot -> position, for training on shards
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if dist.world_size() == 1 or not any(p.requires_grad for p in model.parameters()):
@@ -187,6 +192,8 @@ class Runner:
             "rng": dist.all_gather_objects(checkpoint.rng_state()),
             "iter": self.it,
             "best": self.best,
+            "stream": _merge(dist.all_gather_objects(self.stream_positions)),
+            "stream_readers": dist.world_size() * max(self.cfg.num_workers, 1),
             "config": to_yaml(self.exp),
         }
 
@@ -223,35 +230,61 @@ class Runner:
         else:
             checkpoint.set_rng_state(rngs[dist.rank()])
         self.it, self.best = ckpt["iter"], ckpt["best"]
+        self.stream_positions = {int(k): v for k, v in ckpt.get("stream", {}).items()}
+        readers = dist.world_size() * max(self.cfg.num_workers, 1)
+        if self.stream_positions and ckpt.get("stream_readers") != readers:
+            logger.warning("the checkpoint's shard positions are of %s readers (ranks x workers), this run has %d: "
+                           "the shards are read from the start; resume with the same processes and "
+                           "run.num_workers to continue where the run stopped", ckpt.get("stream_readers"), readers)
+            self.stream_positions = {}
         truncate_after(self.out / "log.jsonl", self.it)
         logger.info("resumed from %s at iteration %d", ckpt["path"], self.it)
 
     # ---------------------------------------------------------------------------------------------- data
     def _train_data(self) -> DataLoader:
         parts = [b.build(s) for b in self.builders.values() for s in self.cfg.train_splits]
+        streams = sum(map(is_stream, parts))
+        if streams not in (0, len(parts)):
+            raise ConfigError("datasets: some training entries are shards (streams) and some are map-style; train "
+                              "on one kind (write the map-style ones as shards with python -m framework.make_shards)")
         ratios = {e: spec["sample_ratio"] for e, spec in self.exp.datasets.items()}
         if any(r is not None for r in ratios.values()):
             unset = [e for e, r in ratios.items() if r is None]
             if unset or any(r <= 0 for r in ratios.values()):
                 raise ConfigError(f"datasets: sample_ratio is set for some entries; give every entry a positive "
                                   f"one (now {ratios})")
-            data = Mixture(parts, [ratios[e] for e in self.builders for _ in self.cfg.train_splits], self.cfg.seed)
+            weights = [ratios[e] for e in self.builders for _ in self.cfg.train_splits]
+            mix = IterableMixture if streams else Mixture
+            data = mix(parts, weights, self.cfg.seed)
+        elif streams and len(parts) > 1:
+            raise ConfigError("datasets: several shard entries train together only in ratios; give each a "
+                              "sample_ratio")
         else:
             data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers)
+        if streams:
+            return stream_loader(data, self.cfg.batch_size, self.cfg.num_workers)
+        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers, self.cfg.shuffle)
+
+    def _iters_per_epoch(self, loader: DataLoader) -> int:
+        per_iter = self.cfg.batch_size * self.cfg.accum_steps * dist.world_size()
+        if is_stream(loader.dataset):
+            return loader.dataset.samples_per_epoch // per_iter
+        return len(loader) // self.cfg.accum_steps
 
     def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
         return {f"{entry}/{s}": eval_loader(b.build(s), bs, self.cfg.num_workers)
-                for entry, b in self.builders.items() for s in splits}
+                for entry, b in self.builders.items() for s in splits if b.has_split(s)}
 
     # ---------------------------------------------------------------------------------------------- train
     def train(self, resume: Optional[str] = None) -> Dict[str, Any]:
         ckpt = self._read_resume(resume)  # a bad or mismatched checkpoint fails before output is written
         loader = self._train_data()
-        iters_per_epoch = len(loader) // self.cfg.accum_steps
+        iters_per_epoch = self._iters_per_epoch(loader)
+        stream = is_stream(loader.dataset)
         if iters_per_epoch == 0:
-            raise ConfigError(f"the training data has {len(loader.dataset)} samples: fewer than one optimizer "
+            n = loader.dataset.samples_per_epoch if stream else len(loader.dataset)
+            raise ConfigError(f"the training data has {n} samples: fewer than one optimizer "
                              f"step of batch_size={self.cfg.batch_size} x accum_steps={self.cfg.accum_steps} "
                              f"x {dist.world_size()} processes")
         total = self.cfg.max_iters or self.cfg.max_epochs * iters_per_epoch
@@ -271,7 +304,11 @@ class Runner:
         try:
             while self.it < total:
                 epoch, done = divmod(self.it, iters_per_epoch)
-                set_position(loader, epoch, done * self.cfg.accum_steps)
+                if stream:
+                    set_stream_position(loader, self.stream_positions, self.it * self.cfg.accum_steps,
+                                        self.cfg.shuffle)
+                else:
+                    set_position(loader, epoch, done * self.cfg.accum_steps)
                 batches = iter(loader)
                 for _ in range(done, iters_per_epoch):
                     self._step(batches, epoch, bar)
@@ -296,7 +333,10 @@ class Runner:
         sums: Dict[str, torch.Tensor] = {}
         n_samples = 0
         for micro in range(self.cfg.accum_steps):
-            batch = _to_device(next(batches), self.device)
+            batch = next(batches)
+            for slot, position in batch.pop("_stream", []):  # in order: a slot's last sample is its position
+                self.stream_positions[slot] = position
+            batch = _to_device(batch, self.device)
             n_samples += _batch_len(batch)
             sync = micro == self.cfg.accum_steps - 1 or not isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
             with (nullcontext() if sync else self.ddp_model.no_sync()), self._autocast():
@@ -331,6 +371,8 @@ class Runner:
                       "samples_per_sec": n_samples * dist.world_size() / dt}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
+            if self.stream_positions:  # this rank's readers: samples and shards skipped as unreadable
+                record |= _bad_data(self.stream_positions)
             self.log.write("train", self.it, record)
 
     def _maybe_eval_and_save(self, evals: Dict[str, DataLoader], end_of_epoch: bool, last: bool) -> None:
@@ -404,6 +446,17 @@ class Runner:
                        on_trace_ready=tensorboard_trace_handler(str(self.out / "profile")), record_shapes=True)
         prof.start()
         return prof
+
+
+def _merge(dicts: List[Dict[int, Any]]) -> Dict[int, Any]:
+    return {k: v for d in dicts for k, v in d.items()}
+
+
+def _bad_data(positions: Dict[int, Any]) -> Dict[str, int]:
+    """Corrupt samples and bad shards met by these readers so far (a mixture's position holds its parts')."""
+    flat = [p for pos in positions.values() for p in (pos["parts"] if "parts" in pos else [pos]) if p]
+    return {"data_bad_samples": sum(p["bad_samples"] for p in flat),
+            "data_bad_shards": sum(p["bad_shards"] for p in flat)}
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:

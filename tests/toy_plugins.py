@@ -23,14 +23,15 @@ class ToyCaptioner(nn.Module):
     and two with batch 4 compute the same gradient."""
 
     def __init__(self, image_encoder: Part("image_encoder"), vocab: int = 64, dropout: float = 0.1,
-                 nan_at_step: Optional[int] = None, sleep_s: float = 0.0, freeze_encoder: bool = False) -> None:
+                 nan_at_step: Optional[int] = None, sleep_s: float = 0.0, freeze_encoder: bool = False,
+                 log_keys: bool = False) -> None:
         super().__init__()
         self.image_encoder = build("image_encoder", image_encoder).requires_grad_(not freeze_encoder)
         self.modes_seen: set = set()
         self.norm = nn.LayerNorm(self.image_encoder.num_features)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.image_encoder.num_features, vocab)
-        self.vocab, self.nan_at_step, self.sleep_s = vocab, nan_at_step, sleep_s
+        self.vocab, self.nan_at_step, self.sleep_s, self.log_keys = vocab, nan_at_step, sleep_s, log_keys
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -45,7 +46,10 @@ class ToyCaptioner(nn.Module):
         loss_l2 = 1e-3 * logits.pow(2).mean()
         if self.nan_at_step is not None and int(self.steps) == self.nan_at_step:
             loss_words = loss_words * float("nan")
-        return {"loss": loss_words + loss_l2, "loss_words": loss_words, "loss_l2": loss_l2}
+        out = {"loss": loss_words + loss_l2, "loss_words": loss_words, "loss_l2": loss_l2}
+        if self.log_keys:  # which samples (numeric shard keys) each iteration trained on, through the run's log
+            out |= {f"key_{i}": torch.tensor(float(k)) for i, k in enumerate(batch["key"])}
+        return out
 
 
 @TASKS.register("toy_task")

@@ -36,18 +36,23 @@ class DataFile:
 Pipeline = Callable[[object], object]
 
 
-def compose(specs: List[Dict]) -> Optional[Pipeline]:
-    """Chain registered processors ``[{name: resize, size: 224}, {name: normalize}]`` into one callable."""
-    steps = [build("processor", s) for s in specs]
-    if not steps:
-        return None
+class Chain:
+    """Registered processors applied one after another (a class, not a closure: dataloader workers started
+    with ``spawn`` receive it pickled)."""
 
-    def run(x: object) -> object:
-        for step in steps:
+    def __init__(self, steps: List[Callable[[object], object]]) -> None:
+        self.steps = steps
+
+    def __call__(self, x: object) -> object:
+        for step in self.steps:
             x = step(x)
         return x
 
-    return run
+
+def compose(specs: List[Dict]) -> Optional[Pipeline]:
+    """Chain registered processors ``[{name: resize, size: 224}, {name: normalize}]`` into one callable."""
+    steps = [build("processor", s) for s in specs]
+    return Chain(steps) if steps else None
 
 
 class DatasetBuilder:
@@ -68,6 +73,11 @@ class DatasetBuilder:
         key = "train" if split == "train" else "eval"
         specs = self.processor_specs.get(key, {})
         return {kind: compose(specs.get(kind, [])) for kind in ("image", "text")}
+
+    def has_split(self, split: str) -> bool:
+        """Whether this entry has ``split`` at all (a shard set may have no validation shards): a run evaluates
+        an eval split on the entries that have it."""
+        return True
 
     def data_files(self, splits: List[str]) -> List[DataFile]:
         """Every file building ``splits`` reads (listed by ``--dry-run``, checked before training)."""

@@ -2,6 +2,7 @@
 exactly the samples, in the order and with the augmentation, that the uninterrupted run would have."""
 from __future__ import annotations
 
+import random
 import zlib
 from typing import Any, Dict, Iterator, List
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from framework import dist
+from framework.data.shards import ShardStream, reader_slot
 
 
 def collate(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -87,25 +89,64 @@ class Mixture(Dataset):
 
 
 class IterableMixture(IterableDataset):
-    """Streams (web-scale shards) drawn in given ratios: each sample comes from a stream picked with the ratios;
-    a stream that ends starts again, so the mixture never runs dry before the run's iteration budget."""
+    """Streams (web-scale shards) drawn in given ratios: each sample comes from a stream picked with the ratios
+    (a function of seed and reader slot); a stream that ends starts again, so the mixture never runs dry before
+    the run's iteration budget. Resumable like a :class:`ShardStream`: a slot's position is its number of draws
+    and each part's position, and the same ``positions`` / ``first_slot`` / ``shuffle`` are handed to the parts."""
 
     def __init__(self, parts: List[IterableDataset], ratios: List[float], seed: int) -> None:
         if len(parts) != len(ratios) or any(r <= 0 for r in ratios):
             raise ValueError(f"one positive ratio per stream expected, got {ratios} for {len(parts)} streams")
-        self.parts, self.seed = parts, seed
-        self.ratios = torch.tensor(ratios, dtype=torch.float64) / sum(ratios)
+        self.parts, self.seed, self.ratios = parts, seed, [r / sum(ratios) for r in ratios]
+        self.samples_per_epoch = sum(getattr(p, "samples_per_epoch", 0) for p in parts)
+        self.positions: Dict[int, Dict[str, Any]] = {}
+        self.first_slot, self.shuffle, self.rank_world = 0, True, (dist.rank(), dist.world_size())
 
     def __iter__(self) -> Iterator[Any]:
-        g = torch.Generator().manual_seed(zlib.crc32(f"iterable-mixture/{self.seed}".encode()))
+        slot, _ = reader_slot(self.first_slot, self.rank_world)
+        state = self.positions.get(slot, {"draws": 0, "parts": [None] * len(self.parts)})
+        part_pos = list(state["parts"])
+        for part, pos in zip(self.parts, part_pos):
+            if isinstance(part, ShardStream):
+                part.positions = {slot: pos} if pos else {}
+                part.first_slot, part.shuffle, part.rank_world = self.first_slot, self.shuffle, self.rank_world
+        rng = random.Random(zlib.crc32(f"iterable-mixture/{self.seed}/{slot}".encode()))
+        which = range(len(self.parts))
+        for _ in range(state["draws"]):  # replay the draws made before the resume point
+            rng.choices(which, self.ratios)
+        draws = state["draws"]
         streams = [iter(p) for p in self.parts]
         while True:
-            d = int(torch.multinomial(self.ratios, 1, generator=g))
+            d = rng.choices(which, self.ratios)[0]
+            draws += 1
             try:
-                yield next(streams[d])
+                sample = next(streams[d])
             except StopIteration:
                 streams[d] = iter(self.parts[d])
-                yield next(streams[d])
+                sample = next(streams[d])
+            if isinstance(sample, dict) and "_stream" in sample:
+                part_pos[d] = sample["_stream"][1]
+                sample["_stream"] = (slot, {"draws": draws, "parts": list(part_pos)})
+            yield sample
+
+
+def is_stream(data: Dataset) -> bool:
+    return isinstance(data, IterableDataset)
+
+
+def stream_loader(data: IterableDataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of a :class:`ShardStream` / :class:`IterableMixture`; each worker batches its own slot."""
+    # its own generator: starting workers must not draw from the global RNG (see train_loader)
+    return DataLoader(data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def set_stream_position(loader: DataLoader, positions: Dict[int, Any], batches_done: int, shuffle: bool) -> None:
+    """Point a :func:`stream_loader` at the slots' ``positions`` after ``batches_done`` batches of this rank: batch
+    ``n`` always comes from local slot ``n % workers``, so a restart continues the uninterrupted order."""
+    data = loader.dataset
+    data.positions, data.shuffle, data.rank_world = positions, shuffle, (dist.rank(), dist.world_size())
+    data.first_slot = batches_done % max(loader.num_workers, 1)
 
 
 class ResumableSampler(DistributedSampler):
@@ -124,9 +165,9 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, shuffle: bool = True) -> DataLoader:
     data = SeededSamples(dataset, seed)
-    sampler = ResumableSampler(data, shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableSampler(data, shuffle=shuffle, seed=seed, drop_last=True)
     # its own generator: creating an iterator must not draw from the global RNG (dropout would then
     # depend on where in an epoch a run was resumed)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
