@@ -25,6 +25,7 @@ from tqdm import tqdm
 from framework import checkpoint, dist
 from framework.config import ConfigError, DatasetsOf, to_yaml
 from framework.data.builder import DatasetBuilder
+from framework.data.feature_cache import cache_folder, open_cache, random_processors
 from framework.data.loader import (IterableMixture, Mixture, eval_loader, is_stream, set_position,
                                    set_stream_position, stream_loader, train_loader)
 from framework.logs import RunLog, logger, truncate_after
@@ -98,7 +99,7 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-def _device(cfg: RunConfig) -> torch.device:
+def run_device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
@@ -129,7 +130,7 @@ class Runner:
 
     def __init__(self, exp: ExperimentConfig) -> None:
         self.exp, self.cfg = exp, exp.run
-        self.device = _device(self.cfg)
+        self.device = run_device(self.cfg)
         dist.init(self.device)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
@@ -141,11 +142,47 @@ class Runner:
         seed_everything(self.cfg.seed)  # same init on every rank
         self.task: Task = build("task", exp.task)
         self.model: nn.Module = build_model(exp.model).to(self.device)
+        self.caches = self._feature_caches(splits)
         seed_everything(self.cfg.seed + dist.rank())
         self.ddp_model = self._wrap(self.model)
         self.it = 0
         self.best: Dict[str, Any] = {}
         self.stream_positions: Dict[int, Any] = {}  # reader slot -> position, for training on shards
+
+    def _feature_caches(self, splits: List[str]) -> Dict[tuple, Any]:
+        """(entry, split) -> the frozen-feature cache each data set reads, when a part of the model reads cached
+        features (``cached: true``); refused, with the reason, where a cache cannot stand in for the images."""
+        readers = [m for m in self.model.modules() if getattr(m, "cached", False) and hasattr(m, "fingerprint")]
+        if not readers:
+            return {}
+        enc = readers[0]
+        make = "python -m framework.cache_features --cfg <this experiment's config>"
+        out = {}
+        for entry, b in self.builders.items():
+            for split in dict.fromkeys(splits):
+                if not b.has_split(split):
+                    continue
+                where = f"datasets.{entry} ({split})"
+                rand = random_processors(b.processors(split)["image"])
+                if rand:
+                    raise ConfigError(f"{where}: the image encoder reads cached features but the split's image "
+                                      f"processors augment randomly ({', '.join(rand)}): a cache holds one view per "
+                                      f"image. Give it fixed processing (datasets.{entry}.processors.train.image: "
+                                      f"[resize, normalize]) or set model.image_encoder.cached: false")
+                fp = enc.fingerprint(b.image_processor_specs(split))
+                out[(entry, split)] = open_cache(cache_folder(enc.cache_dir, entry, split), fp, where, make)
+        return out
+
+    def _build(self, entry: str, split: str):
+        """The data set of ``entry``/``split``, reading its feature cache when the model reads cached features."""
+        data = self.builders[entry].build(split)
+        cache = self.caches.get((entry, split))
+        if cache is not None:
+            if not hasattr(data, "feature_cache"):
+                raise ConfigError(f"datasets.{entry} ({split}): its data set ({type(data).__name__}) cannot read "
+                                  f"cached features; set model.image_encoder.cached: false")
+            data.feature_cache = cache
+        return data
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if dist.world_size() == 1 or not any(p.requires_grad for p in model.parameters()):
@@ -242,7 +279,7 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------- data
     def _train_data(self) -> DataLoader:
-        parts = [b.build(s) for b in self.builders.values() for s in self.cfg.train_splits]
+        parts = [self._build(e, s) for e in self.builders for s in self.cfg.train_splits]
         streams = sum(map(is_stream, parts))
         if streams not in (0, len(parts)):
             raise ConfigError("datasets: some training entries are shards (streams) and some are map-style; train "
@@ -273,7 +310,7 @@ class Runner:
 
     def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        return {f"{entry}/{s}": eval_loader(b.build(s), bs, self.cfg.num_workers)
+        return {f"{entry}/{s}": eval_loader(self._build(entry, s), bs, self.cfg.num_workers)
                 for entry, b in self.builders.items() for s in splits if b.has_split(s)}
 
     # ---------------------------------------------------------------------------------------------- train

@@ -69,6 +69,9 @@ class DatasetBuilder:
         self.entry = entry
         self.processor_specs = processors or {}
 
+    def image_processor_specs(self, split: str) -> List[Dict]:
+        return self.processor_specs.get("train" if split == "train" else "eval", {}).get("image", [])
+
     def processors(self, split: str) -> Dict[str, Optional[Pipeline]]:
         key = "train" if split == "train" else "eval"
         specs = self.processor_specs.get(key, {})

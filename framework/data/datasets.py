@@ -47,6 +47,8 @@ def _load_image(path: Path) -> Image.Image:
 
 
 class _Base(Dataset):
+    feature_cache: Any = None  # a FeatureCache: image() gives the frozen encoder's cached tokens instead
+
     def __init__(self, image_root: Path, image_proc: Pipeline, text_proc: Pipeline) -> None:
         self.image_root = Path(image_root)
         self.image_proc = image_proc
@@ -57,6 +59,8 @@ class _Base(Dataset):
         return len(self.samples)
 
     def image(self, file_name: str) -> Any:
+        if self.feature_cache is not None:
+            return self.feature_cache[file_name]
         img = _load_image(self.image_root / file_name)
         return self.image_proc(img) if self.image_proc else img
 

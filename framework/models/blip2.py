@@ -72,7 +72,8 @@ class Blip2Base(nn.Module):
     def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs, max_txt_len: int,
                  reads_text: bool = True) -> None:
         super().__init__()
-        self.visual_encoder = build("image_encoder", image_encoder)
+        with torch.random.fork_rng(devices=[]):  # the rest initialises alike whether the encoder is built or cached
+            self.visual_encoder = build("image_encoder", image_encoder)
         width = self.visual_encoder.num_features
         self.ln_vision = LayerNormFP32(width)
         q = qformer

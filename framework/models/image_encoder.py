@@ -4,8 +4,9 @@ Contract: ``forward(images[B,3,H,W]) -> tokens[B,N,D]`` and ``num_features`` (= 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Callable, Dict, List, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -62,6 +63,11 @@ class ImageEncoder(nn.Module):
     freeze: no gradients, always in eval mode, run under ``no_grad``, stored in ``precision``.
     checkpoint: a local weights file (the plugin's key names, or one of our checkpoints holding the encoder);
         null: random initialisation.
+    cached: read this encoder's output tokens from the frozen-feature cache that
+        ``python -m framework.cache_features`` wrote, instead of running it on images: the transformer is not
+        built at all. Refused (with the reason) when the training split augments randomly or the cache was
+        made by another encoder, checkpoint, precision or image processing (a fingerprint).
+    cache_dir: where the cache lives (default ``$BLIP2_CACHE/features``, ``~/.cache/blip2_framework/features``).
     """
 
     PRESETS: Dict[str, Dict[str, int]] = {}
@@ -69,17 +75,28 @@ class ImageEncoder(nn.Module):
     def __init__(self, image_size: int = 224, preset: Literal["full", "tiny"] = "full",
                  patch_size: Optional[int] = None, width: Optional[int] = None, depth: Optional[int] = None,
                  heads: Optional[int] = None, mlp_dim: Optional[int] = None, drop_path: float = 0.0,
-                 freeze: bool = True, precision: Precision = "fp16", checkpoint: Optional[str] = None) -> None:
+                 freeze: bool = True, precision: Precision = "fp16", checkpoint: Optional[str] = None,
+                 cached: bool = False, cache_dir: Optional[str] = None) -> None:
         super().__init__()
         sizes = resolve_sizes(self.PRESETS, preset, patch_size=patch_size, width=width, depth=depth, heads=heads,
                               mlp_dim=mlp_dim)
+        self.image_size, self.num_features, self.frozen, self.cached = image_size, sizes["width"], freeze, cached
+        self.cache_dir = Path(cache_dir or Path(os.environ.get("BLIP2_CACHE", "~/.cache/blip2_framework"))
+                              / "features").expanduser()
+        self.num_tokens = (image_size // sizes["patch_size"]) ** 2 + 1
+        self.identity = {"encoder": type(self).__name__, "image_size": image_size, **sizes, "precision": precision,
+                         "checkpoint": _file_identity(checkpoint)}
+        self.weight_files = [DataFile(Path(checkpoint).expanduser(), "image encoder weights")] \
+            if checkpoint and not cached else []
+        if cached:
+            if not freeze:
+                raise ValueError("image_encoder.cached needs a frozen encoder (freeze: true): a trained encoder's "
+                                 "features change every step")
+            self.vit = None
+            return
         vit = self.build_vit(image_size, drop_path, **sizes)
         vit.norm = nn.Identity()
         self.vit = vit
-        self.image_size = image_size
-        self.num_features = vit.embed_dim
-        self.frozen = freeze
-        self.weight_files = [DataFile(Path(checkpoint).expanduser(), "image encoder weights")] if checkpoint else []
         if checkpoint and not vit.pos_embed.is_meta:
             self.load_pretrained(checkpoint, self.key_map(sizes["depth"]))
         if freeze:
@@ -97,7 +114,14 @@ class ImageEncoder(nn.Module):
     def train(self, mode: bool = True) -> "ImageEncoder":
         return super().train(mode and not self.frozen)
 
+    def fingerprint(self, image_processors: Any) -> Dict[str, Any]:
+        """What a cache of this encoder's tokens depends on: architecture, weights file, precision, and the image
+        processing of the split (``image_processors``: its processor specs)."""
+        return {**self.identity, "image_processors": image_processors}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cached:
+            return self._cached_tokens(images)
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"image encoder built for {self.image_size}x{self.image_size} images got "
                              f"{tuple(images.shape[-2:])}; set the encoder's image_size to the processor's size "
@@ -105,6 +129,14 @@ class ImageEncoder(nn.Module):
         dtype = self.vit.pos_embed.dtype
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             return self.vit.forward_features(images.to(dtype))
+
+    def _cached_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        want = (self.num_tokens, self.num_features)
+        if tokens.dim() != 3 or tuple(tokens.shape[1:]) != want:
+            raise ValueError(f"image_encoder.cached: expected cached tokens [B, {want[0]}, {want[1]}], got "
+                             f"{tuple(tokens.shape)}: the batch holds images, not cached features (is the data set's "
+                             f"cache attached?)")
+        return tokens
 
     def load_pretrained(self, path: str, key_map: KeyMap) -> None:
         """Load ``path`` through ``key_map`` (source keys -> ours, with the reason for every key left out).
@@ -139,6 +171,17 @@ class ImageEncoder(nn.Module):
             keys = [k for k, r in dropped.items() if r == reason]
             logger.info("%s: %d keys not used (%s): %s%s", path, len(keys), reason, ", ".join(keys[:6]),
                         " ..." if len(keys) > 6 else "")
+
+
+def _file_identity(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """A weights file by path, size and modification time (hashing a 4 GB file would take longer than the
+    check is worth): another file, or the same one rewritten, gives another identity."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    stat = p.stat() if p.exists() else None
+    return {"path": str(p.resolve()), "bytes": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None}
 
 
 def prefix_map(state: Dict[str, torch.Tensor], rename: List[Tuple[str, str]], keep_blocks: int,

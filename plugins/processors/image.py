@@ -38,6 +38,8 @@ class Resize:
 class RandomResizedCrop:
     """Crop a random area fraction in ``scale`` and resize to ``size`` (BLIP-2's training transform)."""
 
+    random = True  # a frozen-feature cache cannot hold its output
+
     def __init__(self, size: int = 224, scale: List[float] = (0.5, 1.0)) -> None:
         self.t = T.RandomResizedCrop(size, scale=tuple(scale), interpolation=InterpolationMode.BICUBIC)
 
@@ -48,6 +50,8 @@ class RandomResizedCrop:
 @PROCESSORS.register("hflip")
 class HorizontalFlip:
     """Flip left-right with probability ``p``. Off for data whose text says 'left' or 'right' (shapes)."""
+
+    random = True
 
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
