@@ -71,7 +71,12 @@ class Blip2Generative(Blip2Base):
                     "stage 2, left out)", path, len(used), len(picked) - len(used))
 
     def visual_prompt(self, images: torch.Tensor, prompts: List[str]) -> torch.Tensor:
-        """[B, Q, llm hidden] soft visual prompt."""
+        """[B, Q, llm hidden] soft visual prompt; for video ([B, T, 3, H, W]) each frame goes through the encoder
+        and the Q-Former and the frames' queries are concatenated: [B, T x Q, llm hidden]."""
+        if images.dim() == 5:
+            b, t = images.shape[:2]
+            frames = self.visual_prompt(images.flatten(0, 1), [p for p in prompts for _ in range(t)])
+            return frames.reshape(b, t * frames.shape[1], frames.shape[2])
         image_kv = self.qformer.project_image(self.encode_image(images))
         n_query = self.qformer.num_query_tokens
         if self.qformer_text_input:
