@@ -197,7 +197,7 @@ def test_truncated_shard_and_corrupt_image_are_skipped_and_counted(tmp_path: Pat
     last = read_log(tmp_path / "run")[-1]
     assert last["iter"] == 30 and last["data_bad_samples"] == 1 and last["data_bad_shards"] == 1
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "skipped corrupt sample 000000037" in log and "image file is truncated" in log
+    assert "skipped corrupt sample 000000037" in log and "OSError: Truncated File Read" in log
     assert f"skipped the rest of shard {tar}" in log
 
 
