@@ -240,3 +240,22 @@ def test_missing_shards_name_the_entry_and_the_source(tmp_path: Path) -> None:
                                                r"e.g. .*00000.tar(.|\n)*img2dataset over the TSV"):
         b.prepare(["train"])
     assert not b.has_split("val") and b.data_files(["train"])[0].path == tmp_path
+
+
+def test_a_mixture_of_shard_streams_resumes_where_it_stopped(tmp_path: Path) -> None:
+    from itertools import islice
+
+    from framework.data.loader import IterableMixture
+
+    shards = _shapes_shards(tmp_path)
+
+    def mixture() -> IterableMixture:
+        return IterableMixture([_stream(shards, 3, shuffle_buffer=5), _stream(shards, 7, shuffle_buffer=5)], [1, 3],
+                               seed=0)
+
+    whole = [s["key"] for s in islice(iter(mixture()), 300)]
+    first = list(islice(iter(mixture()), 120))
+    resumed = mixture()
+    resumed.positions = dict([first[-1]["_stream"]])  # what the runner stores after 120 samples
+    rest = [s["key"] for s in islice(iter(resumed), 180)]
+    assert [s["key"] for s in first] + rest == whole
