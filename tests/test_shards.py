@@ -17,7 +17,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from conftest import REPO, SMALL_SHAPES, read_log, toy_config, write_yaml
+from conftest import REPO, read_log, toy_config, write_yaml
 from framework.make_shards import main as make_shards
 from framework.train import main as train_main
 
