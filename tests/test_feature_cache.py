@@ -79,3 +79,19 @@ def test_a_cache_is_refused_with_the_reason(tmp_path: Path, capsys) -> None:
     random_weights = _config(tmp_path, "f", checkpoint=None)
     assert cache_main(["--cfg", str(write_yaml(tmp_path / "f.yaml", random_weights))]) == 2
     assert "image_encoder.checkpoint is null" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_stage2_reads_the_same_cache(tmp_path: Path) -> None:
+    from stage1_helpers import stage2_config
+
+    def config(out: str, **encoder):
+        cfg = stage2_config(tmp_path, tmp_path / out)
+        cfg["model"]["image_encoder"] = _config(tmp_path, out, **encoder)["model"]["image_encoder"]
+        cfg["run"].update({"max_iters": 3, "log_every": 1, "eval_splits": []})
+        return write_yaml(tmp_path / f"{out}.yaml", cfg)
+
+    assert cache_main(["--cfg", str(config("images")), "--splits", "train"]) == 0
+    assert train_main(["--cfg", str(config("images"))]) == 0
+    assert train_main(["--cfg", str(config("cached", cached=True))]) == 0
+    assert [r["loss"] for r in read_log(tmp_path / "cached")] == [r["loss"] for r in read_log(tmp_path / "images")]
