@@ -54,8 +54,9 @@ class RunConfig:
     between checkpoints (null: with each evaluation and at the end of each epoch).
     shuffle: shuffle the training data (map-style: a permutation per epoch; shards: shard order per pass and
     the entry's shuffle buffer); false: the stored order, e.g. to compare two loaders sample for sample.
-    num_workers: dataloader worker processes (for shards: each rank's workers split its shards). profile: write a torch profiler trace of ``profile_steps``
-    iterations to output_dir/profile (open with TensorBoard's profiler plugin).
+    num_workers: dataloader worker processes (for shards: each rank's workers split its shards).
+    profile: write a torch profiler trace of ``profile_steps`` iterations to output_dir/profile (open with
+    TensorBoard's profiler plugin).
     find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
     tensorboard: write TensorBoard scalars.
     """

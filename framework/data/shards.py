@@ -111,7 +111,8 @@ class ShardStream(IterableDataset):
 
     ``decode(raw sample, rng)`` turns the raw files of a sample into the sample dict, raising on a corrupt one.
     ``samples_per_epoch``: the nominal epoch the runner counts iterations by (the lr schedule's epochs).
-    Set before each ``iter()`` (``framework.data.loader.set_stream_position``): ``shuffle`` (shard order and buffer; false: shards as listed, samples as stored),
+    Set before each ``iter()`` (``framework.data.loader.set_stream_position``): ``shuffle`` (shard order and
+    buffer; false: shards as listed, samples as stored),
     ``positions`` (slot -> :class:`Position` to resume from) and ``first_slot`` (the local slot serving the first
     batch: batch ``n`` of a rank always comes from its worker slot ``n % workers``, across restarts).
     """

@@ -3,8 +3,9 @@ outputs side by side as the LLM's visual prompt).
 
 Layout under ``root``::
 
-    <root>/videos/video7010.mp4            the clips (MSRVTT: https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip;
-                                           MSVD: https://www.cs.utexas.edu/users/ml/clamp/videoDescription/)
+    <root>/videos/video7010.mp4            the clips: MSRVTT from
+                                           https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip,
+                                           MSVD from https://www.cs.utexas.edu/users/ml/clamp/videoDescription/
     <root>/annotations/<split>_qa.json     [{"id": 0, "video_id": 7010, "question": "...", "answer": "..."}]
                                            (https://github.com/xudejing/video-question-answering)
 

@@ -52,7 +52,8 @@ class WebDatasetBuilder(DatasetBuilder):
         return split in self.shards
 
     def _local(self, split: str) -> List[Path]:
-        return [Path(u).expanduser() for u in self.shards.get(split, []) if "://" not in u and not u.startswith("pipe:")]
+        urls = self.shards.get(split, [])
+        return [Path(u).expanduser() for u in urls if "://" not in u and not u.startswith("pipe:")]
 
     def data_files(self, splits: List[str]) -> List[DataFile]:
         """One line per split (a web-scale set has thousands of shards): the folder of its local shards."""
