@@ -207,9 +207,10 @@ def test_several_captions_per_image_one_drawn_per_pass(tmp_path: Path) -> None:
     stream.shuffle = False
     from itertools import islice
 
-    from framework.data.shards import captions_of, read_shard
+    from framework.data.shards import captions_of, meta_of, read_shard
 
-    captions = {r["__key__"]: captions_of(r) for n in range(4) for r in read_shard(str(shards / f"{n:06d}.tar"))}
+    captions = {r["__key__"]: captions_of(r, meta_of(r)) for n in range(4)
+                for r in read_shard(str(shards / f"{n:06d}.tar"))}
     two_passes = list(islice(iter(stream), 96))
     assert [s["key"] for s in two_passes[:48]] == [s["key"] for s in two_passes[48:]]
     assert all(s["text_input"] in captions[s["key"]] for s in two_passes)

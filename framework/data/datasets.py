@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -41,8 +41,9 @@ def _json(source: Any) -> Any:
     return json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source
 
 
-def _load_image(path: Path) -> Image.Image:
-    with Image.open(path) as img:
+def load_image(source: Union[Path, BinaryIO]) -> Image.Image:
+    """An image file (a path, or its bytes as a file object) as RGB."""
+    with Image.open(source) as img:
         return img.convert("RGB")
 
 
@@ -61,7 +62,7 @@ class _Base(Dataset):
     def image(self, file_name: str) -> Any:
         if self.feature_cache is not None:
             return self.feature_cache[file_name]
-        img = _load_image(self.image_root / file_name)
+        img = load_image(self.image_root / file_name)
         return self.image_proc(img) if self.image_proc else img
 
     def text(self, s: str) -> str:

@@ -2,7 +2,9 @@
 exactly the samples, in the order and with the augmentation, that the uninterrupted run would have."""
 from __future__ import annotations
 
-import random
+import bisect
+import hashlib
+import itertools
 import zlib
 from typing import Any, Dict, Iterator, List
 
@@ -97,10 +99,17 @@ class IterableMixture(IterableDataset):
     def __init__(self, parts: List[IterableDataset], ratios: List[float], seed: int) -> None:
         if len(parts) != len(ratios) or any(r <= 0 for r in ratios):
             raise ValueError(f"one positive ratio per stream expected, got {ratios} for {len(parts)} streams")
-        self.parts, self.seed, self.ratios = parts, seed, [r / sum(ratios) for r in ratios]
+        self.parts, self.seed = parts, seed
+        self.cumulative = list(itertools.accumulate(r / sum(ratios) for r in ratios))
         self.samples_per_epoch = sum(getattr(p, "samples_per_epoch", 0) for p in parts)
         self.positions: Dict[int, Dict[str, Any]] = {}
         self.first_slot, self.shuffle, self.rank_world = 0, True, (dist.rank(), dist.world_size())
+
+    def _draw(self, slot: int, n: int) -> int:
+        """The part of a slot's ``n``-th draw: a function of (seed, slot, n), so a resume needs no replay."""
+        digest = hashlib.blake2b(f"iterable-mixture/{self.seed}/{slot}/{n}".encode(), digest_size=8).digest()
+        u = int.from_bytes(digest, "little") / 2**64
+        return min(bisect.bisect_right(self.cumulative, u), len(self.parts) - 1)
 
     def __iter__(self) -> Iterator[Any]:
         slot, _ = reader_slot(self.first_slot, self.rank_world)
@@ -110,14 +119,10 @@ class IterableMixture(IterableDataset):
             if isinstance(part, ShardStream):
                 part.positions = {slot: pos} if pos else {}
                 part.first_slot, part.shuffle, part.rank_world = self.first_slot, self.shuffle, self.rank_world
-        rng = random.Random(zlib.crc32(f"iterable-mixture/{self.seed}/{slot}".encode()))
-        which = range(len(self.parts))
-        for _ in range(state["draws"]):  # replay the draws made before the resume point
-            rng.choices(which, self.ratios)
         draws = state["draws"]
         streams = [iter(p) for p in self.parts]
         while True:
-            d = rng.choices(which, self.ratios)[0]
+            d = self._draw(slot, draws)
             draws += 1
             try:
                 sample = next(streams[d])

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from framework import dist
+from framework.data.datasets import load_image
 from framework.logs import logger
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -53,43 +54,21 @@ def expand(urls: str | List[str]) -> List[str]:
 
 
 def read_shard(url: str) -> Iterator[Dict[str, Any]]:
-    """The samples of one shard: {__key__, <ext>: bytes, ...}. Opened with webdataset's ``gopen`` (local paths,
-    http(s), ``pipe:`` commands); a truncated or unreadable tar raises once the readable samples are out."""
-    import tarfile
-
+    """The samples of one shard: {__key__, <ext>: bytes, ...}, through webdataset's own tar reading and grouping
+    (``gopen``: local paths, http(s), ``pipe:`` commands); a truncated or unreadable tar raises once the readable
+    samples are out."""
     from webdataset import gopen
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    with gopen(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        current: Dict[str, Any] = {}
-        for member in tar:
-            if not member.isreg():
-                continue
-            name = member.name
-            stem, _, ext = name.rpartition("/")[2].partition(".")
-            key = name.rpartition("/")[0] + "/" + stem if "/" in name else stem
-            if current and key != current["__key__"]:
-                yield current
-                current = {}
-            current.setdefault("__key__", key)
-            current[ext.lower()] = tar.extractfile(member).read()
-        if current:
-            yield current
+    with gopen(url, "rb") as stream:
+        yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream))
 
 
-def _buffered_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """A shuffle buffer of ``size`` (0 or 1: in order)."""
-    if size <= 1:
-        yield from items
-        return
-    buf: List[Any] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= size:
-            i = rng.randrange(len(buf))
-            buf[i], buf[-1] = buf[-1], buf[i]
-            yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
+def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """webdataset's shuffle buffer of ``size``, drawing from ``rng`` (0: in stored order)."""
+    from webdataset.filters import shuffle
+
+    return shuffle(size, size, rng=rng)(samples) if size > 1 else samples
 
 
 def reader_slot(first_slot: int, rank_world: Tuple[int, int]) -> Tuple[int, int]:
@@ -148,7 +127,7 @@ class ShardStream(IterableDataset):
             while pos.shard < len(mine):
                 url = mine[pos.shard]
                 rng = random.Random(_seed(self.seed, pos.pass_, url))
-                raws = _buffered_shuffle(read_shard(url), self.shuffle_buffer if self.shuffle else 0, rng)
+                raws = _shuffled(read_shard(url), self.shuffle_buffer if self.shuffle else 0, rng)
                 taken = 0
                 try:
                     for raw in raws:
@@ -235,12 +214,15 @@ def open_image(raw: Dict[str, Any]) -> Image.Image:
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise ValueError(f"no image file (one of {', '.join(IMAGE_EXTS)}) in the sample, only {sorted(raw)}")
-    with Image.open(io.BytesIO(raw[ext])) as img:
-        return img.convert("RGB")
+    return load_image(io.BytesIO(raw[ext]))
 
 
-def captions_of(raw: Dict[str, Any]) -> List[str]:
-    meta = json.loads(raw["json"]) if "json" in raw else {}
+def meta_of(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """The sample's ``json`` file, parsed ({} without one)."""
+    return json.loads(raw["json"]) if "json" in raw else {}
+
+
+def captions_of(raw: Dict[str, Any], meta: Dict[str, Any]) -> List[str]:
     caps = meta.get("captions") or ([raw["txt"].decode("utf-8")] if "txt" in raw else [])
     caps = [caps] if isinstance(caps, str) else caps
     if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
@@ -248,10 +230,9 @@ def captions_of(raw: Dict[str, Any]) -> List[str]:
     return caps
 
 
-def image_id_of(raw: Dict[str, Any], url_key: str) -> int:
+def image_id_of(meta: Dict[str, Any], key: str) -> int:
     """The json's ``image_id`` when the shard has one, else a stable number from the sample's key."""
-    meta = json.loads(raw["json"]) if "json" in raw else {}
-    return int(meta["image_id"]) if "image_id" in meta else zlib.crc32(url_key.encode()) & 0x7FFFFFFF
+    return int(meta["image_id"]) if "image_id" in meta else zlib.crc32(key.encode()) & 0x7FFFFFFF
 
 
 def seeded(fn: Callable[[Any], Any], x: Any, rng: random.Random) -> Any:

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from framework.config import ConfigError
 from framework.data.builder import DataFile, DatasetBuilder, MissingDataError, Pipeline, ProcessorSpecs
-from framework.data.shards import (ShardSamples, ShardStream, captions_of, expand, image_id_of, open_image,
-                                   seeded)
+from framework.data.shards import (ShardSamples, ShardStream, captions_of, expand, image_id_of, meta_of,
+                                   open_image, seeded)
 from framework.registry import DATASETS
 
 
@@ -82,7 +82,7 @@ class WebDatasetBuilder(DatasetBuilder):
         urls = self.shards[split]
         if split != "train":
             decode = self._decoder(split)
-            return ShardSamples(urls, decode, lambda raw: [decode.text(c) for c in captions_of(raw)])
+            return ShardSamples(urls, decode, lambda raw: [decode.text(c) for c in captions_of(raw, meta_of(raw))])
         if not self.samples_per_epoch:
             raise ConfigError(f"datasets.{self.entry}.samples_per_epoch is not set: a stream of shards cannot be "
                               f"counted up front; give the number of training samples (or the epoch you want)")
@@ -101,7 +101,8 @@ class CaptionDecoder:
         return self.text_proc(caption) if self.text_proc else caption
 
     def __call__(self, raw: Dict[str, Any], rng: random.Random) -> Dict[str, Any]:
-        caption = rng.choice(captions_of(raw))
+        meta = meta_of(raw)
+        caption = rng.choice(captions_of(raw, meta))
         image = open_image(raw)
         return {"image": seeded(self.image_proc, image, rng) if self.image_proc else image,
-                "text_input": self.text(caption), "image_id": image_id_of(raw, raw["__key__"]), "key": raw["__key__"]}
+                "text_input": self.text(caption), "image_id": image_id_of(meta, raw["__key__"]), "key": raw["__key__"]}
