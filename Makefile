@@ -1,11 +1,6 @@
 # The two commands: `make demo` and `make test`. Both create .venv and install on first use; the stamp
 # file makes later calls skip the install until pyproject.toml changes.
 PY := .venv/bin/python
-# Intel MKL (torch's CPU BLAS) picks code paths by memory alignment unless told otherwise: two identical CPU
-# 40-step runs of the stage-1 demo drifted apart from step 6 without this, and were bit-identical with it
-# (same speed); the full 250-step demo still varies (README, "Reproducibility"). MKL reads it when the
-# process starts, so it is set here, not from Python.
-export MKL_CBWR ?= AUTO,STRICT
 STAMP := .venv/.installed-stamp
 
 .PHONY: install demo test clean
@@ -20,8 +15,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m run_scripts.demo
 
+# The suite runs with 1 and with 2 threads: an assertion that holds only for one thread count (a shape- or
+# thread-dependent rounding asserted exactly) fails here, not on a user's machine.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 clean:
 	rm -rf .venv output .pytest_cache

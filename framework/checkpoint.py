@@ -99,31 +99,68 @@ def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> N
     model.load_state_dict(weights, strict=False)
 
 
+def _tmp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
 def save_atomic(obj: Dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn ``path``."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a torn ``path``. A write
+    that fails (disk full, no permission) raises :class:`CheckpointError` and keeps the previous ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_name(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}. Free space in "
+                              f"{path.parent} or set run.output_dir to a writable folder") from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def load(path: str | Path) -> Dict[str, Any]:
-    path = Path(path)
+def remove_stale_temporaries(folder: Path) -> List[Path]:
+    """Delete the temporary files of :func:`save_atomic` calls whose process was killed mid-write (another
+    process id than this one's); the folder's run is this process's alone (the runner claims it)."""
+    mine = os.getpid()
+    stale = [p for p in folder.glob(".*.*.tmp") if re.fullmatch(r"\..+\.(\d+)\.tmp", p.name)
+             and int(p.name.rsplit(".", 2)[1]) != mine] if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temporary checkpoint file(s) of a killed process: %s", len(stale),
+                    ", ".join(p.name for p in stale))
+    return stale
+
+
+def read_weights(path: str | Path, what: str) -> Dict[str, Any]:
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (read with ``weights_only``: no code in
+    it runs). A file that cannot be read raises :class:`CheckpointError` naming it and ``what`` it is for."""
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                              f"is it a file written by this framework?") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a weights file, a pickle that would run code: all unreadable
+        raise CheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              f"is the file complete (compare its size or checksum with the source)?") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a dict of weights")
+    return state
+
+
+def load(path: str | Path) -> Dict[str, Any]:
+    ckpt = read_weights(path, "checkpoint")
+    if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this framework (no format={FORMAT!r} marker); "
                               f"LAVIS and Hugging Face weights go through python -m framework.convert")
     return ckpt

@@ -8,6 +8,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from framework import dist
 from framework.checkpoint import CheckpointError
 from framework.config import ConfigError, load_config, validate
 from framework.data.builder import BadDataError, MissingDataError
@@ -76,4 +77,12 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NonFiniteLossError) else 2
+    except RuntimeError as e:
+        if not dist.timed_out(e):
+            raise
+        print(f"error: rank {dist.launch_rank()} waited more than run.dist_timeout_s={exp.run.dist_timeout_s:g} s for another "
+              f"rank (stopped, hung or dead), so the job stops ({str(e).splitlines()[0][-120:]}). Continue it with "
+              f"--resume auto once every rank can run; raise run.dist_timeout_s if a step is legitimately that slow",
+              file=sys.stderr)
+        return 3
     return 0

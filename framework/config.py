@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -51,6 +53,51 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key, the file and the fix."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """``Annotated[float, Range(0, 1, hi_open=True)]``: a finite number in [lo, hi] (an end is left out where
+    ``lo_open`` / ``hi_open``; None: unbounded). Checked with the key's type, before any work."""
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None:  # Optional[...] left unset
+            return None
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if low or high:
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Length:
+    """``Annotated[List[str], Length(1)]``: a list (or string) of ``lo`` to ``hi`` items (None: no upper end)."""
+    lo: int = 0
+    hi: Optional[int] = None
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None or (self.lo <= len(value) and (self.hi is None or len(value) <= self.hi)):
+            return None
+        what = "characters" if isinstance(value, str) else "items"
+        if self.lo == 1 and not value:
+            return f"must not be empty, got {value!r}"
+        want = f"exactly {self.lo}" if self.lo == self.hi else (
+            f"at least {self.lo}" if self.hi is None else f"{self.lo} to {self.hi}")
+        return f"must have {want} {what}, got {value!r}"
+
+
 class DatasetsOf:
     """Marks the ``datasets:`` section: ``{entry: {...overrides}}``, each merged onto ``datasets_cfg/<entry>.yaml``."""
 
@@ -77,7 +124,9 @@ def _read_yaml(path: Path) -> DictConfig:
 
 
 def _record_origins(node: Any, prefix: str, source: str, origins: Origins) -> None:
-    if isinstance(node, (dict, DictConfig)):
+    if isinstance(node, DictConfig):  # as written: an interpolation is resolved once the whole config is merged
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             origins[path] = source
@@ -131,30 +180,75 @@ def _apply_deletes(base: DictConfig, own: DictConfig) -> Tuple[DictConfig, DictC
 
 
 def apply_options(cfg: DictConfig, options: Sequence[str], origins: Origins) -> DictConfig:
-    """Merge ``a.b=c`` overrides (values typed as YAML) onto ``cfg``."""
+    """Apply ``a.b=c`` overrides (values typed as YAML) onto ``cfg``, in order; ``a.b[1]=c`` sets one item of a
+    list."""
     for opt in options:
         if "=" not in opt:
             raise ConfigError(f"--options {opt!r}: expected key=value, e.g. run.max_iters=100")
+        key = opt.split("=", 1)[0]
+        if "[" in key:
+            cfg = _set_item(cfg, opt)
+            origins[re.sub(r"\[\d+\]$", "", key)] = "--options"
+            continue
+        try:
+            over = OmegaConf.from_dotlist([opt])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            raise ConfigError(f"--options {opt}: cannot parse: {str(e).splitlines()[0]}") from None
+        cfg, over = _apply_deletes(cfg, over)
+        _record_origins(over, "", "--options", origins)
+        try:
+            cfg = OmegaConf.merge(cfg, over)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"--options {opt}: cannot apply it ({str(e).splitlines()[0]}); a section is "
+                              f"replaced by a mapping, a list by a list") from None
+    return cfg
+
+
+def _set_item(cfg: DictConfig, opt: str) -> DictConfig:
+    """``--options a.b[i]=value``: item ``i`` of an existing list ``a.b``."""
+    key, text = opt.split("=", 1)
+    m = re.fullmatch(r"([\w.]+)\[(\d+)\]", key)
+    if m is None:
+        raise ConfigError(f"--options {opt}: an indexed key is written section.list[index]=value, e.g. "
+                          f"run.eval_splits[0]=val")
+    path, index = m.group(1), int(m.group(2))
+    items = OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False)
+    if items is None:
+        raise ConfigError(f"--options {opt}: {path} is not set in the config (its default applies), so it has no "
+                          f"item {index}; set the whole list, e.g. {path}=[a, b]")
+    if not isinstance(items, ListConfig):
+        raise ConfigError(f"--options {opt}: {path} is not a list in the config (it is {items!r}); set the whole "
+                          f"value, e.g. {path}=[a, b]")
+    if index >= len(items):
+        raise ConfigError(f"--options {opt}: {path} has {len(items)} items (indices 0 to {len(items) - 1}); "
+                          f"set the whole list to add one, e.g. {path}=[...]")
     try:
-        over = OmegaConf.from_dotlist(list(options))
-    except (OmegaConfBaseException, yaml.YAMLError) as e:
-        raise ConfigError(f"--options {' '.join(options)}: cannot parse: {e}") from None
-    cfg, over = _apply_deletes(cfg, over)
-    _record_origins(over, "", "--options", origins)
-    return OmegaConf.merge(cfg, over)
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--options {opt}: cannot parse the value: {e}") from None
+    items[index] = value
+    return cfg
 
 
 def load_config(path: str | Path, options: Sequence[str] = ()) -> Tuple[Dict[str, Any], Origins]:
     """Load a config file, apply overrides and resolve interpolations; returns (plain dict, origins)."""
     origins: Origins = {}
     cfg = apply_options(load_file(path, origins), options, origins)
+    return resolve(cfg, origins), origins
+
+
+def resolve(cfg: DictConfig, origins: Origins) -> Dict[str, Any]:
+    """Interpolations resolved over the whole merged config (a key may refer to one set in another file); a
+    failure names the key, the file that set it and the cause."""
     try:
-        return OmegaConf.to_container(cfg, resolve=True), origins  # type: ignore[return-value]
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: cannot resolve interpolation: {e}") from None
+        key = getattr(e, "full_key", None) or "?"
+        cause = str(e).splitlines()[0].replace("KeyError raised while resolving interpolation: ", "")
+        raise ConfigError(f"{key}: cannot resolve its interpolation: {cause} (set in "
+                          f"{_origin_of(key, origins)})") from None
 
 
-# ---------------------------------------------------------------------------------------------- validation
 @dataclasses.dataclass
 class _Field:
     type: Any
@@ -188,7 +282,12 @@ class _Validator:
                     return self.part(meta.kind, value, path)
                 if isinstance(meta, DatasetsOf):
                     return self.datasets(value, path)
-            return self.check(value, args[0], path)
+            value = self.check(value, args[0], path)
+            for meta in args[1:]:
+                problem = meta.problem(value) if isinstance(meta, (Range, Length)) else None
+                if problem:
+                    raise self.error(path, problem)
+            return value
         if origin in (Union, types.UnionType):
             if value is None and type(None) in args:
                 return None
@@ -273,7 +372,7 @@ class _Validator:
         cfg_file = DATASETS_CFG_DIR / f"{name}.yaml"
         if cfg_file.is_file():
             sub_origins: Origins = {}
-            defaults = OmegaConf.to_container(load_file(cfg_file, sub_origins), resolve=True)
+            defaults = resolve(load_file(cfg_file, sub_origins), sub_origins)
             for k, v in sub_origins.items():
                 self.origins.setdefault(f"{path}.{k}", v)
             entry = OmegaConf.to_container(OmegaConf.merge(defaults, entry), resolve=True)

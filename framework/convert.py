@@ -97,11 +97,21 @@ def _model_section(config, out: Path, adapter: str) -> dict:
     }}
 
 
+def _read_hf(from_pretrained, src: Path, **kwargs):
+    """transformers' ``from_pretrained`` on a local folder; a corrupt or incomplete folder is named, not a
+    traceback from deep inside transformers."""
+    try:
+        return from_pretrained(str(src), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:  # what transformers / safetensors raise for bad files
+        raise ConfigError(f"--src {src}: transformers cannot read it ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); is the folder complete and written by save_pretrained?") from None
+
+
 def hf_retrieval_to_ours(src: Path, out: Path, config) -> Path:
     """A ``Blip2ForImageTextRetrieval`` folder into ``blip2_qformer`` (ITC + ITM; it has no ITG head)."""
     from transformers import AutoTokenizer, Blip2ForImageTextRetrieval
 
-    state = Blip2ForImageTextRetrieval.from_pretrained(str(src), dtype=torch.float32).state_dict()
+    state = _read_hf(Blip2ForImageTextRetrieval.from_pretrained, src, dtype=torch.float32).state_dict()
     out.mkdir(parents=True, exist_ok=True)
     vision, vision_left = vision_from_hf(split_prefix(state, "vision_model."))
     torch.save(vision, out / "vision.pt")
@@ -140,7 +150,7 @@ def hf_to_ours(src: Path, out: Path) -> Path:
 
     if not (src / "config.json").is_file():
         raise ConfigError(f"--src {src}: not a Hugging Face model folder (no config.json)")
-    config = AutoConfig.from_pretrained(str(src))
+    config = _read_hf(AutoConfig.from_pretrained, src)
     if config.model_type != "blip-2":
         raise ConfigError(f"--src {src} holds a {config.model_type!r} model; --from hf reads Blip2 folders")
     if "Blip2ForImageTextRetrieval" in (config.architectures or []):
@@ -149,7 +159,7 @@ def hf_to_ours(src: Path, out: Path) -> Path:
     if adapter is None:
         raise ConfigError(f"--src {src}: language model {config.text_config.model_type!r} has no adapter here "
                           f"(known: {', '.join(LLM_ADAPTERS)})")
-    hf = Blip2ForConditionalGeneration.from_pretrained(str(src), dtype=torch.float32)
+    hf = _read_hf(Blip2ForConditionalGeneration.from_pretrained, src, dtype=torch.float32)
     state = hf.state_dict()
     out.mkdir(parents=True, exist_ok=True)
     vision, vision_left = vision_from_hf(split_prefix(state, "vision_model."))
@@ -400,6 +410,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                 "model (with model.checkpoint) is exported")
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
+    from framework.cli import EXPECTED_ERRORS
+
     try:
         if (args.source, args.target) == ("hf", "ours"):
             hf_to_ours(Path(args.src), Path(args.out))
@@ -409,11 +421,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             from framework.cli import load_experiment
             from framework.models.build import build_model
 
-            ours_to_hf(build_model(load_experiment(args.src).model), Path(args.out))
+            exp = load_experiment(args.src)
+            model = build_model(exp.model)
+            if not (hasattr(model, "itm_head") or hasattr(model, "llm")):
+                raise ConfigError(f"--src {args.src} builds model {exp.model['name']!r}; --to hf exports "
+                                  f"blip2_generative (as Blip2ForConditionalGeneration) and blip2_qformer (as "
+                                  f"Blip2ForImageTextRetrieval) models")
+            ours_to_hf(model, Path(args.out))
         else:
             raise ConfigError(f"--from {args.source} --to {args.target} is not a conversion this command makes "
                               f"(hf->ours, lavis->ours, ours->hf)")
-    except ConfigError as e:
+    except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ process group (NCCL on CUDA, gloo on CPU). Without them every helper below acts 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any, List
 
 import torch
@@ -20,6 +21,11 @@ def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun launched it, known before the process group starts (0 without torchrun)."""
+    return int(os.environ.get("RANK", 0)) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else 0
+
+
 def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
@@ -28,14 +34,21 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device: torch.device) -> None:
-    """Join the torchrun process group when launched by torchrun; otherwise do nothing."""
+def init(device: torch.device, timeout_s: float = 600.0) -> None:
+    """Join the torchrun process group when launched by torchrun; otherwise do nothing. A collective that waits
+    longer than ``timeout_s`` for a rank (stopped, hung, dead without torchrun noticing) fails the job."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_dist():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective giving up on a rank after the process group's timeout (gloo and NCCL
+    word it so; torch gives it no type of its own). Asked after the group is shut down too."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and "timed out" in str(error).lower()
 
 
 def shutdown() -> None:

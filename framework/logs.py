@@ -24,18 +24,36 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+class _OncePerJob(logging.Filter):
+    """A job's events are told once, by rank 0. Other ranks print only what happened to them alone (logged with
+    ``extra=EVERY_RANK``, e.g. a corrupt sample one rank read), marked with their rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        r = dist.launch_rank()
+        if r == 0:
+            return True
+        if getattr(record, "every_rank", False):
+            record.msg = f"[rank {r}] {record.msg}"
+            return True
+        return False
+
+
+EVERY_RANK = {"every_rank": True}
+
+
 def setup_console() -> None:
     if not logger.handlers:
         h = _Stderr()
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        h.addFilter(_OncePerJob())
         logger.addHandler(h)
-        logger.setLevel(logging.INFO if dist.is_main() else logging.WARNING)
+        logger.setLevel(logging.INFO)
 
 
 class RunLog:
     """Appends to ``output_dir/log.jsonl`` (one JSON object per event) and TensorBoard; no-op off rank 0."""
 
-    def __init__(self, output_dir: Path, tensorboard: bool) -> None:
+    def __init__(self, output_dir: Path, tensorboard: bool, first_step: int = 1) -> None:
         self.active = dist.is_main()
         self.jsonl = output_dir / "log.jsonl"
         self.tb = None
@@ -48,7 +66,8 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            # purge_step hides the events a killed run wrote past the point this one continues from
+            self.tb = SummaryWriter(str(output_dir / "tensorboard"), purge_step=first_step)
 
     def write(self, event: str, step: int, values: Dict[str, Any]) -> None:
         if not self.active:
@@ -71,8 +90,22 @@ class RunLog:
 
 def truncate_after(jsonl: Path, step: int) -> None:
     """Drop records past ``step``: on resume the log continues the checkpoint's timeline, without the
-    iterations a killed run logged after its last checkpoint (they are recomputed identically)."""
+    iterations a killed run logged after its last checkpoint (they are recomputed identically); ``step`` 0 (a
+    run that died before its first checkpoint) empties it. A line that is not a JSON record (torn by a kill in
+    the middle of a write) is dropped with a warning."""
     if not dist.is_main() or not jsonl.exists():
         return
-    keep = [line for line in jsonl.read_text().splitlines() if line and json.loads(line)["iter"] <= step]
+    keep = []
+    for n, line in enumerate(jsonl.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+            it = int(record["iter"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("%s line %d is not a log record (torn by a kill during a write?): dropped: %.80s",
+                           jsonl, n, line)
+            continue
+        if it <= step:
+            keep.append(line)
     jsonl.write_text("".join(line + "\n" for line in keep))

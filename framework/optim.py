@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Annotated, Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from framework.config import ConfigError
+from framework.config import ConfigError, Length, Range
 from framework.registry import LR_SCHEDULERS, Part
 
 
@@ -21,11 +21,12 @@ class OptimConfig:
     ``num_layers`` + 1 = heads) gets lr * layer_decay ** (num_layers + 1 - i). null disables it.
     lr_schedule: a registered lr_scheduler with its arguments, evaluated at every optimizer step.
     """
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    layer_decay: Optional[float] = None
+    lr: Annotated[float, Range(0, 1, lo_open=True)] = 1e-4  # above 1, AdamW moves every weight by more than 1 a step
+    weight_decay: Annotated[float, Range(0)] = 0.05
+    betas: Annotated[List[Annotated[float, Range(0, 1, hi_open=True)]], Length(2, 2)] = field(
+        default_factory=lambda: [0.9, 0.999])
+    eps: Annotated[float, Range(0, lo_open=True)] = 1e-8
+    layer_decay: Optional[Annotated[float, Range(0, 1, lo_open=True)]] = None
     lr_schedule: Part("lr_scheduler") = field(default_factory=lambda: {"name": "linear_warmup_cosine"})
 
 

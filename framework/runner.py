@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from framework import checkpoint, dist
-from framework.config import ConfigError, DatasetsOf, to_yaml
+from framework.config import ConfigError, DatasetsOf, Length, Range, to_yaml
 from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
 from framework.data.loader import (IterableMixture, Mixture, eval_loader, is_stream, set_position,
@@ -47,7 +48,8 @@ class RunConfig:
     batch_size: samples per process per micro-batch; eval_batch_size: per process at evaluation (default:
     batch_size). accum_steps: micro-batches per optimizer step. grad_clip: max global grad norm (null: off).
     amp: off, bf16 (autocast on CPU and CUDA) or fp16 (CUDA only, with a GradScaler).
-    train_splits / eval_splits / test_splits: split names of every dataset entry. eval splits are evaluated
+    train_splits / eval_splits / test_splits: split names of every dataset entry (train_splits: [] only for
+    framework.evaluate, which trains nothing). eval splits are evaluated
     every ``eval_every`` iterations (null: at the end of each epoch, or at the end of an iteration-based run);
     the first eval split picks best.pt by the task's metric; test splits are evaluated once, at the end,
     with the best weights. log_every: iterations between log.jsonl records. checkpoint_every: iterations
@@ -59,30 +61,38 @@ class RunConfig:
     TensorBoard's profiler plugin).
     find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
     tensorboard: write TensorBoard scalars.
+    dist_timeout_s: under torchrun, how long a rank waits for the others in a collective (a stopped or hung
+    rank) before the job fails; torch's default is 30 minutes.
+    deterministic: deterministic kernels (``torch.use_deterministic_algorithms``), so the same config and seed
+    give the same losses bit for bit, run after run and across a kill and resume. null: on for CPU, off for
+    CUDA (where some kernels, e.g. scatter-adds in attention backward, have no deterministic version or run
+    slower; with it on there, CUBLAS_WORKSPACE_CONFIG is set and ops without a deterministic kernel raise).
     """
-    output_dir: str = "output/run"
-    seed: int = 42
+    output_dir: Annotated[str, Length(1)] = "output/run"
+    seed: Annotated[int, Range(0)] = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_epochs: int = 1
-    max_iters: Optional[int] = None
-    batch_size: int = 8
-    eval_batch_size: Optional[int] = None
-    accum_steps: int = 1
-    grad_clip: Optional[float] = None
+    max_epochs: Annotated[int, Range(1)] = 1
+    max_iters: Optional[Annotated[int, Range(1)]] = None
+    batch_size: Annotated[int, Range(1)] = 8
+    eval_batch_size: Optional[Annotated[int, Range(1)]] = None
+    accum_steps: Annotated[int, Range(1)] = 1
+    grad_clip: Optional[Annotated[float, Range(0, lo_open=True)]] = None
     amp: Literal["off", "bf16", "fp16"] = "off"
     optimizer: OptimConfig = field(default_factory=OptimConfig)
     train_splits: List[str] = field(default_factory=lambda: ["train"])
     eval_splits: List[str] = field(default_factory=lambda: ["val"])
     test_splits: List[str] = field(default_factory=list)
-    eval_every: Optional[int] = None
-    log_every: int = 10
-    checkpoint_every: Optional[int] = None
-    num_workers: int = 0
+    eval_every: Optional[Annotated[int, Range(1)]] = None
+    log_every: Annotated[int, Range(1)] = 10
+    checkpoint_every: Optional[Annotated[int, Range(1)]] = None
+    num_workers: Annotated[int, Range(0)] = 0
     shuffle: bool = True
     profile: bool = False
-    profile_steps: int = 5
+    profile_steps: Annotated[int, Range(1)] = 5
     find_unused_parameters: bool = False
     tensorboard: bool = True
+    deterministic: Optional[bool] = None
+    dist_timeout_s: Annotated[float, Range(0, lo_open=True)] = 600.0
 
 
 @dataclass
@@ -100,12 +110,75 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+# What a run writes into output_dir: another run's set of these makes the folder taken (Runner.claim_output).
+RUN_FILES = ("config.yaml", "log.jsonl", "train.log", "metrics.json", "checkpoints", "tensorboard", "predictions",
+             "profile")
+# Keys a continued run (--resume) may change: how long it runs, what and how often it evaluates and saves,
+# and how it is executed; everything else would make the continued run another experiment.
+RESUME_MAY_CHANGE = ("run.output_dir", "run.device", "run.max_iters", "run.max_epochs", "run.eval_every",
+                     "run.eval_splits", "run.test_splits", "run.eval_batch_size", "run.log_every",
+                     "run.checkpoint_every", "run.num_workers", "run.profile", "run.profile_steps",
+                     "run.tensorboard", "run.dist_timeout_s")
+
+
+def config_changes(before: str, after: str) -> Dict[str, tuple]:
+    """Dotted key -> (value before, value after) for every leaf that differs between two configs' YAML."""
+    import yaml
+
+    def flat(node: Any, prefix: str = "") -> Dict[str, Any]:
+        if isinstance(node, dict) and node:
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    a, b = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def run_device(cfg: RunConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def set_determinism(cfg: RunConfig, device: torch.device) -> bool:
+    """Deterministic kernels per ``run.deterministic``; True when on. On CPU also checks that MKL runs in its
+    strict reproducible mode (``MKL_CBWR``, set when ``framework`` is imported) and warns with the fix if not."""
+    on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
+    if on and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at its first call
+    torch.use_deterministic_algorithms(on)
+    if on and device.type == "cpu" and not mkl_reproducible():
+        logger.warning("MKL is not in its reproducible mode (MKL_CBWR=%s): losses may differ in the last bits from "
+                       "run to run. Set MKL_CBWR=AUTO,STRICT in the environment, or import framework before the "
+                       "first matrix product", os.environ.get("MKL_CBWR"))
+    return on
+
+
+def mkl_reproducible() -> bool:
+    """Whether torch's MKL runs with strict conditional numerical reproducibility (True without MKL)."""
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        get = ctypes.CDLL(str(lib)).mkl_serv_cbwr_get
+    except (OSError, AttributeError):  # not Linux x86, or a torch built without MKL
+        return True
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    return bool(get(-1) & 0x10000)  # MKL_CBWR_STRICT
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``run.output_dir`` cannot be made or written."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run.output_dir {out}: {existing} is a file, not a folder; set run.output_dir to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.output_dir {out}: no permission to write in {existing}; set run.output_dir to a "
+                          f"folder you can write")
 
 
 def seed_everything(seed: int) -> None:
@@ -132,10 +205,12 @@ class Runner:
     def __init__(self, exp: ExperimentConfig) -> None:
         self.exp, self.cfg = exp, exp.run
         self.device = run_device(self.cfg)
-        dist.init(self.device)
+        set_determinism(self.cfg, self.device)
+        dist.init(self.device, self.cfg.dist_timeout_s)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
         self.out = Path(self.cfg.output_dir)
+        check_writable(self.out)
         self.builders = builders(exp)
         splits = self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits
         for b in self.builders.values():
@@ -195,11 +270,45 @@ class Runner:
     # ----------------------------------------------------------------------------------------- outputs
     def start_output(self) -> None:
         if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(to_yaml(self.exp))
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "config.yaml").write_text(to_yaml(self.exp))
+            except OSError as e:
+                raise ConfigError(f"run.output_dir: cannot write to {self.out} ({e.strerror or e}); set "
+                                  f"run.output_dir to a folder you can write") from None
         dist.barrier()
-        self.log = RunLog(self.out, self.cfg.tensorboard)
+        self.log = RunLog(self.out, self.cfg.tensorboard, first_step=self.it + 1)
         logger.info("model %s\n%s", self.exp.model["name"], parameter_table(self.model))
+
+    def claim_output(self, resume: Optional[str], overwrite: bool) -> None:
+        """Make ``output_dir`` this run's before anything is written: a folder holding another run's files is
+        refused unless this run continues it (``--resume``, with a config that differs only in keys a
+        continued run may change) or replaces it (``--overwrite`` deletes that run's files, nothing else).
+        Temporary checkpoint files of a killed process are removed."""
+        found = [name for name in RUN_FILES if (self.out / name).exists()]
+        if found and overwrite:
+            if dist.is_main():
+                for name in found:
+                    path = self.out / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            dist.barrier()
+            logger.warning("--overwrite: deleted the previous run's %s in %s", ", ".join(found), self.out)
+        elif found and resume is None:
+            raise ConfigError(f"run.output_dir {self.out} holds another run ({', '.join(found)}): continue it with "
+                              f"--resume auto, replace it with --overwrite (deletes those files), or set "
+                              f"run.output_dir to a new folder")
+        elif found and (self.out / "config.yaml").is_file():
+            changed = config_changes((self.out / "config.yaml").read_text(), to_yaml(self.exp))
+            blocked = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE)}
+            if blocked:
+                shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocked.items())[:8])
+                raise ConfigError(f"--resume: run.output_dir {self.out} holds a run of another config ({shown}"
+                                  f"{' ...' if len(blocked) > 8 else ''}); a continued run may change only "
+                                  f"{', '.join(RESUME_MAY_CHANGE)}. Use another run.output_dir, or --overwrite")
+            for k, (a, b) in changed.items():
+                logger.info("--resume: %s changed since the run started: %r -> %r", k, a, b)
+        if dist.is_main():
+            checkpoint.remove_stale_temporaries(self.ckpt_dir)
 
     def _train_mode(self) -> None:
         """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
@@ -275,8 +384,6 @@ class Runner:
                            "the shards are read from the start; resume with the same processes and "
                            "run.num_workers to continue where the run stopped", ckpt.get("stream_readers"), readers)
             self.stream_positions = {}
-        truncate_after(self.out / "log.jsonl", self.it)
-        logger.info("resumed from %s at iteration %d", ckpt["path"], self.it)
 
     # ---------------------------------------------------------------------------------------------- data
     def _train_data(self) -> DataLoader:
@@ -315,7 +422,8 @@ class Runner:
                 for entry, b in self.builders.items() for s in splits if b.has_split(s)}
 
     # ---------------------------------------------------------------------------------------------- train
-    def train(self, resume: Optional[str] = None) -> Dict[str, Any]:
+    def train(self, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+        self.claim_output(resume, overwrite)
         ckpt = self._read_resume(resume)  # a bad or mismatched checkpoint fails before output is written
         loader = self._train_data()
         iters_per_epoch = self._iters_per_epoch(loader)
@@ -329,9 +437,14 @@ class Runner:
         self.optimizer = build_optimizer(self.model, self.cfg.optimizer)
         self.schedule = build_schedule(self.cfg.optimizer, total, iters_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.amp == "fp16")
-        self.start_output()
         if ckpt is not None:
             self._restore(ckpt)
+        # the log continues the checkpoint's timeline; without one (none yet, or a run killed before its first)
+        # a killed run's records go
+        truncate_after(self.out / "log.jsonl", self.it)
+        self.start_output()
+        if ckpt is not None:
+            logger.info("resumed from %s at iteration %d", ckpt["path"], self.it)
         evals = self.eval_loaders(self.cfg.eval_splits)
         self.best_key = f"{next(iter(evals))}/{self.task.best_metric}" if evals else None
         # in a log file (no terminal) a progress line every 30 s, not a flood of carriage returns
@@ -385,7 +498,8 @@ class Runner:
         names = sorted(sums)
         reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names])).cpu()
         values = dict(zip(names, reduced.tolist()))
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        # the term that went non-finite, not their sum
+        bad = sorted((k for k, v in values.items() if not math.isfinite(v)), key=lambda k: (k == "loss", k))
         if bad:
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"

@@ -6,12 +6,16 @@ import sys
 from typing import List, Optional
 
 from framework import cli, dist
+from framework.config import ConfigError
 from framework.runner import ExperimentConfig, Runner
 
 
 def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
+    if not exp.run.train_splits:
+        raise ConfigError("run.train_splits is empty: there is nothing to train on; name the training split(s), "
+                          "e.g. run.train_splits=[train], or run python -m framework.evaluate to only evaluate")
     try:
-        Runner(exp).train(resume=args.resume)
+        Runner(exp).train(resume=args.resume, overwrite=args.overwrite)
     finally:
         dist.shutdown()
 
@@ -19,6 +23,8 @@ def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue from a checkpoint; 'auto' takes output_dir/checkpoints/last.pt if there is one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="output_dir holds another run: delete its files (config, logs, checkpoints) and start afresh")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -82,3 +82,43 @@ def test_the_torchrun_launch_script_trains_on_two_processes(tmp_path: Path) -> N
     bad = subprocess.run([str(REPO / "run_scripts" / "torchrun.sh"), "fit", str(cfg)], env=env, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "Launch a training or evaluation config" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    cfg = toy_config(tmp_path / "out", max_iters=50, dist_timeout_s=4, batch_size=4)
+    cfg["model"] |= {"dropout": 0.0, "stop_rank_at_step": [1, 3]}  # rank 1 stops itself (SIGSTOP) at step 3
+    path = write_yaml(tmp_path / "c.yaml", cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):  # torchrun's environment, without torchrun: the test sees each rank's exit itself
+        env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "framework.train", "--cfg", str(path)], cwd=tmp_path,
+                                      env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        end = time.time() + 180
+        while time.time() < end:  # wait for rank 1 to be stopped ('T' in /proc/<pid>/stat)
+            stat = Path(f"/proc/{procs[1].pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "T":
+                break
+            assert procs[1].poll() is None, procs[1].stderr.read()[-2000:]
+            time.sleep(0.05)
+        stopped_at = time.time()
+        code = procs[0].wait(timeout=120)
+        waited = time.time() - stopped_at
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    err = procs[0].stderr.read()
+    assert code == 3, err[-3000:]
+    assert "error: rank 0 waited more than run.dist_timeout_s=4 s for another rank" in err and "Traceback" not in err
+    assert waited < 4 + 20  # the timeout, plus the step in flight and the process's exit (not torch's 30 minutes)
+    assert err.count("INFO model toy_captioner") == 1  # one console line per event (rank 1 prints none of it)

@@ -47,7 +47,7 @@ def test_masks_in_the_model(qformer: QFormer) -> None:
     ids2[:, 4:] = (ids2[:, 4:] + 7) % 49 + 1  # change the last two tokens
     q = 3
     a, b = _run(qformer, "itc", img, ids), _run(qformer, "itc", img, ids2)
-    assert torch.equal(a[:, :q], b[:, :q])  # ITC: queries do not see the text
+    assert torch.equal(a[:, :q], b[:, :q])  # ITC: queries do not see the text (same shapes: bit-equal)
     assert torch.allclose(a[:, q:], _run(qformer, "itc", img2, ids)[:, q:])  # nor the text the image
     a, b = _run(qformer, "itg", img, ids), _run(qformer, "itg", img, ids2)
     assert torch.allclose(a[:, :q + 4], b[:, :q + 4])  # ITG: no text token sees a later one

@@ -47,7 +47,7 @@ def test_killed_run_resumed_with_auto_logs_exactly_the_same_losses(tmp_path: Pat
         proc.wait()
     logged_before = [r["iter"] for r in read_log(tmp_path / "killed")]
     assert 8 <= max(logged_before) < 14  # really stopped mid-run
-    assert train_main(["--cfg", str(path), "--resume", "auto"]) == 0
+    assert train_main(["--cfg", str(path), "--resume", "auto", "--options", "model.sleep_s=0.3"]) == 0
 
     ref_log, resumed_log = read_log(tmp_path / "ref"), read_log(tmp_path / "killed")
     assert [r["iter"] for r in resumed_log] == list(range(1, 15))
@@ -134,3 +134,57 @@ def test_frozen_parts_stay_in_eval_mode_and_out_of_the_checkpoint(tmp_path: Path
     assert runner.model.modes_seen == {(False, True), (False, False)}
     saved = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")["model"]
     assert not any(k.startswith("image_encoder.") for k in saved) and "head.weight" in saved
+
+
+def test_an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    first = write_yaml(tmp_path / "a.yaml", toy_config(out, max_iters=3))
+    assert train_main(["--cfg", str(first)]) == 0
+    before = {p: p.read_bytes() for p in (out / "config.yaml", out / "log.jsonl", out / "checkpoints" / "last.pt")}
+    capsys.readouterr()
+
+    assert train_main(["--cfg", str(first)]) == 2  # the same config again, without --resume
+    assert "holds another run (config.yaml, log.jsonl, train.log, metrics.json, checkpoints)" in capsys.readouterr().err
+    other = write_yaml(tmp_path / "b.yaml", toy_config(out, max_iters=3, seed=5))
+    assert train_main(["--cfg", str(other), "--resume", "auto"]) == 2  # another experiment cannot continue it
+    assert "holds a run of another config (run.seed: 42 -> 5)" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before  # nothing of the first run touched
+
+    longer = write_yaml(tmp_path / "c.yaml", toy_config(out, max_iters=5))  # continuing it longer is fine
+    assert train_main(["--cfg", str(longer), "--resume", "auto"]) == 0
+    assert [r["iter"] for r in read_log(out)] == [1, 2, 3, 4, 5]
+
+    assert train_main(["--cfg", str(other), "--overwrite"]) == 0  # replaced: none of the first run's records left
+    assert [r["iter"] for r in read_log(out)] == [1, 2, 3]
+    assert "seed: 5" in (out / "config.yaml").read_text()
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_on_resume(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    path = write_yaml(tmp_path / "c.yaml", toy_config(out, max_iters=4, checkpoint_every=2))
+    assert train_main(["--cfg", str(path)]) == 0
+    full = read_log(out)
+    # a run killed before its first checkpoint: its config, records and a half-written checkpoint remain
+    for p in (out / "checkpoints" / "last.pt", out / "metrics.json"):
+        p.unlink()
+    (out / "checkpoints" / ".last.pt.99999.tmp").write_bytes(b"PK half")
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"event": "train", "iter": 3, "lo')  # torn by the kill
+    with caplog.at_level("INFO", logger="framework"):
+        assert train_main(["--cfg", str(path), "--resume", "auto"]) == 0
+    keys = ["iter", "loss", "lr"]
+    assert [[r[k] for k in keys] for r in read_log(out)] == [[r[k] for k in keys] for r in full]  # each iteration once
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temporary file
+    assert "removed 1 temporary checkpoint file(s) of a killed process: .last.pt.99999.tmp" in caplog.text
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out"
+    path = write_yaml(tmp_path / "c.yaml", toy_config(out, max_iters=4, checkpoint_every=2))
+    assert train_main(["--cfg", str(path), "--options", "run.max_iters=2"]) == 0
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"event": "train", "iter": 3, "lo')
+    with caplog.at_level("WARNING", logger="framework"):
+        assert train_main(["--cfg", str(path), "--resume", "auto"]) == 0
+    assert "log.jsonl line 4 is not a log record (torn by a kill during a write?): dropped" in caplog.text
+    assert [r["iter"] for r in read_log(out)] == [1, 2, 3, 4]

@@ -65,7 +65,7 @@ def test_reranked_recall_on_a_constructed_case() -> None:
     assert rerank_metrics(only_top1, t2i, img2txt, txt2img)["txt_r1"] == pytest.approx(100 / 3)
 
 
-def test_chunked_similarities_equal_the_unchunked_ones_exactly() -> None:
+def test_chunked_similarities_equal_the_unchunked_ones() -> None:
     from plugins.tasks.retrieval import chunked_similarity
 
     class QueryMax:  # BLIP-2's similarity: the best of the image's query embeddings
@@ -75,5 +75,9 @@ def test_chunked_similarities_equal_the_unchunked_ones_exactly() -> None:
     g = torch.Generator().manual_seed(0)
     images, texts = torch.randn(50, 8, 16, generator=g), torch.randn(230, 16, generator=g)
     whole = QueryMax().similarity(images, texts)
+    # a chunk is another GEMM shape, free to sum the 16 products in another order: the rounding error of a sum of
+    # d products is at most d * eps * sum(|products|) (Higham's bound, with room to spare)
+    bound = 16 * torch.finfo(torch.float32).eps * torch.einsum("iqd,td->itq", images.abs(), texts.abs()).amax()
     for chunk in (1, 7, 50, 64):
-        assert torch.equal(chunked_similarity(QueryMax(), images, texts, chunk), whole)
+        torch.testing.assert_close(chunked_similarity(QueryMax(), images, texts, chunk), whole, rtol=0,
+                                   atol=bound.item())

@@ -52,7 +52,7 @@ def test_nan_loss_stops_naming_iteration_and_term_and_keeps_last_checkpoint(tmp_
     cfg["model"]["nan_at_step"] = 5
     assert _train(tmp_path, cfg) == 1
     err = capsys.readouterr().err
-    assert "iteration 5: loss term 'loss' is nan" in err and "last good checkpoint is" in err
+    assert "iteration 5: loss term 'loss_words' is nan" in err and "last good checkpoint is" in err
     ckpt = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")
     assert ckpt["iter"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 

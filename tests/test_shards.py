@@ -155,7 +155,7 @@ def test_killed_mid_epoch_over_shards_resumes_with_no_sample_repeated_or_lost(tm
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert 8 <= max(r["iter"] for r in read_log(tmp_path / "killed")) < 14
-    assert train_main(["--cfg", str(path), "--resume", "auto"]) == 0
+    assert train_main(["--cfg", str(path), "--resume", "auto", "--options", "model.sleep_s=0.3"]) == 0
 
     ref, resumed = _keys_per_iter(tmp_path / "ref"), _keys_per_iter(tmp_path / "killed")
     assert len(resumed) == 14 and resumed == ref  # the same samples, in the same batches and order
@@ -260,3 +260,24 @@ def test_a_mixture_of_shard_streams_resumes_where_it_stopped(tmp_path: Path) -> 
     resumed.positions = dict([first[-1]["_stream"]])  # what the runner stores after 120 samples
     rest = [s["key"] for s in islice(iter(resumed), 180)]
     assert [s["key"] for s in first] + rest == whole
+
+
+def test_a_truncated_shard_smaller_than_the_shuffle_buffer_gives_the_samples_it_still_holds(tmp_path: Path) -> None:
+    from itertools import islice
+
+    from framework.data.shards import read_shard
+
+    shards = _shapes_shards(tmp_path, 120)  # two shards of 120 samples; the buffer (1000) is larger than either
+    tar = shards / "000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    readable = []
+    with pytest.raises(Exception):
+        for raw in read_shard(str(tar)):
+            readable.append(raw["__key__"])
+    assert 40 < len(readable) < 120
+    stream = _stream(shards, 1, shuffle_buffer=1000)
+    samples = list(islice(iter(stream), 120 + len(readable) + 1))
+    keys = [s["key"] for s in samples[:-1]]  # the first pass
+    assert sorted(keys) == sorted([f"{i:09d}" for i in range(120)] + readable)  # each readable sample once
+    assert keys != sorted(keys)  # and shuffled
+    assert samples[-1]["_stream"][1]["bad_shards"] == 1  # the cut shard counted (once its samples are out)

@@ -1,6 +1,8 @@
 """Parts registered by the tests themselves (listed under ``plugins:`` in test configs)."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,7 +26,7 @@ class ToyCaptioner(nn.Module):
 
     def __init__(self, image_encoder: Part("image_encoder"), vocab: int = 64, dropout: float = 0.1,
                  nan_at_step: Optional[int] = None, sleep_s: float = 0.0, freeze_encoder: bool = False,
-                 log_keys: bool = False) -> None:
+                 log_keys: bool = False, stop_rank_at_step: Optional[List[int]] = None) -> None:
         super().__init__()
         self.image_encoder = build("image_encoder", image_encoder).requires_grad_(not freeze_encoder)
         self.modes_seen: set = set()
@@ -33,11 +35,14 @@ class ToyCaptioner(nn.Module):
         self.head = nn.Linear(self.image_encoder.num_features, vocab)
         self.vocab, self.nan_at_step, self.sleep_s, self.log_keys = vocab, nan_at_step, sleep_s, log_keys
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.stop_rank_at_step = stop_rank_at_step  # [rank, step]: that rank stops itself (SIGSTOP), as a hung one
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if self.sleep_s:
             time.sleep(self.sleep_s)
         self.steps += 1
+        if self.stop_rank_at_step and [dist.rank(), int(self.steps)] == list(self.stop_rank_at_step):
+            os.kill(os.getpid(), signal.SIGSTOP)
         self.modes_seen.add((self.image_encoder.training, self.head.training))
         logits = self.head(self.drop(self.norm(self.image_encoder(batch["image"]).mean(1))))
         ids = hash_tokens(batch["text_input"], self.vocab, 16).to(logits.device)

@@ -62,7 +62,15 @@ def open_cache(folder: Path, fingerprint: Dict[str, Any], where: str, how_to_mak
     if not (folder / "fingerprint.json").is_file():
         raise ConfigError(f"{where}: model.image_encoder.cached is true but there is no feature cache in {folder}; "
                           f"make it with: {how_to_make}")
-    cache = FeatureCache(folder)
+    try:
+        cache = FeatureCache(folder)
+        rows = np.load(folder / "features.npy", mmap_mode="r").shape[0]  # reads the header, maps the whole file
+    except (OSError, ValueError) as e:  # a missing or truncated file, JSON that is not JSON, an mmap past the end
+        raise ConfigError(f"{where}: the feature cache in {folder} cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); remake it with: {how_to_make}") from None
+    if not isinstance(cache.index, dict) or sorted(cache.index.values()) != list(range(rows)):
+        raise ConfigError(f"{where}: the feature cache in {folder} is inconsistent (features.npy has {rows} rows, "
+                          f"index.json does not number them 0..{rows - 1}); remake it with: {how_to_make}")
     have = cache.fingerprint
     diff = [f"{k}: cache {have.get(k)!r}, this run {fingerprint.get(k)!r}"
             for k in sorted(set(have) | set(fingerprint)) if have.get(k) != fingerprint.get(k)]

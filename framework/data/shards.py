@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from framework import dist
 from framework.data.datasets import load_image
-from framework.logs import logger
+from framework.logs import EVERY_RANK, logger
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 NAMED_PER_SLOT = 5  # bad samples / shards named in the log per slot; the rest are only counted
@@ -62,6 +62,15 @@ def read_shard(url: str) -> Iterator[Dict[str, Any]]:
 
     with gopen(url, "rb") as stream:
         yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream))
+
+
+def _until_error(samples: Iterator[Any], errors: List[Exception]) -> Iterator[Any]:
+    """``samples`` up to the first read error, which goes into ``errors`` instead of out: a shuffle buffer above
+    would otherwise drop the samples it holds (all of a shard smaller than the buffer) when the error passes."""
+    try:
+        yield from samples
+    except Exception as e:  # a truncated or unreadable tar, whatever the reader raises
+        errors.append(e)
 
 
 def _shuffled(samples: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -127,7 +136,9 @@ class ShardStream(IterableDataset):
             while pos.shard < len(mine):
                 url = mine[pos.shard]
                 rng = random.Random(_seed(self.seed, pos.pass_, url))
-                raws = _shuffled(read_shard(url), self.shuffle_buffer if self.shuffle else 0, rng)
+                broken: List[Exception] = []  # the shard's read error, raised once the buffer has given out
+                raws = _shuffled(_until_error(read_shard(url), broken), self.shuffle_buffer if self.shuffle else 0,
+                                 rng)
                 taken = 0
                 try:
                     for raw in raws:
@@ -145,6 +156,8 @@ class ShardStream(IterableDataset):
                         good_in_pass += 1
                         sample["_stream"] = (slot, asdict(pos))
                         yield sample
+                    if broken:
+                        raise broken[0]
                 except Exception as e:  # a truncated or unreadable shard: the rest of it is skipped
                     pos.bad_shards += 1
                     named = self._name_bad(named, f"skipped the rest of shard {url} after {taken} samples: "
@@ -158,7 +171,7 @@ class ShardStream(IterableDataset):
         if named < NAMED_PER_SLOT:
             logger.warning("%s: %s (%d corrupt samples, %d bad shards so far in this reader%s)", self.name, message,
                            pos.bad_samples, pos.bad_shards,
-                           "; further ones are only counted" if named + 1 == NAMED_PER_SLOT else "")
+                           "; further ones are only counted" if named + 1 == NAMED_PER_SLOT else "", extra=EVERY_RANK)
         return named + 1
 
 

@@ -12,7 +12,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from framework.checkpoint import FORMAT, CheckpointError
+from framework.checkpoint import FORMAT, CheckpointError, read_weights
 from framework.data.builder import DataFile
 from framework.logs import logger
 
@@ -35,12 +35,10 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightLoadError(f"image encoder weights {path} do not exist (model.image_encoder.checkpoint): put the "
                               f"file there, point the key at it, or set it to null for random weights")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = read_weights(path, "image encoder weights (model.image_encoder.checkpoint)")
+    except CheckpointError as e:
+        raise WeightLoadError(str(e)) from None
     if state.get("format") == FORMAT:
         return state
     for wrapper in ("model", "state_dict", "module"):  # checkpoints that nest the weights one level down

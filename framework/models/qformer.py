@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.checkpoint import CheckpointError, read_weights
 from framework.config import ConfigError
 
 Mode = Literal["itc", "itm", "itg"]
@@ -328,17 +329,20 @@ def read_bert_folder(folder: str | Path) -> Tuple[dict, Dict[str, torch.Tensor]]
         raise NotABertCheckpoint(f"{folder} is not a Hugging Face BERT folder: no config.json. Expected "
                                  f"config.json, vocab.txt and model.safetensors (or pytorch_model.bin), e.g. "
                                  f"bert-base-uncased from https://huggingface.co/bert-base-uncased")
-    config = json.loads(cfg_file.read_text())
-    if config.get("model_type") != "bert":
-        raise NotABertCheckpoint(f"{cfg_file}: model_type is {config.get('model_type')!r}, not 'bert'")
-    if (folder / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(folder / "model.safetensors"))
-    elif (folder / "pytorch_model.bin").is_file():
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
+    try:
+        config = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise NotABertCheckpoint(f"{cfg_file} is not a JSON config ({e}); is the folder complete?") from None
+    if not isinstance(config, dict) or config.get("model_type") != "bert":
+        kind = config.get("model_type") if isinstance(config, dict) else config
+        raise NotABertCheckpoint(f"{cfg_file}: model_type is {kind!r}, not 'bert'")
+    weights = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
+    if not weights:
         raise NotABertCheckpoint(f"{folder}: no model.safetensors or pytorch_model.bin weights")
+    try:
+        state = read_weights(weights[0], "BERT weights")
+    except CheckpointError as e:
+        raise NotABertCheckpoint(str(e)) from None
     state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
     return config, state
 

@@ -8,7 +8,9 @@ One record per line (``.jsonl``) or per row (``.csv``, with a header row):
   "puppy"]}``, or ``"answer": "dog"``. A single answer counts as ten identical annotations (so the VQA accuracy
   is an exact match). In a CSV, several answers are separated by ``|``.
 
-``image`` is relative to ``image_root`` (default: the data file's folder) or absolute. Every record is checked
+``image`` is relative to ``image_root`` (default: the data file's folder) or absolute, and must lie inside
+``image_root``: a path that leaves it (``../``, an absolute path elsewhere) stops the run before training unless
+the entry sets ``allow_outside_root: true``. Every record is checked
 before training: a missing image file, an image that cannot be decoded (unreadable, truncated), an empty
 caption, question or answer, or a line that is not a record is skipped and counted, and the first few are named
 in the log. When more than ``max_bad_fraction`` of a file's records are bad, the run stops before training.
@@ -27,14 +29,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from framework import dist
-from framework.data.builder import BadDataError, DataFile, DatasetBuilder, ProcessorSpecs
+from framework.config import Range
+from framework.data.builder import BadDataError, DataFile, DatasetBuilder, MissingDataError, ProcessorSpecs
 from framework.data.datasets import _Base
 from framework.logs import logger
 from framework.registry import DATASETS
@@ -50,14 +53,24 @@ class Row:
 
 
 def _read_rows(path: Path, kind: str, image_root: Path) -> Tuple[List[Row], List[str]]:
-    """Well-formed rows and a description of each malformed one."""
+    """Well-formed rows and a description of each malformed one (a line that is not UTF-8 text among them)."""
     rows, bad = [], []
+    lines = []
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            lines.append((i, raw.decode("utf-8-sig" if i == 1 else "utf-8")))
+        except UnicodeDecodeError as e:
+            bad.append(f"line {i}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); save the file "
+                       f"as UTF-8")
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            records = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]
+        if not lines or lines[0][0] != 1:
+            raise BadDataError(f"{path}: the first line must be the CSV header row (image,caption or "
+                               f"image,question,answers)")
+        lines = [(i, line) for i, line in lines if line.strip()]  # the reader skips blank rows too
+        records = list(zip([i for i, _ in lines[1:]], csv.DictReader(line for _, line in lines)))
     else:
         records = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in lines:
             if not line.strip():
                 continue
             try:
@@ -73,27 +86,44 @@ def _read_rows(path: Path, kind: str, image_root: Path) -> Tuple[List[Row], List
     return rows, bad
 
 
-def _split_answers(value: Any) -> List[str]:
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return str(value).split("|")
+def _texts(value: Any, what: str) -> Tuple[Optional[str], List[str]]:
+    """A text field (a string, or for the plural fields a list of strings) as stripped strings, or the problem."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        return f"{what} is an empty list", []
+    if not all(isinstance(v, str) for v in values):
+        wrong = next(v for v in values if not isinstance(v, str))
+        return f"{what} is not text ({type(wrong).__name__} {json.dumps(wrong)[:40]})", []
+    values = [v.strip() for v in values]
+    if not all(values):
+        return f"{what} is empty", []
+    return None, values
 
 
 def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str], Optional[Row]]:
-    if not isinstance(r, dict) or not r.get("image"):
+    if not isinstance(r, dict):
+        return f"not a record (a JSON object), but {type(r).__name__}", None
+    if not r.get("image"):
         return "no 'image'", None
-    image = Path(r["image"]) if Path(r["image"]).is_absolute() else image_root / r["image"]
+    if not isinstance(r["image"], str):
+        return f"image is not a path ({type(r['image']).__name__} {json.dumps(r['image'])[:40]})", None
+    image = Path(r["image"]).expanduser()
+    image = image if image.is_absolute() else image_root / image
     if kind == "caption":
-        texts = r.get("captions") if isinstance(r.get("captions"), list) else [r.get("caption") or ""]
-        texts = [str(t).strip() for t in texts]
-        if not all(texts):
-            return "caption is empty", None
+        field = "captions" if "captions" in r else "caption"
+        problem, texts = _texts(r.get(field, ""), field)
     else:
-        answers = _split_answers(r["answers"]) if r.get("answers") else [str(r.get("answer") or "")]
-        answers = answers * 10 if len(answers) == 1 else answers  # one answer: ten agreeing annotators
-        texts = [str(r.get("question") or "").strip()] + [a.strip() for a in answers]
-        if not all(texts):
-            return "question or answer is empty", None
+        field = "answers" if r.get("answers") not in (None, "") else "answer"
+        value = r.get(field, "")
+        if field == "answers" and isinstance(value, str):
+            value = value.split("|")  # CSV: answers separated by |
+        problem, answers = _texts(value, field)
+        if not problem:
+            answers = answers * 10 if len(answers) == 1 else answers  # one answer: ten agreeing annotators
+            problem, question = _texts(r.get("question", ""), "question")
+            texts = question + answers
+    if problem:
+        return problem, None
     return None, Row(line, image, texts)
 
 
@@ -149,15 +179,19 @@ class RecordsBuilder(DatasetBuilder):
         max_bad_fraction: the share of bad records above which the run stops before training.
         check_images: decode every image once before training (finds truncated files; costs about a
             millisecond per image, on as many threads as there are cores).
+        allow_outside_root: let image paths leave ``image_root`` (``../``, absolute paths elsewhere); off, such a
+            record stops the run, so that a records file cannot make the run read files you did not point it at.
     """
 
     how_to_get = "these are your own files: check the paths in files: and image_root:"
 
     def __init__(self, entry: str, *, kind: Literal["caption", "vqa"], files: Dict[str, str],
-                 image_root: Optional[str] = None, max_bad_fraction: float = 0.1, check_images: bool = True,
+                 image_root: Optional[str] = None, max_bad_fraction: Annotated[float, Range(0, 1)] = 0.1,
+                 check_images: bool = True, allow_outside_root: bool = False,
                  processors: Optional[ProcessorSpecs] = None) -> None:
         super().__init__(entry, processors=processors)
         self.kind, self.max_bad_fraction, self.check_images = kind, max_bad_fraction, check_images
+        self.allow_outside_root = allow_outside_root
         self.files = {split: Path(f).expanduser() for split, f in files.items()}
         self.image_root = Path(image_root).expanduser() if image_root else None
 
@@ -171,7 +205,20 @@ class RecordsBuilder(DatasetBuilder):
     def rows(self, split: str) -> List[Row]:
         """The good records of ``split``; the bad ones are logged, or stop the run when too many."""
         path = self.files[split]
-        rows, bad = _read_rows(path, self.kind, self.image_root or path.parent)
+        if not path.is_file():
+            raise MissingDataError(f"dataset entry {self.entry!r}: {split} records {path} do not exist; "
+                                   f"{self.how_to_get}")
+        root = self.image_root or path.parent
+        rows, bad = _read_rows(path, self.kind, root)
+        if not self.allow_outside_root:
+            inside = root.resolve()
+            outside = [r for r in rows if not r.image.resolve().is_relative_to(inside)]
+            if outside:
+                shown = "; ".join(f"line {r.line}: {r.image}" for r in outside[:SHOWN])
+                raise BadDataError(f"dataset entry {self.entry!r}: {len(outside)} records of {path} name images "
+                                   f"outside its image root {inside} ({shown}). Move them under it, set "
+                                   f"datasets.{self.entry}.image_root to a folder that holds them, or allow it with "
+                                   f"datasets.{self.entry}.allow_outside_root: true")
         problems = [None] * len(rows)
         if self.check_images:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

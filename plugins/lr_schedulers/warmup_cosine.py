@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Annotated, Callable
 
-from framework.config import ConfigError
+from framework.config import ConfigError, Range
 from framework.registry import LR_SCHEDULERS
 
 
 @LR_SCHEDULERS.register("linear_warmup_cosine")
-def linear_warmup_cosine(base_lr: float, total_iters: int, iters_per_epoch: int, min_lr: float = 0.0,
-                         warmup_lr: float = 0.0, warmup_iters: int = 0,
-                         warmup_epochs: float = 0.0) -> Callable[[int], float]:
+def linear_warmup_cosine(base_lr: float, total_iters: int, iters_per_epoch: int,
+                         min_lr: Annotated[float, Range(0)] = 0.0, warmup_lr: Annotated[float, Range(0)] = 0.0,
+                         warmup_iters: Annotated[int, Range(0)] = 0,
+                         warmup_epochs: Annotated[float, Range(0)] = 0.0) -> Callable[[int], float]:
     """lr(step) for optimizer step ``step`` (0-based).
 
     Args:
@@ -34,6 +35,6 @@ def linear_warmup_cosine(base_lr: float, total_iters: int, iters_per_epoch: int,
 
 
 @LR_SCHEDULERS.register("constant")
-def constant(base_lr: float, total_iters: int, iters_per_epoch: int, warmup_iters: int = 0) -> Callable[[int], float]:
+def constant(base_lr: float, total_iters: int, iters_per_epoch: int, warmup_iters: Annotated[int, Range(0)] = 0) -> Callable[[int], float]:
     """The optimizer's ``lr`` throughout, after an optional linear warmup from 0 over ``warmup_iters`` steps."""
     return lambda step: base_lr * min(1.0, (step + 1) / warmup_iters) if warmup_iters else base_lr

@@ -128,7 +128,9 @@ class Blip2QFormer(Blip2Base):
         neg_text = sample_hard_negatives(sim_i2t, image_ids, ids_all_images)  # a wrong text for each image
         ids_all, mask_all = dist.all_gather_no_grad(ids), dist.all_gather_no_grad(mask)
         images_all = dist.all_gather_with_grad(image_embeds)
-        neg_kv = self.qformer.project_image(images_all[neg_image])
+        # index_select, not images_all[neg_image]: an image drawn as the negative of several texts makes the
+        # indexing backward an accumulating index_put_, which CPU runs with racing atomic adds (runs differ)
+        neg_kv = self.qformer.project_image(images_all.index_select(0, neg_image))
         kv = [None if p is None else (torch.cat([p[0], n[0], p[0]]), torch.cat([p[1], n[1], p[1]]))
               for p, n in zip(image_kv, neg_kv)]
         out = self.qformer("itm", image_kv=kv, input_ids=torch.cat([ids, ids, ids_all[neg_text]]),
