@@ -211,6 +211,9 @@ class Runner:
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
         self.out = Path(self.cfg.output_dir)
         check_writable(self.out)
+        if not exp.datasets:
+            raise ConfigError("datasets: no data set is named; add an entry of datasets_cfg/ (e.g. datasets: "
+                              "{shapes_caption: {}}) or your own (builder: records)")
         self.builders = builders(exp)
         splits = self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits
         for b in self.builders.values():

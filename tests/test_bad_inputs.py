@@ -55,11 +55,41 @@ def _refused(tmp_path: Path, capsys, options: List[str], cfg=None) -> str:
     ("run.eval_splits[3]=val", "run.eval_splits has 1 items (indices 0 to 0)"),
     ("run.batch_size[0]=1", "run.batch_size is not a list in the config (it is 8)"),
     ("run.test_splits[0]=test", "run.test_splits is not set in the config"),
+    ("datasets={_delete_: true}", "datasets: no data set is named"),
+    ("datasets.shapes_caption.image_size=-3", "datasets.shapes_caption.image_size: must be >= 16, got -3"),
+    ("datasets.shapes_caption.num_images.train=0", "datasets.shapes_caption.num_images.train: must be >= 1, got 0"),
+    ("model.image_encoder.width=0", "model.image_encoder.width: must be >= 1, got 0"),
     ("run.output_dir=${oc.env:BLIP2_SURELY_UNSET}",
      "run.output_dir: cannot resolve its interpolation: \"Environment variable 'BLIP2_SURELY_UNSET' not found\""),
 ])
 def test_a_bad_value_is_refused_naming_the_key(tmp_path: Path, capsys, option: str, message: str) -> None:
     assert message in _refused(tmp_path, capsys, [option])
+
+
+@pytest.mark.parametrize("option, message", [
+    ("model.qformer.hidden_size=30", "model.qformer: hidden_size 30 is not a multiple of num_heads 4"),
+    ("model.qformer.num_query_tokens=0", "model.qformer.num_query_tokens: must be >= 1"),
+    ("model.image_encoder.heads=5", "model.image_encoder: width 48 is not a multiple of heads 5"),
+    ("model.image_encoder.image_size=30", "model.image_encoder: image_size 30 is not a multiple of patch_size 8"),
+    ("model.max_txt_len=0", "model.max_txt_len: must be >= 2, got 0"),
+    ("model.embed_dim=0", "model.embed_dim: must be >= 1, got 0"),
+    ("model.temperature=0", "model.temperature: must be in [0.001, 0.5], got 0"),
+    ("model.label_smoothing=1.5", "model.label_smoothing: must be in [0, 1), got 1.5"),
+])
+def test_a_bad_model_size_is_refused_naming_the_key(tmp_path: Path, capsys, option: str, message: str) -> None:
+    assert message in _refused(tmp_path, capsys, [option], stage1_config(tmp_path, tmp_path / "out", max_iters=2))
+
+
+@pytest.mark.parametrize("option, message", [
+    ("model.image_encoder.image_size=40", "image encoder built for 40x40 images got (32, 32)"),
+    ("run.batch_size=1", "ITM has no negative for some sample"),
+])
+def test_a_mismatch_met_at_the_first_step_is_an_error_not_a_traceback(tmp_path: Path, capsys, option: str,
+                                                                     message: str) -> None:
+    cfg = write_yaml(tmp_path / "c.yaml", stage1_config(tmp_path, tmp_path / "out", max_iters=2))
+    code = train_main(["--cfg", str(cfg), "--options", option])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_indexed_options_set_one_item_of_a_list(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Annotated, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from framework.checkpoint import summarize_keys
+from framework.config import Range
 from framework.data.builder import DataFile
 from framework.logs import logger
 from framework.models.qformer import NotABertCheckpoint, QFormer, load_bert
@@ -25,17 +26,17 @@ class QFormerArgs:
     put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here. A stage-2
     model whose Q-Former reads no text and comes from a checkpoint (a converted Hugging Face model) needs none.
     """
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    vocab_size: int = 30522
-    num_query_tokens: int = 32
-    cross_attention_freq: int = 2
-    max_position_embeddings: int = 512
-    layer_norm_eps: float = 1e-12
-    dropout: float = 0.1
-    attention_dropout: float = 0.1
+    hidden_size: Annotated[int, Range(1)] = 768
+    num_layers: Annotated[int, Range(1)] = 12
+    num_heads: Annotated[int, Range(1)] = 12
+    intermediate_size: Annotated[int, Range(1)] = 3072
+    vocab_size: Annotated[int, Range(1)] = 30522
+    num_query_tokens: Annotated[int, Range(1)] = 32
+    cross_attention_freq: Annotated[int, Range(1)] = 2
+    max_position_embeddings: Annotated[int, Range(1)] = 512
+    layer_norm_eps: Annotated[float, Range(0, lo_open=True)] = 1e-12
+    dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+    attention_dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
     bert: Optional[str] = None
     init_from_bert: bool = True
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from framework.checkpoint import FORMAT, CheckpointError, read_weights
+from framework.config import ConfigError, Range
 from framework.data.builder import DataFile
 from framework.logs import logger
 
@@ -70,14 +71,21 @@ class ImageEncoder(nn.Module):
 
     PRESETS: Dict[str, Dict[str, int]] = {}
 
-    def __init__(self, image_size: int = 224, preset: Literal["full", "tiny"] = "full",
-                 patch_size: Optional[int] = None, width: Optional[int] = None, depth: Optional[int] = None,
-                 heads: Optional[int] = None, mlp_dim: Optional[int] = None, drop_path: float = 0.0,
+    def __init__(self, image_size: Annotated[int, Range(1)] = 224, preset: Literal["full", "tiny"] = "full",
+                 patch_size: Optional[Annotated[int, Range(1)]] = None, width: Optional[Annotated[int, Range(1)]] = None,
+                 depth: Optional[Annotated[int, Range(1)]] = None, heads: Optional[Annotated[int, Range(1)]] = None,
+                 mlp_dim: Optional[Annotated[int, Range(1)]] = None,
+                 drop_path: Annotated[float, Range(0, 1, hi_open=True)] = 0.0,
                  freeze: bool = True, precision: Precision = "fp16", checkpoint: Optional[str] = None,
                  cached: bool = False, cache_dir: Optional[str] = None) -> None:
         super().__init__()
         sizes = resolve_sizes(self.PRESETS, preset, patch_size=patch_size, width=width, depth=depth, heads=heads,
                               mlp_dim=mlp_dim)
+        if sizes["width"] % sizes["heads"]:
+            raise ConfigError(f"model.image_encoder: width {sizes['width']} is not a multiple of heads {sizes['heads']}")
+        if image_size % sizes["patch_size"]:
+            raise ConfigError(f"model.image_encoder: image_size {image_size} is not a multiple of patch_size "
+                              f"{sizes['patch_size']}")
         self.image_size, self.num_features, self.frozen, self.cached = image_size, sizes["width"], freeze, cached
         self.cache_dir = Path(cache_dir or Path(os.environ.get("BLIP2_CACHE", "~/.cache/blip2_framework"))
                               / "features").expanduser()
@@ -88,7 +96,7 @@ class ImageEncoder(nn.Module):
             if checkpoint and not cached else []
         if cached:
             if not freeze:
-                raise ValueError("image_encoder.cached needs a frozen encoder (freeze: true): a trained encoder's "
+                raise ConfigError("image_encoder.cached needs a frozen encoder (freeze: true): a trained encoder's "
                                  "features change every step")
             self.vit = None
             return
@@ -121,7 +129,7 @@ class ImageEncoder(nn.Module):
         if self.cached:
             return self._cached_tokens(images)
         if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"image encoder built for {self.image_size}x{self.image_size} images got "
+            raise ConfigError(f"image encoder built for {self.image_size}x{self.image_size} images got "
                              f"{tuple(images.shape[-2:])}; set the encoder's image_size to the processor's size "
                              f"(position embeddings are interpolated when weights are loaded) or resize the images")
         dtype = self.vit.pos_embed.dtype

@@ -61,7 +61,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"Q-Former hidden_size {dim} is not a multiple of num_heads {heads}")
+            raise ConfigError(f"model.qformer: hidden_size {dim} is not a multiple of num_heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
 

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from framework import dist
-from framework.config import ConfigError
+from framework.config import ConfigError, Range
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset, RetrievalDataset, VQADataset
 from framework.registry import DATASETS
@@ -205,7 +205,8 @@ class ShapesBuilder(DatasetBuilder):
 
     def __init__(self, entry: str, *, annotations: Literal["caption", "vqa", "retrieval", "attributes"],
                  processors: Optional[ProcessorSpecs] = None, cache_dir: str = "~/.cache/blip2_framework",
-                 seed: int = 0, image_size: int = 64, num_images: Optional[Dict[str, int]] = None) -> None:
+                 seed: int = 0, image_size: Annotated[int, Range(16)] = 64,
+                 num_images: Optional[Dict[str, Annotated[int, Range(1)]]] = None) -> None:
         super().__init__(entry, processors=processors)
         self.annotations = annotations
         self.seed, self.image_size = seed, image_size

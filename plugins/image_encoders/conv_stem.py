@@ -1,9 +1,12 @@
 """``conv_stem``: a small trainable convolutional encoder for CPU demos and tests (not from the paper)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from framework.config import Range
 from framework.registry import IMAGE_ENCODERS
 
 
@@ -16,7 +19,7 @@ class ConvStem(nn.Module):
         depth: number of stride-2 convolutions; tokens = (H / 2**depth) * (W / 2**depth).
     """
 
-    def __init__(self, width: int = 64, depth: int = 3) -> None:
+    def __init__(self, width: Annotated[int, Range(1)] = 64, depth: Annotated[int, Range(1)] = 3) -> None:
         super().__init__()
         layers, c = [], 3
         for _ in range(depth):

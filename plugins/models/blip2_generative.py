@@ -10,13 +10,13 @@ is this one key: the paper's stage-1 removal ablation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from framework import checkpoint
-from framework.config import ConfigError
+from framework.config import ConfigError, Range
 from framework.data.builder import DataFile
 from framework.logs import logger
 from framework.models.blip2 import Blip2Base, QFormerArgs
@@ -41,7 +41,7 @@ class Blip2Generative(Blip2Base):
 
     def __init__(self, image_encoder: Part("image_encoder"), llm: Part("llm"), qformer: QFormerArgs = QFormerArgs(),
                  stage1_checkpoint: Optional[str] = None, qformer_text_input: bool = False, prompt: str = "",
-                 max_txt_len: int = 32) -> None:
+                 max_txt_len: Annotated[int, Range(1)] = 32) -> None:
         super().__init__(image_encoder, qformer, max_txt_len, reads_text=qformer_text_input)
         self.llm = build("llm", llm)
         self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)

@@ -11,14 +11,14 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from framework import dist
-from framework.config import ConfigError
+from framework.config import ConfigError, Range
 from framework.models.blip2 import Blip2Base, QFormerArgs
 from framework.registry import MODELS, Part
 
@@ -61,7 +61,7 @@ def sample_hard_negatives(sim: torch.Tensor, image_ids: Optional[torch.Tensor] =
         idx = torch.arange(b, device=sim.device)
         forbid[idx, idx + dist.rank() * b] = True
     if forbid.all(1).any():
-        raise ValueError("ITM has no negative for some sample: every candidate in the global batch is a positive "
+        raise ConfigError("ITM has no negative for some sample: every candidate in the global batch is a positive "
                          "(the batch holds a single image); use a larger batch or drop 'itm' from model.losses")
     weights = torch.softmax(sim.float().masked_fill(forbid, float("-inf")), 1)
     return torch.multinomial(weights, 1).squeeze(1)
@@ -82,8 +82,10 @@ class Blip2QFormer(Blip2Base):
     """
 
     def __init__(self, image_encoder: Part("image_encoder"), qformer: QFormerArgs = QFormerArgs(),
-                 embed_dim: int = 256, max_txt_len: int = 32, losses: List[Loss] = ("itc", "itm", "itg"),
-                 label_smoothing: float = 0.1, temperature: float = 0.07, use_image_ids: bool = True) -> None:
+                 embed_dim: Annotated[int, Range(1)] = 256, max_txt_len: Annotated[int, Range(2)] = 32,
+                 losses: List[Loss] = ("itc", "itm", "itg"),
+                 label_smoothing: Annotated[float, Range(0, 1, hi_open=True)] = 0.1,
+                 temperature: Annotated[float, Range(0.001, 0.5)] = 0.07, use_image_ids: bool = True) -> None:
         super().__init__(image_encoder, qformer, max_txt_len)
         if not losses:
             raise ConfigError("model.losses is empty: name at least one of itc, itm, itg")
