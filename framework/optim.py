@@ -52,7 +52,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> List[Dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if not groups:
-        raise ValueError(f"model {type(model).__name__} has no trainable parameters: nothing to optimize")
+        raise ConfigError(f"model {type(model).__name__} has no trainable parameters: nothing to optimize (is every part "
+                          f"frozen?)")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

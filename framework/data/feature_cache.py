@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from framework.config import ConfigError
+from framework.data.builder import BadDataError
 
 
 class FeatureCache:
@@ -40,7 +41,7 @@ class FeatureCache:
             self._features = np.load(self.folder / "features.npy", mmap_mode="r")
         row = self.index.get(str(file))
         if row is None:
-            raise KeyError(f"image {file} is not in the feature cache {self.folder}; rerun "
+            raise BadDataError(f"image {file} is not in the feature cache {self.folder}; rerun "
                            f"python -m framework.cache_features for this data set")
         return torch.from_numpy(np.array(self._features[row]))
 

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from framework import dist
+from framework.data.builder import BadDataError
 from framework.data.datasets import load_image
 from framework.logs import EVERY_RANK, logger
 
@@ -108,7 +109,7 @@ class ShardStream(IterableDataset):
     def __init__(self, urls: List[str], decode: Callable[[Dict[str, Any], random.Random], Dict[str, Any]],
                  samples_per_epoch: int, seed: int = 0, shuffle_buffer: int = 1000, name: str = "shards") -> None:
         if not urls:
-            raise ValueError(f"{name}: no shards")
+            raise BadDataError(f"{name}: no shards")
         self.urls, self.decode, self.samples_per_epoch = urls, decode, samples_per_epoch
         self.seed, self.shuffle_buffer, self.name = seed, shuffle_buffer, name
         self.shuffle = True
@@ -125,7 +126,7 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         slot, n_slots = reader_slot(self.first_slot, self.rank_world)
         if len(self.urls) < n_slots:
-            raise ValueError(f"{self.name}: {len(self.urls)} shards for {n_slots} readers (ranks x dataloader "
+            raise BadDataError(f"{self.name}: {len(self.urls)} shards for {n_slots} readers (ranks x dataloader "
                              f"workers): every reader needs a shard; lower run.num_workers or write more, smaller "
                              f"shards")
         pos = Position(**self.positions.get(slot, {}))
@@ -164,7 +165,7 @@ class ShardStream(IterableDataset):
                                                   f"{type(e).__name__}: {e}", pos)
                 pos.shard, pos.offset = pos.shard + 1, 0
             if not good_in_pass and pos.bad_samples + pos.bad_shards:
-                raise ValueError(f"{self.name}: a whole pass over shards {mine} gave no readable sample")
+                raise BadDataError(f"{self.name}: a whole pass over shards {mine} gave no readable sample")
             pos.pass_, pos.shard = pos.pass_ + 1, 0
 
     def _name_bad(self, named: int, message: str, pos: Position) -> int:
