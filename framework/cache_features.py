@@ -15,8 +15,8 @@ from typing import List, Optional
 from tqdm import tqdm
 
 from framework import cli
-from framework.config import ConfigError
 from framework.data.feature_cache import cache_folder, random_processors, write_cache
+from framework.errors import ConfigError
 from framework.logs import logger
 from framework.registry import build
 from framework.runner import ExperimentConfig, builders, run_device

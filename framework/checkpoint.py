@@ -2,8 +2,9 @@
 
 A checkpoint is a dict of plain data and tensors: ``model`` (trainable and non-frozen weights only; frozen
 parts come from their own source when the model is built), ``optimizer``, ``scaler``, ``rng`` (every rank's
-python / numpy / torch / CUDA generator states), ``iter``, ``epoch``, ``best`` and ``config`` (the resolved
-config as YAML text) and ``model_name``.
+python / numpy / torch / CUDA generator states), ``iter`` (the epoch follows from it), ``best``, ``stream`` and
+``stream_readers`` (shard readers' positions), ``frozen`` (the parts left out of ``model``), ``config`` (the
+resolved config as YAML text), ``model_name`` and ``format``.
 """
 from __future__ import annotations
 
@@ -17,13 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from framework.errors import CheckpointError
 from framework.logs import logger
 
 FORMAT = "blip2-framework/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the keys."""
 
 
 def frozen_prefixes(model: nn.Module) -> List[str]:

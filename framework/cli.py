@@ -9,13 +9,12 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from framework import dist
-from framework.checkpoint import CheckpointError
-from framework.config import ConfigError, load_config, validate
-from framework.data.builder import BadDataError, MissingDataError
+from framework.config import load_config, validate
+from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
-from framework.registry import RegistryError, load_plugin_modules
-from framework.runner import ExperimentConfig, NonFiniteLossError, builders
+from framework.registry import load_plugin_modules
+from framework.runner import ExperimentConfig, builders
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -55,9 +54,6 @@ def dry_run(exp: ExperimentConfig) -> None:
             print(f"  [{state}] {entry}: {f.role}: {f.path}")
 
 
-EXPECTED_ERRORS = (ConfigError, RegistryError, MissingDataError, BadDataError, CheckpointError, ImportError,
-                   NonFiniteLossError)
-
 
 def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.Namespace], None],
          argv: Optional[List[str]] = None, extra_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> int:
@@ -74,7 +70,7 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
             dry_run(exp)
             return 0
         run(exp, args)
-    except EXPECTED_ERRORS as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NonFiniteLossError) else 2
     except RuntimeError as e:

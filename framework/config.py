@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import math
 import re
 import types
 import typing
@@ -29,7 +28,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.registry import REGISTRIES, PartOf, RegistryError
+from framework.errors import ConfigError, RegistryError
+from framework.registry import REGISTRIES, Length, PartOf, Range
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_CFG_DIR = REPO_ROOT / "datasets_cfg"
@@ -47,55 +47,6 @@ def _package_dir(name: str) -> str:
 
 if not OmegaConf.has_resolver("pkg"):
     OmegaConf.register_resolver("pkg", _package_dir)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key, the file and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """``Annotated[float, Range(0, 1, hi_open=True)]``: a finite number in [lo, hi] (an end is left out where
-    ``lo_open`` / ``hi_open``; None: unbounded). Checked with the key's type, before any work."""
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def problem(self, value: Any) -> Optional[str]:
-        if value is None:  # Optional[...] left unset
-            return None
-        if not math.isfinite(value):
-            return f"must be a finite number, got {value!r}"
-        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
-        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
-        if low or high:
-            return f"must be {self.describe()}, got {value!r}"
-        return None
-
-    def describe(self) -> str:
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Length:
-    """``Annotated[List[str], Length(1)]``: a list (or string) of ``lo`` to ``hi`` items (None: no upper end)."""
-    lo: int = 0
-    hi: Optional[int] = None
-
-    def problem(self, value: Any) -> Optional[str]:
-        if value is None or (self.lo <= len(value) and (self.hi is None or len(value) <= self.hi)):
-            return None
-        what = "characters" if isinstance(value, str) else "items"
-        if self.lo == 1 and not value:
-            return f"must not be empty, got {value!r}"
-        want = f"exactly {self.lo}" if self.lo == self.hi else (
-            f"at least {self.lo}" if self.hi is None else f"{self.lo} to {self.hi}")
-        return f"must have {want} {what}, got {value!r}"
 
 
 class DatasetsOf:

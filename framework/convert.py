@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from framework import checkpoint
-from framework.config import ConfigError
+from framework.errors import USER_ERRORS, ConfigError
 from framework.models.qformer import state_from_hf_qformer
 
 LLM_ADAPTERS = {"opt": "opt", "t5": "flant5"}  # HF text_config.model_type -> our adapter
@@ -145,8 +145,7 @@ def hf_retrieval_to_ours(src: Path, out: Path, config) -> Path:
 
 def hf_to_ours(src: Path, out: Path) -> Path:
     """Convert a ``Blip2ForConditionalGeneration`` folder; returns the written ``model.yaml``."""
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers import Blip2ForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer, Blip2ForConditionalGeneration
 
     if not (src / "config.json").is_file():
         raise ConfigError(f"--src {src}: not a Hugging Face model folder (no config.json)")
@@ -410,8 +409,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                 "model (with model.checkpoint) is exported")
     p.add_argument("--out", required=True, help="the folder to write")
     args = p.parse_args(argv)
-    from framework.cli import EXPECTED_ERRORS
-
     try:
         if (args.source, args.target) == ("hf", "ours"):
             hf_to_ours(Path(args.src), Path(args.out))
@@ -431,7 +428,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             raise ConfigError(f"--from {args.source} --to {args.target} is not a conversion this command makes "
                               f"(hf->ours, lavis->ours, ours->hf)")
-    except EXPECTED_ERRORS as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -78,14 +78,6 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return out
 
 
-def broadcast_object(obj: Any) -> Any:
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather forward; backward sums every rank's gradient of the gathered tensor and returns this rank's
     slice (an all_reduce: gloo has no reduce_scatter and its all_to_all is unreliable)."""

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional
 from tqdm import tqdm
 
 from framework import cli
-from framework.config import ConfigError
 from framework.data.shards import write_shards
+from framework.errors import ConfigError
 from framework.runner import ExperimentConfig, builders
 
 

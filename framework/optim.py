@@ -7,8 +7,8 @@ from typing import Annotated, Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from framework.config import ConfigError, Length, Range
-from framework.registry import LR_SCHEDULERS, Part
+from framework.errors import ConfigError
+from framework.registry import LR_SCHEDULERS, Length, Part, Range
 
 
 @dataclass

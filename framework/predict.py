@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from PIL import Image, ImageOps
 
-from framework.cli import EXPECTED_ERRORS, load_experiment
-from framework.config import ConfigError
+from framework.cli import load_experiment
+from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
 from framework.models.build import build_model
 from framework.runner import builders
@@ -159,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         predictor = Predictor(load_experiment(args.cfg, args.options), args)
         getattr(predictor, args.command)()
-    except EXPECTED_ERRORS as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if predictor.failed else 0

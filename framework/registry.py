@@ -14,8 +14,8 @@ signature does not have is an error before any work starts (see :mod:`framework.
 
 Parts are found in three ways, and ``framework`` never imports a concrete part by name:
 
-* built-ins: every module under the ``plugins`` package is imported;
-* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module to import;
+* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module to import; the
+  built-in ``plugins`` package is one of them (``pyproject.toml``), and imports every module below it;
 * a config's ``plugins:`` list of extra module paths.
 """
 from __future__ import annotations
@@ -24,19 +24,15 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
-import pkgutil
+import math
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+
+from framework.errors import RegistryError
 
 ENTRY_POINT_GROUP = "blip2_framework.plugins"
 
 T = TypeVar("T")
-
-
-class RegistryError(KeyError):
-    """An unknown or duplicate registry name. ``str()`` is the full, user-facing message."""
-
-    def __str__(self) -> str:  # KeyError would otherwise repr() the message
-        return str(self.args[0])
 
 
 def _where(obj: Any) -> str:
@@ -123,15 +119,12 @@ _discovered = False
 
 
 def discover_plugins() -> None:
-    """Import the built-in ``plugins`` package and every entry point of :data:`ENTRY_POINT_GROUP` (once)."""
+    """Import every entry point of :data:`ENTRY_POINT_GROUP` (once): the built-in ``plugins`` package is one of
+    them, a user's package another."""
     global _discovered
     if _discovered:
         return
     _discovered = True
-    import plugins
-
-    for mod in pkgutil.walk_packages(plugins.__path__, prefix="plugins."):
-        importlib.import_module(mod.name)
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
@@ -170,6 +163,54 @@ def Part(kind: str) -> Any:  # noqa: N802 - reads as a type in signatures: ``enc
     return Annotated[Dict[str, Any], PartOf(kind)]
 
 
+@dataclass(frozen=True)
+class Range:
+    """``Annotated[float, Range(0, 1, hi_open=True)]``: a finite number in [lo, hi] (an end is left out where
+    ``lo_open`` / ``hi_open``; None: unbounded). Checked with the key's type, before any work."""
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None:  # Optional[...] left unset
+            return None
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value!r}"
+        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        if low or high:
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """``Annotated[List[str], Length(1)]``: a list (or string) of ``lo`` to ``hi`` items (None: no upper end)."""
+    lo: int = 0
+    hi: Optional[int] = None
+
+    def describe(self) -> str:
+        return f"of {self.lo}{'' if self.hi == self.lo else '+' if self.hi is None else f' to {self.hi}'} items"
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None or (self.lo <= len(value) and (self.hi is None or len(value) <= self.hi)):
+            return None
+        what = "characters" if isinstance(value, str) else "items"
+        if self.lo == 1 and not value:
+            return f"must not be empty, got {value!r}"
+        want = f"exactly {self.lo}" if self.lo == self.hi else (
+            f"at least {self.lo}" if self.hi is None else f"{self.lo} to {self.hi}")
+        return f"must have {want} {what}, got {value!r}"
+
+
 def build(kind: str, spec: Dict[str, Any], **extra: Any) -> Any:
     """Build part ``spec['name']`` of registry ``kind`` with the remaining keys as keyword arguments."""
     args = dict(spec)
@@ -178,3 +219,80 @@ def build(kind: str, spec: Dict[str, Any], **extra: Any) -> Any:
         raise RegistryError(f"a {kind} section needs a 'name:' key; registered names: "
                             f"{', '.join(REGISTRIES[kind].names())}")
     return REGISTRIES[kind].get(name)(**args, **extra)
+
+
+def describe(kind: Optional[str] = None) -> str:
+    """Every registered part (of ``kind``, or of every kind) with its config keys, types and defaults: what
+    ``python -m framework.registry [kind]`` prints."""
+    from framework.config import signature_fields  # the config schema of a part, as validation reads it
+
+    discover_plugins()
+    if kind is not None and kind not in REGISTRIES:
+        raise RegistryError(f"no registry {kind!r}; the kinds: {', '.join(REGISTRIES)}")
+    lines = []
+    for k in [kind] if kind else list(REGISTRIES):
+        registry = REGISTRIES[k]
+        lines.append(f"{k} ({len(registry.names())} registered)")
+        for name in registry.names():
+            target = registry.get(name)
+            lines.append(f"  {name}    [{target.__module__.replace('.', '/')}.py]")
+            lines += _key_lines(signature_fields(target, registry.injected), "      ")
+    return "\n".join(lines)
+
+
+def _key_lines(fields: Dict[str, Any], indent: str) -> List[str]:
+    """``key: type = default`` per field; a section given by a dataclass (``qformer: QFormerArgs``) key by key."""
+    import dataclasses
+
+    from framework.config import dataclass_fields
+
+    out = []
+    for key, f in fields.items():
+        if dataclasses.is_dataclass(f.type):
+            out.append(f"{indent}{key}:")
+            out += _key_lines(dataclass_fields(f.type), indent + "  ")
+            continue
+        default = "required" if f.default is dataclasses.MISSING else f"= {f.default!r}"
+        out.append(f"{indent}{key}: {_type_text(f.type)} {default}")
+    return out
+
+
+def _type_text(tp: Any) -> str:
+    """A config key's type as a person reads it: ``int >= 1``, ``float in [0, 1) | None``, ``Part(llm)``."""
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        marks = [m for m in args[1:] if isinstance(m, (Range, Length, PartOf))]
+        for m in marks:
+            if isinstance(m, PartOf):
+                return f"Part({m.kind})"
+        return " ".join([_type_text(args[0])] + [m.describe() for m in marks])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        return " | ".join("None" if a is type(None) else _type_text(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(a) for a in args)}]"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m framework.registry [kind]``."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        print(describe(argv[0] if argv else None))
+    except RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from framework import registry  # the module the plugins register into, not this __main__ copy of it
+
+    sys.exit(registry.main())

@@ -24,15 +24,16 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
 from framework import checkpoint, dist
-from framework.config import ConfigError, DatasetsOf, Length, Range, to_yaml
+from framework.config import DatasetsOf, to_yaml
 from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
-from framework.data.loader import (IterableMixture, Mixture, eval_loader, is_stream, set_position,
-                                   set_stream_position, stream_loader, train_loader)
+from framework.data.loader import (IterableMixture, Mixture, eval_loader, is_stream, set_position, set_stream_position,
+                                   stream_loader, train_loader)
+from framework.errors import CheckpointError, ConfigError, NonFiniteLossError
 from framework.logs import RunLog, logger, truncate_after
 from framework.models.build import build_model, parameter_table
 from framework.optim import OptimConfig, build_optimizer, build_schedule, set_lr
-from framework.registry import DATASETS, Part, build
+from framework.registry import DATASETS, Length, Part, Range, build
 from framework.task import Task
 
 
@@ -104,10 +105,6 @@ class ExperimentConfig:
     datasets: Annotated[Dict[str, Any], DatasetsOf()]
     run: RunConfig = field(default_factory=RunConfig)
     plugins: List[str] = field(default_factory=list)
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
 
 
 # What a run writes into output_dir: another run's set of these makes the folder taken (Runner.claim_output).
@@ -205,6 +202,7 @@ class Runner:
     def __init__(self, exp: ExperimentConfig) -> None:
         self.exp, self.cfg = exp, exp.run
         self.device = run_device(self.cfg)
+        self.pin = self.device.type == "cuda"  # pinned batches: the copy to the GPU overlaps the step
         set_determinism(self.cfg, self.device)
         dist.init(self.device, self.cfg.dist_timeout_s)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
@@ -289,12 +287,12 @@ class Runner:
         continued run may change) or replaces it (``--overwrite`` deletes that run's files, nothing else).
         Temporary checkpoint files of a killed process are removed."""
         found = [name for name in RUN_FILES if (self.out / name).exists()]
+        dist.barrier()  # every rank has looked before any rank deletes or writes: all decide alike
         if found and overwrite:
             if dist.is_main():
                 for name in found:
                     path = self.out / name
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-            dist.barrier()
             logger.warning("--overwrite: deleted the previous run's %s in %s", ", ".join(found), self.out)
         elif found and resume is None:
             raise ConfigError(f"run.output_dir {self.out} holds another run ({', '.join(found)}): continue it with "
@@ -312,6 +310,7 @@ class Runner:
                 logger.info("--resume: %s changed since the run started: %r -> %r", k, a, b)
         if dist.is_main():
             checkpoint.remove_stale_temporaries(self.ckpt_dir)
+        dist.barrier()  # rank 0 writes config.yaml only once every rank has decided
 
     def _train_mode(self) -> None:
         """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
@@ -363,7 +362,7 @@ class Runner:
             return None
         ckpt = checkpoint.load(path)
         if ckpt["model_name"] != self.exp.model["name"]:
-            raise checkpoint.CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, "
+            raise CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, "
                                              f"this config builds {self.exp.model['name']!r}")
         checkpoint.load_model_weights(self.model, ckpt, str(path))
         ckpt["path"] = str(path)
@@ -410,8 +409,8 @@ class Runner:
         else:
             data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         if streams:
-            return stream_loader(data, self.cfg.batch_size, self.cfg.num_workers)
-        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers, self.cfg.shuffle)
+            return stream_loader(data, self.cfg.batch_size, self.cfg.num_workers, self.pin)
+        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers, self.cfg.shuffle, self.pin)
 
     def _iters_per_epoch(self, loader: DataLoader) -> int:
         per_iter = self.cfg.batch_size * self.cfg.accum_steps * dist.world_size()
@@ -421,7 +420,7 @@ class Runner:
 
     def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        return {f"{entry}/{s}": eval_loader(self._build(entry, s), bs, self.cfg.num_workers)
+        return {f"{entry}/{s}": eval_loader(self._build(entry, s), bs, self.cfg.num_workers, self.pin)
                 for entry, b in self.builders.items() for s in splits if b.has_split(s)}
 
     # ---------------------------------------------------------------------------------------------- train

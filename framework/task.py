@@ -27,7 +27,7 @@ class Task:
     def require(self, model: nn.Module, method: str, kind: str) -> None:
         """Fail clearly when ``model`` lacks what this task calls (e.g. ``generate`` of a stage-1 model)."""
         if not callable(getattr(model, method, None)):
-            from framework.config import ConfigError
+            from framework.errors import ConfigError
 
             raise ConfigError(f"task {type(self).__name__} needs a model with {method}() ({kind}); "
                               f"{type(model).__name__} has none")

@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional
 
 from framework import cli, dist
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.runner import ExperimentConfig, Runner
 
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.config import ConfigError, load_config, validate
+from framework.config import load_config, validate
+from framework.errors import ConfigError
 from framework.logs import setup_console
 
 

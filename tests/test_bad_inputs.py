@@ -10,9 +10,10 @@ from typing import List
 import pytest
 import torch
 
-from conftest import read_log, toy_config, write_yaml
 from framework.convert import main as convert_main
 from framework.train import main as train_main
+
+from conftest import toy_config, write_yaml
 from stage1_helpers import stage1_config
 
 
@@ -184,7 +185,7 @@ def test_a_corrupt_feature_cache_is_refused_before_training(tmp_path: Path, caps
     assert open_cache(folder, {"encoder": "x"}, "where", "make it") is not None
     data = (folder / "features.npy").read_bytes()
     (folder / "features.npy").write_bytes(data[: len(data) - 10])  # an interrupted copy
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"where: the feature cache in .* cannot be read .*; remake it with: make it"):
         open_cache(folder, {"encoder": "x"}, "where", "make it")
@@ -232,9 +233,9 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path: Path, caplog) -> No
 
 
 def test_a_record_leaving_the_image_root_is_refused_unless_allowed(tmp_path: Path) -> None:
-    from framework.data.builder import BadDataError
-
     from PIL import Image
+
+    from framework.errors import BadDataError
 
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
     data = tmp_path / "data"

@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import toy_config, write_yaml
 from framework.cli import load_experiment
-from framework.config import ConfigError, load_config, to_plain
+from framework.config import load_config, to_plain
+from framework.errors import ConfigError
 from framework.train import main as train_main
+
+from conftest import toy_config, write_yaml
 
 
 def test_three_level_base_chain_and_list_bases(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import implementation_atol, write_yaml
 from framework.cli import load_experiment
-from framework.convert import hf_to_ours, main as convert_main
+from framework.convert import hf_to_ours
+from framework.convert import main as convert_main
 from framework.models.build import build_model
+
+from conftest import implementation_atol, write_yaml
 from stage1_helpers import stage1_config
 from tiny_llms import _tokenizer
 
@@ -89,7 +91,8 @@ def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, l
 
 
 def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
+
     from tiny_llms import make_tiny_opt
 
     with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
@@ -142,8 +145,8 @@ def _lavis_state(model) -> dict:
 def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_is_named(tmp_path: Path,
                                                                                          capsys) -> None:
     from framework import checkpoint
-    from framework.config import ConfigError
     from framework.convert import lavis_to_ours
+    from framework.errors import ConfigError
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     cfg["model"]["image_encoder"]["freeze"] = True
@@ -175,6 +178,7 @@ def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_i
 def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path) -> None:
     from framework import checkpoint
     from framework.convert import lavis_to_ours
+
     from stage1_helpers import stage2_config
 
     stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path)))).model)

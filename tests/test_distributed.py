@@ -86,7 +86,6 @@ def test_the_torchrun_launch_script_trains_on_two_processes(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path: Path) -> None:
-    import signal
     import socket
     import time
 

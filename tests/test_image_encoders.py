@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.models.image_encoder import WeightLoadError
+from framework.errors import WeightLoadError
 from framework.registry import IMAGE_ENCODERS
 
 TINY = dict(image_size=32, patch_size=8, width=32, depth=2, heads=4, mlp_dim=64, precision="fp32")
@@ -114,3 +114,20 @@ def test_tiny_preset_is_the_same_code_at_test_size() -> None:
     assert len(tiny.vit.blocks) == 2 and tiny.num_features == 64 and tiny(torch.randn(1, 3, 32, 32)).shape == (1, 17, 64)
     wider = IMAGE_ENCODERS.get("clip_vit_l")(image_size=32, preset="tiny", width=96, heads=4, precision="fp32")
     assert wider.num_features == 96 and len(wider.vit.blocks) == 2  # explicit keys override the preset
+
+
+@pytest.mark.parametrize("name", ["eva_vit_g", "clip_vit_l"])
+@pytest.mark.parametrize("width, mlp_dim", [(44, 120), (56, 115), (1408, 6144)])
+def test_mlp_widths_that_are_not_round_multiples_build_exactly_and_load(tmp_path: Path, name: str, width: int,
+                                                                       mlp_dim: int) -> None:
+    sizes = dict(image_size=16, patch_size=8, width=width, depth=1, heads=4, mlp_dim=mlp_dim, precision="fp32")
+    with torch.device("meta"):
+        enc = IMAGE_ENCODERS.get(name)(**sizes)
+    assert (enc.vit.blocks[0].mlp.fc1.out_features, enc.vit.blocks[0].mlp.fc2.in_features) == (mlp_dim, mlp_dim)
+    if width > 100:
+        return  # the real width: built on meta only
+    src = IMAGE_ENCODERS.get(name)(**sizes)
+    torch.save({k[len("vit."):]: v for k, v in src.state_dict().items()}, tmp_path / "w.pth")
+    loaded = IMAGE_ENCODERS.get(name)(**sizes, checkpoint=str(tmp_path / "w.pth"))
+    x = torch.randn(1, 3, 16, 16)
+    assert torch.equal(loaded(x), src(x))  # the same weights through the same code: bit-equal

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.registry import LLMS
+
 from tiny_llms import make_tiny_llama, make_tiny_opt, make_tiny_t5
 
 PROMPTS = ["a photo of", "question : what color is the circle ? answer :"]

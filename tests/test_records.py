@@ -10,10 +10,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import read_log, write_yaml
-from framework.data.builder import BadDataError
+from framework.errors import BadDataError
 from framework.registry import DATASETS
 from framework.train import main as train_main
+
+from conftest import read_log, write_yaml
 from stage1_helpers import stage2_config
 
 WORDS = ["red", "green", "blue", "circle", "square", "triangle"]

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from framework.errors import RegistryError
+from framework.registry import ENTRY_POINT_GROUP, IMAGE_ENCODERS, Registry, load_plugin_modules
+
 from conftest import REPO, toy_config, write_yaml
-from framework.registry import ENTRY_POINT_GROUP, IMAGE_ENCODERS, Registry, RegistryError, load_plugin_modules
 
 
 def test_unknown_name_lists_registered_names_and_closest_match() -> None:

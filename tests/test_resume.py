@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, read_log, toy_config, write_yaml
 from framework import checkpoint
+from framework.errors import CheckpointError
 from framework.train import main as train_main
+
+from conftest import REPO, read_log, toy_config, write_yaml
 
 
 def _wait_for(out: Path, min_iter: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -82,7 +84,7 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path: Path) -> None:
     other = toy_config(tmp_path / "b", max_iters=1)
     other["model"]["image_encoder"]["width"] = 8
     other["model"]["checkpoint"] = str(out / "checkpoints" / "last.pt")
-    with pytest.raises(checkpoint.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
         from framework.cli import load_experiment
         from framework.runner import Runner
 
@@ -103,10 +105,10 @@ def test_only_trainable_and_non_frozen_weights_are_saved() -> None:
 def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "x.pt"
     torch.save({"state_dict": {}}, bad)
-    with pytest.raises(checkpoint.CheckpointError, match=r"x.pt is not a checkpoint of this framework"):
+    with pytest.raises(CheckpointError, match=r"x.pt is not a checkpoint of this framework"):
         checkpoint.load(bad)
     (tmp_path / "y.pt").write_bytes(b"garbage")
-    with pytest.raises(checkpoint.CheckpointError, match=r"y.pt cannot be read"):
+    with pytest.raises(CheckpointError, match=r"y.pt cannot be read"):
         checkpoint.load(tmp_path / "y.pt")
 
 

@@ -17,9 +17,10 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from conftest import REPO, read_log, toy_config, write_yaml
 from framework.make_shards import main as make_shards
 from framework.train import main as train_main
+
+from conftest import REPO, read_log, toy_config, write_yaml
 
 EVAL_PROC = {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}
 
@@ -219,7 +220,7 @@ def test_several_captions_per_image_one_drawn_per_pass(tmp_path: Path) -> None:
 
 
 def test_stream_errors_name_the_fix(tmp_path: Path) -> None:
-    from framework.config import ConfigError
+    from framework.errors import ConfigError
 
     shards = _shapes_shards(tmp_path, 120)  # 2 shards
     stream = _stream(shards, 1)
@@ -232,7 +233,7 @@ def test_stream_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_missing_shards_name_the_entry_and_the_source(tmp_path: Path) -> None:
-    from framework.data.builder import MissingDataError
+    from framework.errors import MissingDataError
     from plugins.datasets.webdataset_captions import WebDatasetBuilder
 
     b = WebDatasetBuilder("cc3m", shards={"train": f"{tmp_path}/{{00000..00002}}.tar"}, samples_per_epoch=9,

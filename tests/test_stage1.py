@@ -10,12 +10,13 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import read_log, toy_config, write_yaml
 from framework.cli import load_experiment
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.models.build import build_model
 from framework.train import main as train_main
 from plugins.models.blip2_qformer import itc_loss, sample_hard_negatives
+
+from conftest import read_log, toy_config, write_yaml
 from stage1_helpers import stage1_config
 
 

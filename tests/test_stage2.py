@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import toy_config, write_yaml
 from framework import checkpoint
 from framework.cli import load_experiment
-from framework.config import ConfigError, to_plain
+from framework.config import to_plain
+from framework.errors import CheckpointError, ConfigError
 from framework.models.build import build_model
 from framework.train import main as train_main
+
+from conftest import toy_config, write_yaml
 from stage1_helpers import stage1_config, stage2_config
 
 IMAGES = torch.randn(2, 3, 32, 32)
@@ -198,7 +200,7 @@ def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path)
     cfg["model"] = spec
     finetune = build_model(load_experiment(str(write_yaml(tmp_path / "ft.yaml", cfg))).model)
     before = {k: v.clone() for k, v in finetune.state_dict().items() if k.startswith("visual_encoder.")}
-    with pytest.raises(checkpoint.CheckpointError, match=r"trainable keys the checkpoint lacks: visual_encoder"):
+    with pytest.raises(CheckpointError, match=r"trainable keys the checkpoint lacks: visual_encoder"):
         checkpoint.load_model_weights(finetune, {"model": weights}, "unknown.pt")  # not known to be frozen there
     checkpoint.load_model_weights(finetune, {"model": weights, "frozen": checkpoint.frozen_prefixes(stage2)},
                                   "stage2.pt")
@@ -207,7 +209,7 @@ def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path)
     assert torch.equal(after["llm_proj.weight"], weights["llm_proj.weight"])
     partial = {k: v for k, v in weights.items() if not k.startswith("llm_proj.")}
     del partial["qformer.layers.0.attn.qkv.weight"]
-    with pytest.raises(checkpoint.CheckpointError, match=r"trainable keys the checkpoint lacks: "
+    with pytest.raises(CheckpointError, match=r"trainable keys the checkpoint lacks: "
                                                           r"qformer.layers.0.attn.qkv.weight"):
         checkpoint.load_model_weights(finetune, {"model": partial, "frozen": ["visual_encoder"]}, "stage2.pt")
 

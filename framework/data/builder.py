@@ -12,18 +12,11 @@ from typing import Callable, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.errors import MissingDataError
 from framework.registry import Part, build
 
 # ``processors:`` of a dataset entry: {train|eval: {image|text: [processor specs]}}
 ProcessorSpecs = Dict[str, Dict[str, List[Part("processor")]]]
-
-
-class MissingDataError(FileNotFoundError):
-    """A data file a run needs is missing: the message says which file, which entry, and how to get it."""
-
-
-class BadDataError(ValueError):
-    """Data that cannot be trained on (too many bad records, no file for a split): the message says which."""
 
 
 @dataclass

@@ -23,8 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from framework.config import ConfigError
-from framework.data.builder import BadDataError
+from framework.errors import BadDataError, ConfigError
 
 
 class FeatureCache:

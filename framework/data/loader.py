@@ -139,10 +139,10 @@ def is_stream(data: Dataset) -> bool:
     return isinstance(data, IterableDataset)
 
 
-def stream_loader(data: IterableDataset, batch_size: int, num_workers: int) -> DataLoader:
+def stream_loader(data: IterableDataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches of a :class:`ShardStream` / :class:`IterableMixture`; each worker batches its own slot."""
     # its own generator: starting workers must not draw from the global RNG (see train_loader)
-    return DataLoader(data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+    return DataLoader(data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(0))
 
 
@@ -170,13 +170,16 @@ class ResumableSampler(DistributedSampler):
         return self.num_samples - self.skip
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, shuffle: bool = True) -> DataLoader:
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, shuffle: bool = True,
+                 pin_memory: bool = False) -> DataLoader:
+    """Seeded, resumable batches of a map-style data set; ``pin_memory`` (for CUDA) lets the copy to the device
+    overlap the step."""
     data = SeededSamples(dataset, seed)
     sampler = ResumableSampler(data, shuffle=shuffle, seed=seed, drop_last=True)
     # its own generator: creating an iterator must not draw from the global RNG (dropout would then
     # depend on where in an epoch a run was resumed)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      drop_last=True, generator=torch.Generator().manual_seed(seed))
+                      drop_last=True, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
 
 
 def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
@@ -186,8 +189,8 @@ def set_position(loader: DataLoader, epoch: int, batches_done: int) -> None:
     loader.dataset.set_epoch(epoch)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """In order; under torchrun each rank gets a strided share (padded to equal size: dedupe by ``index``)."""
     sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))

@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from framework import dist
-from framework.data.builder import BadDataError
 from framework.data.datasets import load_image
+from framework.errors import BadDataError
 from framework.logs import EVERY_RANK, logger
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

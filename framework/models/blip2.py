@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from framework.checkpoint import summarize_keys
-from framework.config import Range
 from framework.data.builder import DataFile
+from framework.errors import NotABertCheckpoint
 from framework.logs import logger
-from framework.models.qformer import NotABertCheckpoint, QFormer, load_bert
-from framework.registry import Part, build
+from framework.models.qformer import QFormer, load_bert
+from framework.registry import Part, Range, build
 
 
 @dataclass

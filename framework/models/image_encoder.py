@@ -12,23 +12,27 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from framework.checkpoint import FORMAT, CheckpointError, read_weights
-from framework.config import ConfigError, Range
+from framework.checkpoint import FORMAT, read_weights
 from framework.data.builder import DataFile
+from framework.errors import CheckpointError, ConfigError, WeightLoadError
 from framework.logs import logger
+from framework.registry import Range
 
 Precision = Literal["fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KeyMap = Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]
 
 
+def exact_mlp_ratio(mlp_dim: int, width: int) -> float:
+    """The ``mlp_ratio`` for timm that builds exactly ``mlp_dim`` hidden units: timm takes ``int(width * ratio)``,
+    and ``mlp_dim / width`` can land a hair below (44 x (120 / 44) = 119.99...: 119 units, and a checkpoint of 120
+    does not load). Half a unit above, truncation gives ``mlp_dim`` for any width."""
+    return (mlp_dim + 0.5) / width
+
+
 def resolve_sizes(presets: Dict[str, Dict[str, int]], preset: str, **given: Optional[int]) -> Dict[str, int]:
     """Architecture sizes: the preset's, with every size given explicitly (not None) taking precedence."""
     return {**presets[preset], **{k: v for k, v in given.items() if v is not None}}
-
-
-class WeightLoadError(CheckpointError):
-    """Image encoder weights that cannot be read or do not fit; the message names the keys."""
 
 
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import torch
 from torch import nn
 
-from framework.config import ConfigError
 from framework.data.builder import DataFile
+from framework.errors import ConfigError
 from framework.models.image_encoder import DTYPES, Precision
 
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.checkpoint import CheckpointError, read_weights
-from framework.config import ConfigError
+from framework.checkpoint import read_weights
+from framework.errors import CheckpointError, ConfigError, NotABertCheckpoint
 
 Mode = Literal["itc", "itm", "itg"]
 KV = Tuple[torch.Tensor, torch.Tensor]
@@ -273,10 +273,6 @@ def _init_bert(m: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------ weight key maps
-class NotABertCheckpoint(ConfigError):
-    """``model.qformer.bert`` names something that is not a usable BERT folder."""
-
-
 class _Copier:
     """Copies weight/bias pairs from a source state dict into ours by name, remembering what it used."""
 

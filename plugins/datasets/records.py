@@ -36,11 +36,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from framework import dist
-from framework.config import Range
-from framework.data.builder import BadDataError, DataFile, DatasetBuilder, MissingDataError, ProcessorSpecs
+from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import _Base
+from framework.errors import BadDataError, MissingDataError
 from framework.logs import logger
-from framework.registry import DATASETS
+from framework.registry import DATASETS, Range
 
 SHOWN = 5  # bad records named in the log / error
 

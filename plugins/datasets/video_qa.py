@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from framework.config import ConfigError
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.video import VideoQADataset
+from framework.errors import ConfigError
 from framework.registry import DATASETS
 
 

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from framework.config import ConfigError
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import VQADataset
+from framework.errors import ConfigError
 from framework.registry import DATASETS
 
 

@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from framework.config import ConfigError
-from framework.data.builder import DataFile, DatasetBuilder, MissingDataError, Pipeline, ProcessorSpecs
-from framework.data.shards import (ShardSamples, ShardStream, captions_of, expand, image_id_of, meta_of,
-                                   open_image, seeded)
+from framework.data.builder import DataFile, DatasetBuilder, Pipeline, ProcessorSpecs
+from framework.data.shards import (ShardSamples, ShardStream, captions_of, expand, image_id_of, meta_of, open_image,
+                                   seeded)
+from framework.errors import ConfigError, MissingDataError
 from framework.registry import DATASETS
 
 

@@ -11,7 +11,7 @@ from typing import Dict, Tuple
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from framework.models.image_encoder import ImageEncoder, KeyMap, prefix_map
+from framework.models.image_encoder import ImageEncoder, KeyMap, exact_mlp_ratio, prefix_map
 from framework.registry import IMAGE_ENCODERS
 
 
@@ -43,7 +43,7 @@ class ClipViTL(ImageEncoder):
     def build_vit(self, image_size: int, drop_path: float, patch_size: int, width: int, depth: int, heads: int,
                   mlp_dim: int) -> VisionTransformer:
         return VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth,
-                                 num_heads=heads, mlp_ratio=mlp_dim / width, pre_norm=True, act_layer="quick_gelu",
+                                 num_heads=heads, mlp_ratio=exact_mlp_ratio(mlp_dim, width), pre_norm=True, act_layer="quick_gelu",
                                  drop_path_rate=drop_path, num_classes=0, global_pool="")
 
     def key_map(self, depth: int) -> KeyMap:

@@ -6,8 +6,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
-from framework.config import Range
-from framework.registry import IMAGE_ENCODERS
+from framework.registry import IMAGE_ENCODERS, Range
 
 
 @IMAGE_ENCODERS.register("conv_stem")

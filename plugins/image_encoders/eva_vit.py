@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 import torch
 from timm.models.eva import Eva
 
-from framework.models.image_encoder import ImageEncoder, KeyMap, prefix_map
+from framework.models.image_encoder import ImageEncoder, KeyMap, exact_mlp_ratio, prefix_map
 from framework.registry import IMAGE_ENCODERS
 
 
@@ -24,7 +24,7 @@ class EvaViTG(ImageEncoder):
     def build_vit(self, image_size: int, drop_path: float, patch_size: int, width: int, depth: int, heads: int,
                   mlp_dim: int) -> Eva:
         return Eva(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth, num_heads=heads,
-                   mlp_ratio=mlp_dim / width, qkv_bias=True, drop_path_rate=drop_path, num_classes=0,
+                   mlp_ratio=exact_mlp_ratio(mlp_dim, width), qkv_bias=True, drop_path_rate=drop_path, num_classes=0,
                    global_pool="", norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
 
     def key_map(self, depth: int) -> KeyMap:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Callable
 
-from framework.config import ConfigError, Range
-from framework.registry import LR_SCHEDULERS
+from framework.errors import ConfigError
+from framework.registry import LR_SCHEDULERS, Range
 
 
 @LR_SCHEDULERS.register("linear_warmup_cosine")

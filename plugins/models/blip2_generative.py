@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from framework import checkpoint
-from framework.config import ConfigError, Range
 from framework.data.builder import DataFile
+from framework.errors import CheckpointError, ConfigError
 from framework.logs import logger
 from framework.models.blip2 import Blip2Base, QFormerArgs
-from framework.registry import MODELS, Part, build
+from framework.registry import MODELS, Part, Range, build
 
 STAGE1_PREFIXES = ("qformer.", "ln_vision.")
 
@@ -63,7 +63,7 @@ class Blip2Generative(Blip2Base):
         wrong += [k for k in own if k.startswith(STAGE1_PREFIXES) and k not in picked]
         unknown = [k for k in picked if k not in own and not k.startswith(self.removed)]
         if wrong or unknown:
-            raise checkpoint.CheckpointError(f"model.stage1_checkpoint: {path} does not fit this Q-Former: "
+            raise CheckpointError(f"model.stage1_checkpoint: {path} does not fit this Q-Former: "
                                              f"{checkpoint.summarize_keys(wrong + unknown)}")
         used = {k: v for k, v in picked.items() if k in own}
         self.load_state_dict(used, strict=False)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework import dist
-from framework.config import ConfigError, Range
+from framework.errors import ConfigError
 from framework.models.blip2 import Blip2Base, QFormerArgs
-from framework.registry import MODELS, Part
+from framework.registry import MODELS, Part, Range
 
 Loss = Literal["itc", "itm", "itg"]
 

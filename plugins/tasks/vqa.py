@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from framework import dist
-from framework.config import ConfigError
+from framework.errors import ConfigError
 from framework.registry import TASKS
 from framework.task import Task
 
