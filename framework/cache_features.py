@@ -19,7 +19,7 @@ from framework.data.feature_cache import cache_folder, random_processors, write_
 from framework.errors import ConfigError
 from framework.logs import logger
 from framework.registry import build
-from framework.runner import ExperimentConfig, builders, run_device
+from framework.experiment import ExperimentConfig, builders, run_device
 
 
 def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:

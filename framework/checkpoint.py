@@ -12,16 +12,74 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from framework import dist
 from framework.errors import CheckpointError
 from framework.logs import logger
 
 FORMAT = "blip2-framework/1"
+
+
+def make(model_name: str, weights: Dict[str, torch.Tensor], frozen: Iterable[str], **state: Any) -> Dict[str, Any]:
+    """A checkpoint: the format marker, the model's registered name, its weights, the parts left out of them
+    (``frozen``: they come from their own source when the model is built) and the state that goes with them
+    (a run's optimizer, RNG, ``iter``...; a converted checkpoint's ``iter=0`` and source)."""
+    return {"format": FORMAT, "model_name": model_name, "model": weights, "frozen": list(frozen), **state}
+
+
+def of_model(model: nn.Module, model_name: str, **state: Any) -> Dict[str, Any]:
+    """:func:`make` for a built model: its trainable weights, its frozen parts left out."""
+    return make(model_name, trainable_state_dict(model), frozen_prefixes(model), **state)
+
+
+def read_resume(resume: Optional[str], ckpt_dir: Path, model: nn.Module, model_name: str,
+                config_yaml: str) -> Optional[Dict[str, Any]]:
+    """``--resume auto|PATH``: read the checkpoint and load its weights into ``model`` (checking they fit), or
+    None (no ``--resume``; ``auto`` before the first checkpoint). Config keys that changed since the checkpoint
+    was written are logged."""
+    from framework.config import config_changes  # the config loader, only where a run resumes
+
+    if resume is None:
+        return None
+    path = ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
+    if resume == "auto" and not path.exists():
+        logger.info("--resume auto: no %s yet, starting from scratch", path)
+        return None
+    ckpt = load(path)
+    if ckpt["model_name"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, this config builds "
+                              f"{model_name!r}")
+    load_model_weights(model, ckpt, str(path))
+    for k, (a, b) in config_changes(ckpt.get("config", ""), config_yaml).items() if "config" in ckpt else ():
+        logger.info("resuming %s: %s was %r, is %r", path, k, a, b)
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def restore(ckpt: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler: Any,
+            readers: int) -> Tuple[int, Dict[str, Any], Dict[int, Any]]:
+    """Put optimizer, scaler and this rank's RNG back where the checkpoint left them; returns the run's position:
+    (iteration, best, shard readers' positions). ``readers``: this job's ranks x dataloader workers."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    rngs = ckpt["rng"]
+    if len(rngs) != dist.world_size():
+        logger.warning("checkpoint was written by %d processes, resuming with %d: RNG states restart",
+                       len(rngs), dist.world_size())
+    else:
+        set_rng_state(rngs[dist.rank()])
+    positions = {int(k): v for k, v in ckpt.get("stream", {}).items()}
+    if positions and ckpt.get("stream_readers") != readers:
+        logger.warning("the checkpoint's shard positions are of %s readers (ranks x workers), this run has %d: "
+                       "the shards are read from the start; resume with the same processes and "
+                       "run.num_workers to continue where the run stopped", ckpt.get("stream_readers"), readers)
+        positions = {}
+    return ckpt["iter"], ckpt["best"], positions
 
 
 def frozen_prefixes(model: nn.Module) -> List[str]:

@@ -14,7 +14,7 @@ from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
 from framework.registry import load_plugin_modules
-from framework.runner import ExperimentConfig, builders
+from framework.experiment import ExperimentConfig, builders
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ replaced, not appended; a mapping marked ``_delete_: true`` replaces the base's 
 ``${pkg:package_name}`` (the folder of an installed package, e.g. a BERT shipped on PyPI).
 
 Validation is against schemas that live next to the code reading each section: dataclasses (for example
-:class:`framework.runner.RunConfig`) and the keyword signatures of registered parts (a section
+:class:`framework.experiment.RunConfig`) and the keyword signatures of registered parts (a section
 ``{name: x, ...}`` is checked against the signature of part ``x``). An unknown key, a missing required key
 or a wrong type raises :class:`ConfigError` naming the key, the file that set it and the closest valid keys,
 before any model, data or output folder is touched.
@@ -388,3 +388,14 @@ def to_plain(obj: Any) -> Any:
 
 def to_yaml(obj: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_plain(obj)))
+
+
+def config_changes(before: str, after: str) -> Dict[str, tuple]:
+    """Dotted key -> (value before, value after) for every leaf that differs between two configs' YAML."""
+    def flat(node: Any, prefix: str = "") -> Dict[str, Any]:
+        if isinstance(node, dict) and node:
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): node}
+
+    a, b = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}

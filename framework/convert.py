@@ -128,8 +128,8 @@ def hf_retrieval_to_ours(src: Path, out: Path, config) -> Path:
     left = [f"vision_model.{k}" for k in vision_left] + [f"qformer.{k}" for k in left]
     if left:
         raise ConfigError(f"{len(left)} keys of {src} have no place in our model: {', '.join(left[:12])}")
-    checkpoint.save_atomic({"format": checkpoint.FORMAT, "model_name": "blip2_qformer", "model": ours,
-                            "frozen": ["visual_encoder"], "iter": 0, "converted_from": str(src)}, out / "model.pt")
+    checkpoint.save_atomic(checkpoint.make("blip2_qformer", ours, ["visual_encoder"], iter=0,
+                                           converted_from=str(src)), out / "model.pt")
     tok = AutoTokenizer.from_pretrained(str(src))
     tok.save_pretrained(str(out / "tokenizer"))
     section = _model_section(config, out, "")["model"]
@@ -168,9 +168,8 @@ def hf_to_ours(src: Path, out: Path) -> Path:
     ours["ln_vision.weight"] = state["vision_model.post_layernorm.weight"]
     ours["ln_vision.bias"] = state["vision_model.post_layernorm.bias"]
     ours["llm_proj.weight"], ours["llm_proj.bias"] = state["language_projection.weight"], state["language_projection.bias"]
-    checkpoint.save_atomic({"format": checkpoint.FORMAT, "model_name": "blip2_generative", "model": ours,
-                            "frozen": ["visual_encoder", "llm"], "iter": 0, "converted_from": str(src)},
-                           out / "model.pt")
+    checkpoint.save_atomic(checkpoint.make("blip2_generative", ours, ["visual_encoder", "llm"], iter=0,
+                                           converted_from=str(src)), out / "model.pt")
     hf.language_model.save_pretrained(str(out / "llm"))
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out / "llm"))
     left = [f"vision_model.{k}" for k in vision_left] + [f"qformer.{k}" for k in qformer_left]
@@ -259,10 +258,9 @@ def convert_lavis(src: Path, out: Path) -> None:
     model, vision, dropped = lavis_to_ours(state)
     generative = "llm_proj.weight" in model
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.save_atomic({"format": checkpoint.FORMAT,
-                            "model_name": "blip2_generative" if generative else "blip2_qformer", "model": model,
-                            "frozen": ["visual_encoder", "llm"] if generative else ["visual_encoder"], "iter": 0,
-                            "converted_from": str(src)}, out / "model.pt")
+    checkpoint.save_atomic(checkpoint.make("blip2_generative" if generative else "blip2_qformer", model,
+                                           ["visual_encoder", "llm"] if generative else ["visual_encoder"], iter=0,
+                                           converted_from=str(src)), out / "model.pt")
     if vision:
         torch.save(vision, out / "vision.pt")
     print(f"converted {src} -> {out}: {len(model)} tensors into model.pt"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, List
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -76,6 +76,15 @@ def all_gather_objects(obj: Any) -> List[Any]:
     out: List[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_dict(local: Dict[Any, Any]) -> Dict[Any, Any]:
+    """Every rank's ``local`` merged into one dict (the same on every rank). Keys are meant to be global, e.g.
+    sample indices: an evaluation sampler pads the ranks' shares with repeats, which then merge into one."""
+    merged: Dict[Any, Any] = {}
+    for part in all_gather_objects(local):
+        merged.update(part)
+    return merged
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -11,7 +11,8 @@ from typing import List, Optional
 
 from framework import cli, dist
 from framework.logs import logger
-from framework.runner import ExperimentConfig, Runner
+from framework.experiment import ExperimentConfig
+from framework.runner import Runner
 
 
 def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:

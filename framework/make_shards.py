@@ -19,7 +19,7 @@ from tqdm import tqdm
 from framework import cli
 from framework.data.shards import write_shards
 from framework.errors import ConfigError
-from framework.runner import ExperimentConfig, builders
+from framework.experiment import ExperimentConfig, builders
 
 
 def records_of(dataset: Any, entry: str, group_captions: bool) -> List[Dict[str, Any]]:

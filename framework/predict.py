@@ -24,7 +24,7 @@ from framework.cli import load_experiment
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
 from framework.models.build import build_model
-from framework.runner import builders
+from framework.experiment import builders
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 from framework import cli, dist
 from framework.errors import ConfigError
-from framework.runner import ExperimentConfig, Runner
+from framework.experiment import ExperimentConfig
+from framework.runner import Runner
 
 
 def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Tuple
 
 from framework.cli import load_experiment
 from framework.evaluate import main as evaluate_main
-from framework.runner import builders
+from framework.experiment import builders
 from framework.train import main as train_main
 from run_scripts.tiny_llm import main as tiny_llm_main
 

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from framework.cli import load_experiment
-from framework.runner import builders
+from framework.experiment import builders
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2; </s> starts (as OPT's tokenizer does) and ends a text
 

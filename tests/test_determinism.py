@@ -12,7 +12,8 @@ from conftest import write_yaml
 from framework.cli import load_experiment
 from framework.models.build import build_model
 from framework.data.loader import train_loader
-from framework.runner import Runner, builders, mkl_reproducible
+from framework.experiment import builders, mkl_reproducible
+from framework.runner import Runner
 from framework.train import main as train_main
 from stage1_helpers import stage1_config
 

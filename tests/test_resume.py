@@ -138,7 +138,8 @@ def test_frozen_parts_stay_in_eval_mode_and_out_of_the_checkpoint(tmp_path: Path
     assert not any(k.startswith("image_encoder.") for k in saved) and "head.weight" in saved
 
 
-def test_an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys) -> None:
+def test_an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwritten(tmp_path: Path, capsys,
+                                                                                    caplog) -> None:
     out = tmp_path / "out"
     first = write_yaml(tmp_path / "a.yaml", toy_config(out, max_iters=3))
     assert train_main(["--cfg", str(first)]) == 0
@@ -153,7 +154,9 @@ def test_an_output_dir_holding_another_run_is_refused_unless_resumed_or_overwrit
     assert {p: p.read_bytes() for p in before} == before  # nothing of the first run touched
 
     longer = write_yaml(tmp_path / "c.yaml", toy_config(out, max_iters=5))  # continuing it longer is fine
-    assert train_main(["--cfg", str(longer), "--resume", "auto"]) == 0
+    with caplog.at_level("INFO", logger="framework"):
+        assert train_main(["--cfg", str(longer), "--resume", "auto"]) == 0
+    assert "last.pt: run.max_iters was 3, is 5" in caplog.text  # what changed since the checkpoint, logged
     assert [r["iter"] for r in read_log(out)] == [1, 2, 3, 4, 5]
 
     assert train_main(["--cfg", str(other), "--overwrite"]) == 0  # replaced: none of the first run's records left

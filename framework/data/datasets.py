@@ -14,7 +14,8 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
-Pipeline = Optional[Callable[[Any], Any]]
+from framework.data.builder import Pipeline
+
 Source = Union[str, Path, Dict[str, Any], List[Any]]  # an annotation file, or its content already loaded
 
 
@@ -50,7 +51,7 @@ def load_image(source: Union[Path, BinaryIO]) -> Image.Image:
 class _Base(Dataset):
     feature_cache: Any = None  # a FeatureCache: image() gives the frozen encoder's cached tokens instead
 
-    def __init__(self, image_root: Path, image_proc: Pipeline, text_proc: Pipeline) -> None:
+    def __init__(self, image_root: Path, image_proc: Optional[Pipeline], text_proc: Optional[Pipeline]) -> None:
         self.image_root = Path(image_root)
         self.image_proc = image_proc
         self.text_proc = text_proc
@@ -73,8 +74,8 @@ class CocoCaptionDataset(_Base):
     """COCO caption JSON (``images`` + ``annotations``). Training: one sample per caption; evaluation: one per
     image with every reference caption."""
 
-    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Pipeline = None,
-                 text_proc: Pipeline = None) -> None:
+    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Optional[Pipeline] = None,
+                 text_proc: Optional[Pipeline] = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
         data = _json(ann_file)
         files = {im["id"]: im["file_name"] for im in data["images"]}
@@ -101,7 +102,8 @@ class VQADataset(_Base):
     """VQAv2 question + annotation JSON; ``image_file(image_id)`` names an image relative to ``image_root``."""
 
     def __init__(self, question_file: Source, ann_file: Optional[Source], image_root: Path,
-                 image_file: Callable[[int], str], image_proc: Pipeline = None, text_proc: Pipeline = None) -> None:
+                 image_file: Callable[[int], str], image_proc: Optional[Pipeline] = None,
+                 text_proc: Optional[Pipeline] = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
         questions = _json(question_file)["questions"]
         anns = {}
@@ -123,8 +125,8 @@ class RetrievalDataset(_Base):
     """Karpathy-style retrieval JSON: a list of ``{image, image_id, caption: [..]}``. Training: one sample per
     caption; evaluation: the images here, the texts in ``self.texts`` with ``txt2img`` / ``img2txt`` maps."""
 
-    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Pipeline = None,
-                 text_proc: Pipeline = None) -> None:
+    def __init__(self, ann_file: Source, image_root: Path, train: bool, image_proc: Optional[Pipeline] = None,
+                 text_proc: Optional[Pipeline] = None) -> None:
         super().__init__(image_root, image_proc, text_proc)
         records = _json(ann_file)
         self.texts: List[str] = []

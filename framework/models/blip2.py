@@ -13,6 +13,7 @@ from framework.checkpoint import summarize_keys
 from framework.data.builder import DataFile
 from framework.errors import NotABertCheckpoint
 from framework.logs import logger
+from framework.models.build import building_on_meta
 from framework.models.qformer import QFormer, load_bert
 from framework.registry import Part, Range, build
 
@@ -86,7 +87,7 @@ class Blip2Base(nn.Module):
         self.tokenizer = None
         self.weight_files = [DataFile(Path(q.bert).expanduser(), "Q-Former BERT folder (tokenizer and weights)")] \
             if q.bert else []
-        if self.ln_vision.weight.is_meta:
+        if building_on_meta():
             return  # --dry-run: architecture only, no files read
         if q.bert is None:
             if reads_text:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
+import torch
 from torch import nn
 
 from framework import checkpoint
@@ -11,13 +12,18 @@ from framework.data.builder import DataFile
 from framework.registry import build
 
 
+def building_on_meta() -> bool:
+    """Whether parts are being built on the ``meta`` device (``--dry-run``, real-size tests): the architecture
+    only, no file read, no weights loaded. The one check every part uses."""
+    return torch.empty(0).is_meta
+
+
 def build_model(spec: Dict[str, Any]) -> nn.Module:
     """Build ``model:`` (``{name, checkpoint, **args}``); load ``checkpoint``'s weights unless on ``meta``."""
     args = dict(spec)
     ckpt = args.pop("checkpoint", None)
     model = build("model", args)
-    on_meta = any(p.is_meta for p in model.parameters())
-    if ckpt and not on_meta:
+    if ckpt and not building_on_meta():
         checkpoint.load_model_weights(model, checkpoint.load(ckpt), ckpt)
     return model
 

@@ -16,6 +16,7 @@ from framework.checkpoint import FORMAT, read_weights
 from framework.data.builder import DataFile
 from framework.errors import CheckpointError, ConfigError, WeightLoadError
 from framework.logs import logger
+from framework.models.build import building_on_meta
 from framework.registry import Range
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -107,7 +108,7 @@ class ImageEncoder(nn.Module):
         vit = self.build_vit(image_size, drop_path, **sizes)
         vit.norm = nn.Identity()
         self.vit = vit
-        if checkpoint and not vit.pos_embed.is_meta:
+        if checkpoint and not building_on_meta():
             self.load_pretrained(checkpoint, self.key_map(sizes["depth"]))
         if freeze:
             self.requires_grad_(False)

@@ -23,6 +23,7 @@ from torch import nn
 
 from framework.data.builder import DataFile
 from framework.errors import ConfigError
+from framework.models.build import building_on_meta
 from framework.models.image_encoder import DTYPES, Precision
 
 
@@ -45,7 +46,7 @@ class LLMAdapter(nn.Module):
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
-        on_meta = torch.empty(0).is_meta
+        on_meta = building_on_meta()
         fields = self._architecture(folder, arch, on_meta)
         if on_meta:  # --dry-run: the architecture, no files read
             self.tokenizer, self.model = None, self._skeleton(fields)

@@ -20,6 +20,7 @@ from framework.data.builder import DataFile
 from framework.errors import CheckpointError, ConfigError
 from framework.logs import logger
 from framework.models.blip2 import Blip2Base, QFormerArgs
+from framework.models.build import building_on_meta
 from framework.registry import MODELS, Part, Range, build
 
 STAGE1_PREFIXES = ("qformer.", "ln_vision.")
@@ -49,7 +50,7 @@ class Blip2Generative(Blip2Base):
         self.removed = tuple("qformer." + k for k in self.qformer.remove_text_path(keep_text_input=qformer_text_input))
         if stage1_checkpoint:
             self.weight_files = self.weight_files + [DataFile(Path(stage1_checkpoint), "stage-1 checkpoint")]
-            if not self.ln_vision.weight.is_meta:
+            if not building_on_meta():
                 self._load_stage1(stage1_checkpoint)
 
     def _load_stage1(self, path: str) -> None:

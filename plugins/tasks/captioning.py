@@ -76,11 +76,7 @@ class Captioning(Task):
             local_preds.update(zip(ids, texts))
             local_refs.update(zip(ids, batch["captions"]))
             local_domains.update(zip(ids, batch.get("domain") or [""] * len(ids)))
-        preds, refs, domains = {}, {}, {}
-        for p, r, d in dist.all_gather_objects((local_preds, local_refs, local_domains)):
-            preds.update(p)
-            refs.update(r)
-            domains.update(d)
+        preds, refs, domains = (dist.gather_dict(d) for d in (local_preds, local_refs, local_domains))
         self.save_predictions([{"image_id": i, "caption": c} for i, c in sorted(preds.items())])
         metrics = caption_metrics(refs, preds)
         for domain in sorted({d for d in domains.values() if d}):  # NoCaps: in-, near-, out-domain CIDEr

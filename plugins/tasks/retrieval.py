@@ -38,9 +38,7 @@ def encode_split(model: Retrievable, loader: DataLoader, text_batch_size: int, k
         feats = model.image_features(images).float().cpu()
         tokens = model.image_tokens(images).cpu() if keep_tokens else [None] * len(feats)
         local.update(zip(batch["index"].tolist(), zip(feats, tokens)))
-    merged: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
-    for part in dist.all_gather_objects(local):
-        merged.update(part)
+    merged: Dict[int, Tuple[torch.Tensor, Optional[torch.Tensor]]] = dist.gather_dict(local)
     feats = torch.stack([merged[i][0] for i in range(len(data))])
     tokens = torch.stack([merged[i][1] for i in range(len(data))]) if keep_tokens else None
     texts = torch.cat([model.text_features(data.texts[i:i + text_batch_size]).float().cpu()

@@ -27,9 +27,6 @@ class SlotClassification(Task):
         for batch in loader:
             right = model.logits(batch["image"].to(device)).argmax(-1).cpu() == batch["labels"]
             local.update(zip(batch["index"].tolist(), right))
-        merged = {}
-        for part in dist.all_gather_objects(local):
-            merged.update(part)
-        right = torch.stack(list(merged.values()))
+        right = torch.stack(list(dist.gather_dict(local).values()))
         return {"exact_match": 100.0 * float(right.all(1).float().mean()),
                 "slot_accuracy": 100.0 * float(right.float().mean())}

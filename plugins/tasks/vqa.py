@@ -118,9 +118,7 @@ class VQA(Task):
             types = batch.get("answer_type") or [""] * len(answers)
             for qid, ans, gts, kind in zip(batch["question_id"].tolist(), answers, batch["answers"], types):
                 local[qid] = (ans, gts, kind)
-        merged = {}
-        for part in dist.all_gather_objects(local):
-            merged.update(part)
+        merged = dist.gather_dict(local)
         self.save_predictions([{"question_id": q, "answer": a} for q, (a, _, _) in sorted(merged.items())])
         return self.score(list(merged.values()))
 

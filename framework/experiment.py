@@ -1,0 +1,289 @@
+"""An experiment: the root config schema (``ExperimentConfig`` and the ``run:`` section, ``RunConfig``), the machine
+it runs on (device, determinism, seeds), the output folder it owns, and its data (builders, data sets per split,
+loaders, feature caches). The training loop itself is :mod:`framework.runner`; entry points that train nothing
+(``predict``, ``cache_features``, ``make_shards``) import this module only.
+
+An *iteration* is one optimizer step: ``accum_steps`` micro-batches of ``batch_size`` samples on each of
+the ``world_size`` processes. Learning rate, logging, evaluation and checkpoints all count iterations.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from framework import checkpoint, dist
+from framework.config import DatasetsOf, config_changes, to_yaml
+from framework.data.builder import DatasetBuilder
+from framework.data.feature_cache import cache_folder, open_cache, random_processors
+from framework.data.loader import IterableMixture, Mixture, eval_loader, is_stream, stream_loader, train_loader
+from framework.errors import ConfigError
+from framework.logs import logger
+from framework.optim import OptimConfig
+from framework.registry import DATASETS, Length, Part, Range, build
+
+
+@dataclass
+class RunConfig:
+    """``run:``. Keys:
+
+    output_dir: where config.yaml, log.jsonl, train.log, metrics.json, checkpoints/ and tensorboard/ go.
+    seed: seeds model init, data order and per-sample augmentation.
+    device: auto (CUDA when available), cpu or cuda.
+    max_epochs: length of an epoch-based run. max_iters: if set, an iteration-based run of that many
+    optimizer steps (epochs then only reshuffle the data), for web-scale data.
+    batch_size: samples per process per micro-batch; eval_batch_size: per process at evaluation (default:
+    batch_size). accum_steps: micro-batches per optimizer step. grad_clip: max global grad norm (null: off).
+    amp: off, bf16 (autocast on CPU and CUDA) or fp16 (CUDA only, with a GradScaler).
+    train_splits / eval_splits / test_splits: split names of every dataset entry (train_splits: [] only for
+    framework.evaluate, which trains nothing). eval splits are evaluated
+    every ``eval_every`` iterations (null: at the end of each epoch, or at the end of an iteration-based run);
+    the first eval split picks best.pt by the task's metric; test splits are evaluated once, at the end,
+    with the best weights. log_every: iterations between log.jsonl records. checkpoint_every: iterations
+    between checkpoints (null: with each evaluation and at the end of each epoch).
+    shuffle: shuffle the training data (map-style: a permutation per epoch; shards: shard order per pass and
+    the entry's shuffle buffer); false: the stored order, e.g. to compare two loaders sample for sample.
+    num_workers: dataloader worker processes (for shards: each rank's workers split its shards).
+    profile: write a torch profiler trace of ``profile_steps`` iterations to output_dir/profile (open with
+    TensorBoard's profiler plugin).
+    find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
+    tensorboard: write TensorBoard scalars.
+    dist_timeout_s: under torchrun, how long a rank waits for the others in a collective (a stopped or hung
+    rank) before the job fails; torch's default is 30 minutes.
+    deterministic: deterministic kernels (``torch.use_deterministic_algorithms``), so the same config and seed
+    give the same losses bit for bit, run after run and across a kill and resume. null: on for CPU, off for
+    CUDA (where some kernels, e.g. scatter-adds in attention backward, have no deterministic version or run
+    slower; with it on there, CUBLAS_WORKSPACE_CONFIG is set and ops without a deterministic kernel raise).
+    """
+    output_dir: Annotated[str, Length(1)] = "output/run"
+    seed: Annotated[int, Range(0)] = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_epochs: Annotated[int, Range(1)] = 1
+    max_iters: Optional[Annotated[int, Range(1)]] = None
+    batch_size: Annotated[int, Range(1)] = 8
+    eval_batch_size: Optional[Annotated[int, Range(1)]] = None
+    accum_steps: Annotated[int, Range(1)] = 1
+    grad_clip: Optional[Annotated[float, Range(0, lo_open=True)]] = None
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    train_splits: List[str] = field(default_factory=lambda: ["train"])
+    eval_splits: List[str] = field(default_factory=lambda: ["val"])
+    test_splits: List[str] = field(default_factory=list)
+    eval_every: Optional[Annotated[int, Range(1)]] = None
+    log_every: Annotated[int, Range(1)] = 10
+    checkpoint_every: Optional[Annotated[int, Range(1)]] = None
+    num_workers: Annotated[int, Range(0)] = 0
+    shuffle: bool = True
+    profile: bool = False
+    profile_steps: Annotated[int, Range(1)] = 5
+    find_unused_parameters: bool = False
+    tensorboard: bool = True
+    deterministic: Optional[bool] = None
+    dist_timeout_s: Annotated[float, Range(0, lo_open=True)] = 600.0
+
+
+@dataclass
+class ExperimentConfig:
+    """The whole config. ``model`` / ``task``: a registered part and its arguments; ``datasets``: entries of
+    ``datasets_cfg/`` with overrides; ``run``: :class:`RunConfig`; ``plugins``: extra modules to import."""
+    model: Part("model")
+    task: Part("task")
+    datasets: Annotated[Dict[str, Any], DatasetsOf()]
+    run: RunConfig = field(default_factory=RunConfig)
+    plugins: List[str] = field(default_factory=list)
+
+
+# What a run writes into output_dir: another run's set of these makes the folder taken (claim_output).
+RUN_FILES = ("config.yaml", "log.jsonl", "train.log", "metrics.json", "checkpoints", "tensorboard", "predictions",
+             "profile")
+# Keys a continued run (--resume) may change: how long it runs, what and how often it evaluates and saves,
+# and how it is executed; everything else would make the continued run another experiment.
+RESUME_MAY_CHANGE = ("run.output_dir", "run.device", "run.max_iters", "run.max_epochs", "run.eval_every",
+                     "run.eval_splits", "run.test_splits", "run.eval_batch_size", "run.log_every",
+                     "run.checkpoint_every", "run.num_workers", "run.profile", "run.profile_steps",
+                     "run.tensorboard", "run.dist_timeout_s")
+
+
+def run_device(cfg: RunConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def set_determinism(cfg: RunConfig, device: torch.device) -> bool:
+    """Deterministic kernels per ``run.deterministic``; True when on. On CPU also checks that MKL runs in its
+    strict reproducible mode (``MKL_CBWR``, set when ``framework`` is imported) and warns with the fix if not."""
+    on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
+    if on and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at its first call
+    torch.use_deterministic_algorithms(on)
+    if on and device.type == "cpu" and not mkl_reproducible():
+        logger.warning("MKL is not in its reproducible mode (MKL_CBWR=%s): losses may differ in the last bits from "
+                       "run to run. Set MKL_CBWR=AUTO,STRICT in the environment, or import framework before the "
+                       "first matrix product", os.environ.get("MKL_CBWR"))
+    return on
+
+
+def mkl_reproducible() -> bool:
+    """Whether torch's MKL runs with strict conditional numerical reproducibility (True without MKL)."""
+    import ctypes
+
+    lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        get = ctypes.CDLL(str(lib)).mkl_serv_cbwr_get
+    except (OSError, AttributeError):  # not Linux x86, or a torch built without MKL
+        return True
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    return bool(get(-1) & 0x10000)  # MKL_CBWR_STRICT
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work when ``run.output_dir`` cannot be made or written."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"run.output_dir {out}: {existing} is a file, not a folder; set run.output_dir to a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"run.output_dir {out}: no permission to write in {existing}; set run.output_dir to a "
+                          f"folder you can write")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def builders(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
+    out = {}
+    for entry, spec in exp.datasets.items():
+        args = {k: v for k, v in spec.items() if k not in ("builder", *DATASETS.reserved)}
+        out[entry] = build("dataset", {"name": spec["builder"], **args}, entry=entry)
+    return out
+
+
+def claim_output(out: Path, exp: ExperimentConfig, resume: Optional[str], overwrite: bool) -> None:
+    """Make ``output_dir`` this run's before anything is written: a folder holding another run's files is
+    refused unless this run continues it (``--resume``, with a config that differs only in keys a
+    continued run may change; ``checkpoint.read_resume`` logs them) or replaces it (``--overwrite`` deletes that run's files, nothing else).
+    Temporary checkpoint files of a killed process are removed."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    dist.barrier()  # every rank has looked before any rank deletes or writes: all decide alike
+    if found and overwrite:
+        if dist.is_main():
+            for name in found:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.warning("--overwrite: deleted the previous run's %s in %s", ", ".join(found), out)
+    elif found and resume is None:
+        raise ConfigError(f"run.output_dir {out} holds another run ({', '.join(found)}): continue it with "
+                          f"--resume auto, replace it with --overwrite (deletes those files), or set "
+                          f"run.output_dir to a new folder")
+    elif found and (out / "config.yaml").is_file():
+        changed = config_changes((out / "config.yaml").read_text(), to_yaml(exp))
+        blocked = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE)}
+        if blocked:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocked.items())[:8])
+            raise ConfigError(f"--resume: run.output_dir {out} holds a run of another config ({shown}"
+                              f"{' ...' if len(blocked) > 8 else ''}); a continued run may change only "
+                              f"{', '.join(RESUME_MAY_CHANGE)}. Use another run.output_dir, or --overwrite")
+    if dist.is_main():
+        checkpoint.remove_stale_temporaries(out / "checkpoints")
+    dist.barrier()  # rank 0 writes config.yaml only once every rank has decided
+
+
+class ExperimentData:
+    """The experiment's data: a builder per ``datasets:`` entry, its files checked (or generated) on construction,
+    before any model is built; then the data sets per split, reading the frozen-feature caches once the model is
+    known (:meth:`read_caches`), and the training and evaluation loaders."""
+
+    def __init__(self, exp: ExperimentConfig, pin_memory: bool = False) -> None:
+        if not exp.datasets:
+            raise ConfigError("datasets: no data set is named; add an entry of datasets_cfg/ (e.g. datasets: "
+                              "{shapes_caption: {}}) or your own (builder: records)")
+        self.exp, self.cfg, self.pin = exp, exp.run, pin_memory
+        self.builders = builders(exp)
+        self.splits = list(dict.fromkeys(self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits))
+        for b in self.builders.values():
+            b.prepare(self.splits)
+        self.caches: Dict[tuple, Any] = {}
+
+    def read_caches(self, model: nn.Module) -> None:
+        """Open, per (entry, split), the frozen-feature cache each data set reads, when a part of the model reads cached
+        features (``cached: true``); refused, with the reason, where a cache cannot stand in for the images."""
+        readers = [m for m in model.modules() if getattr(m, "cached", False) and hasattr(m, "fingerprint")]
+        if not readers:
+            return
+        enc = readers[0]
+        make = "python -m framework.cache_features --cfg <this experiment's config>"
+        for entry, b in self.builders.items():
+            for split in self.splits:
+                if not b.has_split(split):
+                    continue
+                where = f"datasets.{entry} ({split})"
+                rand = random_processors(b.processors(split)["image"])
+                if rand:
+                    raise ConfigError(f"{where}: the image encoder reads cached features but the split's image "
+                                      f"processors augment randomly ({', '.join(rand)}): a cache holds one view per "
+                                      f"image. Give it fixed processing (datasets.{entry}.processors.train.image: "
+                                      f"[resize, normalize]) or set model.image_encoder.cached: false")
+                fp = enc.fingerprint(b.image_processor_specs(split))
+                self.caches[(entry, split)] = open_cache(cache_folder(enc.cache_dir, entry, split), fp, where, make)
+
+    def build(self, entry: str, split: str) -> Dataset:
+        """The data set of ``entry``/``split``, reading its feature cache when the model reads cached features."""
+        data = self.builders[entry].build(split)
+        cache = self.caches.get((entry, split))
+        if cache is not None:
+            if not hasattr(data, "feature_cache"):
+                raise ConfigError(f"datasets.{entry} ({split}): its data set ({type(data).__name__}) cannot read "
+                                  f"cached features; set model.image_encoder.cached: false")
+            data.feature_cache = cache
+        return data
+
+    def training_loader(self) -> DataLoader:
+        parts = [self.build(e, s) for e in self.builders for s in self.cfg.train_splits]
+        streams = sum(map(is_stream, parts))
+        if streams not in (0, len(parts)):
+            raise ConfigError("datasets: some training entries are shards (streams) and some are map-style; train "
+                              "on one kind (write the map-style ones as shards with python -m framework.make_shards)")
+        ratios = {e: spec["sample_ratio"] for e, spec in self.exp.datasets.items()}
+        if any(r is not None for r in ratios.values()):
+            unset = [e for e, r in ratios.items() if r is None]
+            if unset or any(r <= 0 for r in ratios.values()):
+                raise ConfigError(f"datasets: sample_ratio is set for some entries; give every entry a positive "
+                                  f"one (now {ratios})")
+            weights = [ratios[e] for e in self.builders for _ in self.cfg.train_splits]
+            mix = IterableMixture if streams else Mixture
+            data = mix(parts, weights, self.cfg.seed)
+        elif streams and len(parts) > 1:
+            raise ConfigError("datasets: several shard entries train together only in ratios; give each a "
+                              "sample_ratio")
+        else:
+            data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        if streams:
+            return stream_loader(data, self.cfg.batch_size, self.cfg.num_workers, self.pin)
+        return train_loader(data, self.cfg.batch_size, self.cfg.seed, self.cfg.num_workers, self.cfg.shuffle, self.pin)
+
+    def iters_per_epoch(self, loader: DataLoader) -> int:
+        per_iter = self.cfg.batch_size * self.cfg.accum_steps * dist.world_size()
+        if is_stream(loader.dataset):
+            return loader.dataset.samples_per_epoch // per_iter
+        return len(loader) // self.cfg.accum_steps
+
+    def eval_loaders(self, splits: List[str]) -> Dict[str, DataLoader]:
+        bs = self.cfg.eval_batch_size or self.cfg.batch_size
+        return {f"{entry}/{s}": eval_loader(self.build(entry, s), bs, self.cfg.num_workers, self.pin)
+                for entry, b in self.builders.items() for s in splits if b.has_split(s)}
+
