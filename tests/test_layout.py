@@ -44,3 +44,10 @@ def test_registry_lists_the_parts_with_their_keys(capsys) -> None:
     assert "      qformer:\n        hidden_size: int >= 1 = 768" in out and "llm: Part(llm) required" in out
     assert registry_main(["bogus"]) == 2
     assert "no registry 'bogus'; the kinds: image_encoder, llm, model" in capsys.readouterr().err
+
+
+def test_registry_listing_runs_as_a_module() -> None:
+    out = subprocess.run([sys.executable, "-m", "framework.registry", "lr_scheduler"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("lr_scheduler (2 registered)") and "  linear_warmup_cosine    [" in out
+    assert "      warmup_iters: int >= 0 = 0" in out
