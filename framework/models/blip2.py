@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -14,30 +14,20 @@ from framework.data.builder import DataFile
 from framework.errors import NotABertCheckpoint
 from framework.logs import logger
 from framework.models.build import building_on_meta
-from framework.models.qformer import QFormer, load_bert
-from framework.registry import Part, Range, build
+from framework.models.qformer import QFormer, QFormerSizes, load_bert
+from framework.registry import Part, build
 
 
 @dataclass
-class QFormerArgs:
-    """``model.qformer``: the Q-Former's sizes (BERT-base by default) and where its BERT comes from.
+class QFormerArgs(QFormerSizes):
+    """``model.qformer``: the Q-Former's sizes (:class:`framework.models.qformer.QFormerSizes`) and where its BERT
+    comes from.
 
     bert: a Hugging Face BERT folder (config.json, vocab.txt, weights) giving the tokenizer and, when
     ``init_from_bert``, the initial weights; its sizes must equal the ones here. For the real-size configs
     put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here. A stage-2
     model whose Q-Former reads no text and comes from a checkpoint (a converted Hugging Face model) needs none.
     """
-    hidden_size: Annotated[int, Range(1)] = 768
-    num_layers: Annotated[int, Range(1)] = 12
-    num_heads: Annotated[int, Range(1)] = 12
-    intermediate_size: Annotated[int, Range(1)] = 3072
-    vocab_size: Annotated[int, Range(1)] = 30522
-    num_query_tokens: Annotated[int, Range(1)] = 32
-    cross_attention_freq: Annotated[int, Range(1)] = 2
-    max_position_embeddings: Annotated[int, Range(1)] = 512
-    layer_norm_eps: Annotated[float, Range(0, lo_open=True)] = 1e-12
-    dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
-    attention_dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
     bert: Optional[str] = None
     init_from_bert: bool = True
 
@@ -79,9 +69,7 @@ class Blip2Base(nn.Module):
         width = self.visual_encoder.num_features
         self.ln_vision = LayerNormFP32(width)
         q = qformer
-        self.qformer = QFormer(width, q.hidden_size, q.num_layers, q.num_heads, q.intermediate_size, q.vocab_size,
-                               q.num_query_tokens, q.cross_attention_freq, q.max_position_embeddings,
-                               q.layer_norm_eps, q.dropout, q.attention_dropout)
+        self.qformer = QFormer(width, **q.sizes())
         self.max_txt_len = max_txt_len
         self.num_truncated = 0
         self.tokenizer = None

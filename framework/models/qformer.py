@@ -16,9 +16,9 @@ Self-attention projections are fused (one ``qkv`` matmul; one ``kv`` matmul for 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from torch import nn
 
 from framework.checkpoint import read_weights
 from framework.errors import CheckpointError, ConfigError, NotABertCheckpoint
+from framework.registry import Range
 
 Mode = Literal["itc", "itm", "itg"]
 KV = Tuple[torch.Tensor, torch.Tensor]
@@ -171,31 +172,53 @@ class QFormerOutput:
     past: Optional[List[KV]]  # per layer, keys/values of the query positions (``cache_queries=True``)
 
 
+@dataclass
+class QFormerSizes:
+    """The Q-Former's sizes, declared once (BERT-base by default): :class:`QFormer` takes them as keywords, and
+    ``model.qformer`` (:class:`framework.models.blip2.QFormerArgs`) adds where its BERT comes from.
+
+    hidden_size, num_layers, num_heads, intermediate_size: the BERT sizes.
+    vocab_size: the BERT vocabulary; one more row is added for the [DEC] token that starts ITG text.
+    num_query_tokens: learned queries. cross_attention_freq: layer i has cross-attention if i % freq == 0.
+    max_position_embeddings, layer_norm_eps, dropout, attention_dropout: as BERT's config.
+    """
+    hidden_size: Annotated[int, Range(1)] = 768
+    num_layers: Annotated[int, Range(1)] = 12
+    num_heads: Annotated[int, Range(1)] = 12
+    intermediate_size: Annotated[int, Range(1)] = 3072
+    vocab_size: Annotated[int, Range(1)] = 30522
+    num_query_tokens: Annotated[int, Range(1)] = 32
+    cross_attention_freq: Annotated[int, Range(1)] = 2
+    max_position_embeddings: Annotated[int, Range(1)] = 512
+    layer_norm_eps: Annotated[float, Range(0, lo_open=True)] = 1e-12
+    dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+    attention_dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+
+    def sizes(self) -> Dict[str, Any]:
+        """The size fields alone (a subclass's other fields left out), as :class:`QFormer`'s keywords."""
+        return {f.name: getattr(self, f.name) for f in fields(QFormerSizes)}
+
+
 class QFormer(nn.Module):
     """Args:
         vision_width: width of the image tokens the queries cross-attend to.
-        hidden_size, num_layers, num_heads, intermediate_size: the BERT sizes (BERT-base by default).
-        vocab_size: the BERT vocabulary; one more row is added for the [DEC] token that starts ITG text.
-        num_query_tokens: learned queries. cross_attention_freq: layer i has cross-attention if i % freq == 0.
-        max_position_embeddings, layer_norm_eps, dropout, attention_dropout: as BERT's config.
+        **sizes: the fields of :class:`QFormerSizes` (its defaults for those not given).
     """
 
-    def __init__(self, vision_width: int, hidden_size: int = 768, num_layers: int = 12, num_heads: int = 12,
-                 intermediate_size: int = 3072, vocab_size: int = 30522, num_query_tokens: int = 32,
-                 cross_attention_freq: int = 2, max_position_embeddings: int = 512, layer_norm_eps: float = 1e-12,
-                 dropout: float = 0.1, attention_dropout: float = 0.1) -> None:
+    def __init__(self, vision_width: int, **sizes: Any) -> None:
         super().__init__()
-        self.hidden_size, self.num_heads, self.vocab_size = hidden_size, num_heads, vocab_size
-        self.dec_token_id = vocab_size
-        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, hidden_size) * 0.02)
-        self.word_embeddings = nn.Embedding(vocab_size + 1, hidden_size, padding_idx=0)
-        self.position_embeddings = nn.Embedding(max_position_embeddings, hidden_size)
-        self.emb_ln = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.emb_drop = nn.Dropout(dropout)
+        s = QFormerSizes(**sizes)
+        self.hidden_size, self.num_heads, self.vocab_size = s.hidden_size, s.num_heads, s.vocab_size
+        self.dec_token_id = s.vocab_size
+        self.query_tokens = nn.Parameter(torch.randn(1, s.num_query_tokens, s.hidden_size) * 0.02)
+        self.word_embeddings = nn.Embedding(s.vocab_size + 1, s.hidden_size, padding_idx=0)
+        self.position_embeddings = nn.Embedding(s.max_position_embeddings, s.hidden_size)
+        self.emb_ln = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
+        self.emb_drop = nn.Dropout(s.dropout)
         self.layers = nn.ModuleList(
-            QFormerLayer(hidden_size, num_heads, intermediate_size, vision_width, i % cross_attention_freq == 0,
-                         layer_norm_eps, dropout, attention_dropout) for i in range(num_layers))
-        self.lm_head = LMHead(hidden_size, layer_norm_eps, self.word_embeddings)
+            QFormerLayer(s.hidden_size, s.num_heads, s.intermediate_size, vision_width, i % s.cross_attention_freq == 0,
+                         s.layer_norm_eps, s.dropout, s.attention_dropout) for i in range(s.num_layers))
+        self.lm_head = LMHead(s.hidden_size, s.layer_norm_eps, self.word_embeddings)
         self.apply(_init_bert)
 
     def remove_text_path(self, keep_text_input: bool) -> List[str]:
