@@ -43,11 +43,11 @@ def compare(model_cfg: Dict[str, Any], batch_size: int, repeats: int) -> Dict[st
     from_images = build("model", {**model_cfg, "image_encoder": {**enc, "cached": False}}).train()
     from_cache = build("model", {**model_cfg, "image_encoder": {**enc, "cached": True}}).train()
     from_cache.load_state_dict({k: v for k, v in from_images.state_dict().items()
-                                if not k.startswith("visual_encoder.")})
+                                if not k.startswith("image_encoder.")})
     size = enc["image_size"]
     images = torch.randn(batch_size, 3, size, size)
     with torch.no_grad():
-        tokens = from_images.visual_encoder(images).to(torch.float16)  # what the cache stores
+        tokens = from_images.image_encoder(images).to(torch.float16)  # what the cache stores
     texts = ["a red circle on the left and a blue square", "two shapes: a green triangle and a yellow circle"]
     batch = {"text_input": (texts * batch_size)[:batch_size], "image_id": torch.arange(batch_size)}
     t_images = _time(from_images, {**batch, "image": images}, repeats)

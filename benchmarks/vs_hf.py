@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
 from framework.cli import load_experiment  # noqa: E402
-from framework.convert import hf_to_ours  # noqa: E402
+from framework.convert import read  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(50000)]
@@ -61,7 +61,7 @@ def make_hf(folder: Path, impl: str):
 
 
 def make_ours(src: Path, work: Path):
-    hf_to_ours(src, work / "conv")
+    read("hf", src, work / "conv", [])
     cfg = work / "ours.yaml"
     cfg.write_text(f"_base_: {work / 'conv' / 'model.yaml'}\n"
                    "model: {image_encoder: {precision: fp32}, llm: {precision: fp32}, qformer: {dropout: 0.0, "

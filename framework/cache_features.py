@@ -17,8 +17,9 @@ from tqdm import tqdm
 from framework import cli
 from framework.data.feature_cache import cache_folder, random_processors, write_cache
 from framework.errors import ConfigError
+from framework.models.interfaces import CachesFeatures, ReadsFeatureCache
 from framework.logs import logger
-from framework.registry import build
+from framework.models.image_encoder import build_image_encoder
 from framework.experiment import ExperimentConfig, builders, run_device
 
 
@@ -30,8 +31,8 @@ def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
         raise ConfigError("model.image_encoder.checkpoint is null: the encoder would be randomly initialised, and "
                           "its cached features would match no run's encoder; point it at the encoder's weights")
     device = run_device(exp.run)
-    encoder = build("image_encoder", {**spec, "cached": False}).to(device).eval()
-    if not hasattr(encoder, "fingerprint"):
+    encoder = build_image_encoder({**spec, "cached": False}).to(device).eval()
+    if not isinstance(encoder, CachesFeatures):
         raise ConfigError(f"image encoder {spec['name']!r} cannot be cached (the ViT encoders can)")
     splits = args.splits or list(dict.fromkeys(exp.run.train_splits + exp.run.eval_splits + exp.run.test_splits))
     done = 0
@@ -44,7 +45,7 @@ def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
                 continue
             b.prepare([split])
             data = b.build(split)
-            if not hasattr(data, "feature_cache"):
+            if not isinstance(data, ReadsFeatureCache):
                 logger.warning("datasets.%s (%s) not cached: its data set (%s) reads no image files", entry, split,
                                type(data).__name__)
                 continue

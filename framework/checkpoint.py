@@ -125,10 +125,11 @@ def summarize_keys(keys: Iterable[str], n: int = 12) -> str:
     return ", ".join(parts[:n]) + more
 
 
-def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
-    """Load a checkpoint's weights (``ckpt["model"]``) into ``model``; every mismatch is named. Parts that were
-    frozen in the run that wrote it (``ckpt["frozen"]``) are not in it: they keep the weights they were built
-    with (their own pretrained weights), also when they are trainable now (fine-tuning the image encoder)."""
+def check_fits(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
+    """Raise naming every mismatch between a checkpoint's weights (``ckpt["model"]``) and ``model`` (which may be
+    on the meta device: names and shapes only). Parts that were frozen in the run that wrote it
+    (``ckpt["frozen"]``) are not in it: they keep the weights they were built with (their own pretrained
+    weights), also when they are trainable now (fine-tuning the image encoder)."""
     weights = ckpt["model"]
     own = model.state_dict()
     was_frozen = tuple(p + "." for p in ckpt.get("frozen", []))
@@ -152,7 +153,12 @@ def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> N
         raise CheckpointError(f"checkpoint {source} does not fit model {type(model).__name__}:\n  "
                               + "\n  ".join(problems)
                               + "\nIs it a checkpoint of another model or config?")
-    model.load_state_dict(weights, strict=False)
+
+
+def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
+    """Load a checkpoint's weights into ``model`` after :func:`check_fits`."""
+    check_fits(model, ckpt, source)
+    model.load_state_dict(ckpt["model"], strict=False)
 
 
 def _tmp_name(path: Path, pid: int) -> Path:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -13,7 +14,7 @@ from framework.config import load_config, validate
 from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
-from framework.registry import load_plugin_modules
+from framework.registry import Part, load_plugin_modules
 from framework.experiment import ExperimentConfig, builders
 
 
@@ -27,14 +28,26 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_experiment(path: str, options: Sequence[str] = ()) -> ExperimentConfig:
+def load_experiment(path: str, options: Sequence[str] = (), schema: type = ExperimentConfig) -> Any:
     """Load, override and validate a config; import the plugins it lists first so their names resolve."""
     raw, origins = load_config(path, options)
     plugins = raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} (set in {origins.get('plugins')})")
     load_plugin_modules(plugins)
-    return validate(raw, ExperimentConfig, origins)
+    return validate(raw, schema, origins)
+
+
+@dataclass
+class ModelFile:
+    """A file that holds a ``model:`` section alone: a converter's ``model.yaml``, a ``_base_`` to inherit."""
+    model: Part("model")
+    plugins: List[str] = field(default_factory=list)
+
+
+def load_model_file(path: str | Path, options: Sequence[str] = ()) -> Dict[str, Any]:
+    """The validated ``model:`` section of a model-only file."""
+    return load_experiment(str(path), options, ModelFile).model
 
 
 def dry_run(exp: ExperimentConfig) -> None:

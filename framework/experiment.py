@@ -26,6 +26,7 @@ from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
 from framework.data.loader import IterableMixture, Mixture, eval_loader, is_stream, stream_loader, train_loader
 from framework.errors import ConfigError
+from framework.models.interfaces import CachesFeatures, ReadsFeatureCache
 from framework.logs import logger
 from framework.optim import OptimConfig
 from framework.registry import DATASETS, Length, Part, Range, build
@@ -222,7 +223,7 @@ class ExperimentData:
     def read_caches(self, model: nn.Module) -> None:
         """Open, per (entry, split), the frozen-feature cache each data set reads, when a part of the model reads cached
         features (``cached: true``); refused, with the reason, where a cache cannot stand in for the images."""
-        readers = [m for m in model.modules() if getattr(m, "cached", False) and hasattr(m, "fingerprint")]
+        readers = [m for m in model.modules() if isinstance(m, CachesFeatures) and m.cached]
         if not readers:
             return
         enc = readers[0]
@@ -246,7 +247,7 @@ class ExperimentData:
         data = self.builders[entry].build(split)
         cache = self.caches.get((entry, split))
         if cache is not None:
-            if not hasattr(data, "feature_cache"):
+            if not isinstance(data, ReadsFeatureCache):
                 raise ConfigError(f"datasets.{entry} ({split}): its data set ({type(data).__name__}) cannot read "
                                   f"cached features; set model.image_encoder.cached: false")
             data.feature_cache = cache

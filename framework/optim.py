@@ -19,7 +19,8 @@ class OptimConfig:
     the names a model returns from ``no_weight_decay()`` get none. betas, eps: AdamW's.
     layer_decay: layer-wise lr decay; parameter of layer i (from the model's ``layer_id(name)``, 0 = embeddings,
     ``num_layers`` + 1 = heads) gets lr * layer_decay ** (num_layers + 1 - i). null disables it.
-    lr_schedule: a registered lr_scheduler with its arguments, evaluated at every optimizer step.
+    lr_schedule: a registered lr_scheduler with its arguments, evaluated at every optimizer step; by default the
+        one registered as the default (the built-in ``linear_warmup_cosine``, as LAVIS).
     """
     lr: Annotated[float, Range(0, 1, lo_open=True)] = 1e-4  # above 1, AdamW moves every weight by more than 1 a step
     weight_decay: Annotated[float, Range(0)] = 0.05
@@ -27,7 +28,7 @@ class OptimConfig:
         default_factory=lambda: [0.9, 0.999])
     eps: Annotated[float, Range(0, lo_open=True)] = 1e-8
     layer_decay: Optional[Annotated[float, Range(0, 1, lo_open=True)]] = None
-    lr_schedule: Part("lr_scheduler") = field(default_factory=lambda: {"name": "linear_warmup_cosine"})
+    lr_schedule: Part("lr_scheduler") = field(default_factory=LR_SCHEDULERS.default_spec)
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> List[Dict[str, Any]]:

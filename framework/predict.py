@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from PIL import Image, ImageOps
 
 from framework.cli import load_experiment
+from framework.data.images import load_image
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
 from framework.models.build import build_model
@@ -36,18 +36,6 @@ def image_paths(items: List[str]) -> List[Path]:
         p = Path(item)
         out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
     return out
-
-
-def load_image(path: Path) -> Image.Image:
-    """RGB, upright: EXIF rotation applied, grayscale / palette / alpha converted (alpha over white)."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        img.load()
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
 
 
 def batches(paths: List[Path], processor: Callable, size: int, report: Callable[[Path, str], None]
@@ -104,7 +92,7 @@ class Predictor:
     @torch.no_grad()
     def ask(self) -> None:
         self.need("generate")
-        prompt = self.args.prompt.format(self.args.question)
+        prompt = self.args.prompt_template.format(self.args.question)
         for paths, images in batches(image_paths([self.args.image]), self.processor, 1, self.report):
             answer = self.model.generate(images.to(self.device), [prompt], **self.decoding())[0]
             self.emit({"image": str(paths[0]), "question": self.args.question, "answer": answer})
@@ -146,7 +134,7 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="answer a question about an image")
     a.add_argument("image")
     a.add_argument("question")
-    a.add_argument("--prompt", default="Question: {} Answer:", help="template; {} is the question")
+    a.add_argument("--prompt-template", default="Question: {} Answer:", help="{} is the question (task.prompt_template)")
     r = sub.add_parser("rank", help="rank texts for each image and images for each text (ITC)")
     r.add_argument("--texts", nargs="+", required=True)
     r.add_argument("images", nargs="+")

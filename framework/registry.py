@@ -52,12 +52,18 @@ class Registry:
         # config keys the framework itself reads in every section of this kind (name -> schema field)
         self.reserved: Dict[str, Any] = dict(reserved or {})
         self._entries: Dict[str, Callable[..., Any]] = {}
+        self._default: Optional[str] = None
 
-    def register(self, name: Optional[str] = None) -> Callable[[T], T]:
-        """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
+    def register(self, name: Optional[str] = None, default: bool = False) -> Callable[[T], T]:
+        """Decorator registering a class or function under ``name`` (default: its ``__name__``). ``default``: the
+        part a config gets when it names none (see :meth:`default_spec`); one per registry."""
 
         def deco(obj: T) -> T:
             key = name or obj.__name__  # type: ignore[attr-defined]
+            if default:
+                if self._default not in (None, key):
+                    raise RegistryError(f"two default {self.kind}s: {self._default!r} and {key!r} ({_where(obj)})")
+                self._default = key
             old = self._entries.get(key)
             if old is not None and old is not obj:
                 if _same_definition(old, obj):  # the same file imported under two module names
@@ -88,6 +94,14 @@ class Registry:
         discover_plugins()
         return sorted(self._entries)
 
+    def default_spec(self) -> Dict[str, Any]:
+        """``{name: <the part registered with default=True>}``: what a config that names none gets. The plugin
+        declares it, so ``framework`` names no part."""
+        discover_plugins()
+        if self._default is None:
+            raise RegistryError(f"no {self.kind} is registered as the default; name one in the config")
+        return {"name": self._default}
+
     def __contains__(self, name: object) -> bool:
         discover_plugins()
         return name in self._entries
@@ -110,10 +124,12 @@ TASKS = Registry("task")
 # pretraining mix); unset everywhere: the entries are concatenated, each sample once per epoch
 DATASETS = Registry("dataset", injected=("entry",), reserved={"sample_ratio": (Optional[float], None)})
 PROCESSORS = Registry("processor")
+# foreign weight formats (LAVIS, transformers): python -m framework.convert --from NAME / --to NAME
+FORMATS = Registry("format")
 LR_SCHEDULERS = Registry("lr_scheduler", injected=("base_lr", "total_iters", "iters_per_epoch"))
 
 REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (
-    IMAGE_ENCODERS, LLMS, MODELS, TASKS, DATASETS, PROCESSORS, LR_SCHEDULERS)}
+    IMAGE_ENCODERS, LLMS, MODELS, TASKS, DATASETS, PROCESSORS, LR_SCHEDULERS, FORMATS)}
 
 _discovered = False
 

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from framework import dist
+from framework.models.interfaces import missing
 
 
 class Task:
@@ -24,13 +25,15 @@ class Task:
     # where evaluate() writes its predictions; set by the runner before each evaluation (None: not written)
     prediction_file: Optional[Path] = None
 
-    def require(self, model: nn.Module, method: str, kind: str) -> None:
-        """Fail clearly when ``model`` lacks what this task calls (e.g. ``generate`` of a stage-1 model)."""
-        if not callable(getattr(model, method, None)):
+    def require(self, model: nn.Module, contract: type, kind: str) -> None:
+        """Fail clearly when ``model`` lacks what this task calls (a contract of
+        :mod:`framework.models.interfaces`, e.g. ``Generative`` of a stage-1 model)."""
+        lacks = missing(model, contract)
+        if lacks:
             from framework.errors import ConfigError
 
-            raise ConfigError(f"task {type(self).__name__} needs a model with {method}() ({kind}); "
-                              f"{type(model).__name__} has none")
+            raise ConfigError(f"task {type(self).__name__} needs a model with {', '.join(m + '()' for m in lacks)} "
+                              f"({kind}); {type(model).__name__} has none")
 
     def save_predictions(self, records: List[Dict[str, Any]]) -> None:
         """Write predictions (official result format) to ``prediction_file``, once, from rank 0."""

@@ -168,8 +168,30 @@ def test_corrupt_converter_sources_are_named(tmp_path: Path, capsys) -> None:
 
     toy = write_yaml(tmp_path / "toy.yaml", toy_config(tmp_path / "out"))
     assert convert_main(["--from", "ours", "--to", "hf", "--src", str(toy), "--out", str(tmp_path / "c")]) == 2
-    assert "builds model 'toy_captioner'; --to hf exports blip2_generative" in capsys.readouterr().err
+    assert "model 'toy_captioner': --to hf writes blip2_generative" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_converter_never_overwrites_a_folder_and_leaves_nothing_half_done(tmp_path: Path, capsys) -> None:
+    from framework import checkpoint
+
+    from stage1_helpers import stage1_config
+
+    model = tmp_path / "model.pth"
+    torch.save({"model": {"query_tokens": torch.zeros(1, 4, 32), "bogus.weight": torch.zeros(2)}}, model)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("a user's file")
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(model), "--out", str(taken)]) == 2
+    assert f"--out {taken} exists and is not an empty folder" in capsys.readouterr().err
+    assert sorted(p.name for p in taken.iterdir()) == ["notes.txt"]
+    # a conversion that fails leaves no folder behind (one that fails after writing: test_convert's LAVIS test)
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["model"]["checkpoint"] = str(tmp_path / "run.pt")
+    checkpoint.save_atomic(checkpoint.make("blip2_qformer", {"bogus": torch.zeros(1)}, []), tmp_path / "run.pt")
+    assert convert_main(["--from", "ours", "--to", "lavis", "--src", str(write_yaml(tmp_path / "e.yaml", cfg)),
+                         "--out", str(tmp_path / "new")]) == 2
+    assert "does not fit model" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_a_corrupt_feature_cache_is_refused_before_training(tmp_path: Path, capsys) -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.cli import load_experiment
-from framework.convert import hf_to_ours
+from framework.cli import load_experiment, load_model_file
 from framework.convert import main as convert_main
 from framework.models.build import build_model
 
@@ -92,73 +91,41 @@ def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, l
 
 def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
     from framework.errors import ConfigError
+    from plugins.formats.hf_blip2 import HuggingFace
 
     from tiny_llms import make_tiny_opt
 
     with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
-        hf_to_ours(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
-
-
-def _lavis_state(model) -> dict:
-    """Our stage-1 weights under LAVIS's key names and shapes (``Blip2Qformer.state_dict()`` of LAVIS)."""
-    ours, out = model.state_dict(), {}
-    for k, v in ours.items():
-        if k.startswith("visual_encoder.vit."):
-            out["visual_encoder." + k[len("visual_encoder.vit."):]] = v
-        elif k.startswith(("ln_vision.", "vision_proj.", "text_proj.", "itm_head.")) or k == "temp":
-            out[k] = v
-    q = {k[len("qformer."):]: v for k, v in ours.items() if k.startswith("qformer.")}
-    out["query_tokens"] = q["query_tokens"]
-    bert = "Qformer.bert."
-    out[bert + "embeddings.word_embeddings.weight"] = q["word_embeddings.weight"]
-    out[bert + "embeddings.position_embeddings.weight"] = q["position_embeddings.weight"]
-    out[bert + "embeddings.position_ids"] = torch.arange(q["position_embeddings.weight"].shape[0])[None]
-    for p in ("weight", "bias"):
-        out[bert + f"embeddings.LayerNorm.{p}"] = q[f"emb_ln.{p}"]
-    layers = sorted({int(k.split(".")[1]) for k in q if k.startswith("layers.")})
-    for i in layers:
-        s, d = f"{bert}encoder.layer.{i}", f"layers.{i}"
-        for p in ("weight", "bias"):
-            for name, part in zip(("query", "key", "value"), q[f"{d}.attn.qkv.{p}"].chunk(3)):
-                out[f"{s}.attention.self.{name}.{p}"] = part
-            pairs = {"attn_out.dense": "attention.output.dense", "attn_out.ln": "attention.output.LayerNorm",
-                     "ffn_text.fc1": "intermediate.dense", "ffn_text.out.dense": "output.dense",
-                     "ffn_text.out.ln": "output.LayerNorm", "ffn_query.fc1": "intermediate_query.dense",
-                     "ffn_query.out.dense": "output_query.dense", "ffn_query.out.ln": "output_query.LayerNorm"}
-            if f"{d}.cross.q.{p}" in q:
-                out[f"{s}.crossattention.self.query.{p}"] = q[f"{d}.cross.q.{p}"]
-                key, value = q[f"{d}.cross.kv.{p}"].chunk(2)
-                out[f"{s}.crossattention.self.key.{p}"], out[f"{s}.crossattention.self.value.{p}"] = key, value
-                pairs |= {"cross_out.dense": "crossattention.output.dense",
-                          "cross_out.ln": "crossattention.output.LayerNorm"}
-            for ours_name, lavis_name in pairs.items():
-                out[f"{s}.{lavis_name}.{p}"] = q[f"{d}.{ours_name}.{p}"]
-    cls = "Qformer.cls.predictions."
-    out[cls + "bias"], out[cls + "decoder.bias"] = q["lm_head.bias"], q["lm_head.bias"]
-    out[cls + "decoder.weight"] = q["word_embeddings.weight"]
-    for p in ("weight", "bias"):
-        out[cls + f"transform.dense.{p}"] = q[f"lm_head.dense.{p}"]
-        out[cls + f"transform.LayerNorm.{p}"] = q[f"lm_head.ln.{p}"]
-    return out
+        HuggingFace().read(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
 
 
 def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_is_named(tmp_path: Path,
                                                                                          capsys) -> None:
     from framework import checkpoint
-    from framework.convert import lavis_to_ours
     from framework.errors import ConfigError
+    from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     cfg["model"]["image_encoder"]["freeze"] = True
     spec = load_experiment(str(write_yaml(tmp_path / "s1.yaml", cfg))).model
     torch.manual_seed(3)
     source = build_model(spec)
-    lavis = _lavis_state(source)
+    lavis = ours_to_lavis(source.state_dict(), None)  # as LAVIS's Blip2Qformer.state_dict() names it
     torch.save({"model": lavis}, tmp_path / "blip2_pretrained.pth")  # LAVIS nests its weights under "model"
-    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "blip2_pretrained.pth"),
-                         "--out", str(tmp_path / "conv")]) == 0
+    convert = ["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "blip2_pretrained.pth"),
+               "--out", str(tmp_path / "conv")]
+    # the head counts are not in the weights: LAVIS's (16 and 12) are written, and the check sees they cannot be
+    assert convert_main(convert) == 2
+    assert "model.qformer: hidden_size 32 is not a multiple of num_heads 12" in capsys.readouterr().err
+    assert not (tmp_path / "conv").exists()  # the files it wrote before the check failed are gone
+    assert convert_main(convert + ["--options", "model.qformer.num_heads=4", "model.image_encoder.heads=4",
+                                   f"model.qformer.bert={tmp_path / 'bert'}", "model.image_encoder.precision=fp32"]) == 0
     printed = capsys.readouterr().out
     assert "left out, tied to the word embeddings: 1 keys" in printed
+    assert "checked: " in printed and "builds and every written file fits it" in printed
+    from_yaml = build_model(load_model_file(tmp_path / "conv" / "model.yaml"))  # the written section, as a user's
+    for k, v in source.state_dict().items():
+        assert torch.equal(from_yaml.state_dict()[k], v), k
     spec["image_encoder"]["checkpoint"] = str(tmp_path / "conv" / "vision.pt")
     spec["checkpoint"] = str(tmp_path / "conv" / "model.pt")
     torch.manual_seed(4)  # another initialisation: everything must come from the files
@@ -170,14 +137,14 @@ def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_i
     renamed = dict(lavis)
     renamed["Qformer.bert.encoder.layer.0.attention.self.querry.weight"] = renamed.pop(
         "Qformer.bert.encoder.layer.0.attention.self.query.weight")
-    with pytest.raises(ConfigError, match=r"lacks encoder.layer.0.attention.attention.query.weight; keys with no "
-                                          r"place: .*encoder.layer.0.attention.attention.querry.weight"):
+    with pytest.raises(ConfigError, match=r"lacks Qformer.bert.encoder.layer.0.attention.self.query.weight .*; keys "
+                                          r"with no place: .*Qformer.bert.encoder.layer.0.attention.self.querry.weight"):
         lavis_to_ours(renamed)
 
 
-def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path) -> None:
+def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path, capsys) -> None:
     from framework import checkpoint
-    from framework.convert import lavis_to_ours
+    from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
 
     from stage1_helpers import stage2_config
 
@@ -187,15 +154,28 @@ def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path) 
     # what LAVIS's Blip2OPT deletes or never has: the text path and the stage-1 heads
     text_path = re.compile(r"Qformer\.cls\.|embeddings\.(word|position)|layer\.\d+\.(intermediate|output)\."
                            r"|^(vision_proj|text_proj|itm_head)\.|^temp$")
-    lavis = {k: v for k, v in _lavis_state(stage1).items() if not text_path.search(k)}
+    lavis = {k: v for k, v in ours_to_lavis(stage1.state_dict(), None).items() if not text_path.search(k)}
     proj = generative.state_dict()["llm_proj.weight"]
     lavis |= {"opt_proj.weight": torch.randn_like(proj), "opt_proj.bias": torch.zeros(proj.shape[0]),
               "opt_model.model.decoder.embed_tokens.weight": torch.zeros(3, 3)}  # an LLM key: left out, named
     model, vision, dropped = lavis_to_ours(lavis)
     assert set(model) == set(checkpoint.trainable_state_dict(generative))  # exactly the trainable keys
     assert dropped["opt_model.model.decoder.embed_tokens.weight"].startswith("the frozen LLM")
-    checkpoint.load_model_weights(generative, {"model": model, "frozen": ["visual_encoder", "llm"]}, "lavis")
+    checkpoint.load_model_weights(generative, {"model": model, "frozen": ["image_encoder", "llm"]}, "lavis")
     assert torch.equal(generative.state_dict()["llm_proj.weight"], lavis["opt_proj.weight"])
+
+    # through the command: the LLM is not in the file, so the output is checked once its folder is given
+    torch.save({"model": lavis}, tmp_path / "blip2_opt.pth")
+    convert = ["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "blip2_opt.pth")]
+    sizes = ["model.qformer.num_heads=4", "model.image_encoder.heads=4", "model.image_encoder.precision=fp32"]
+    assert convert_main(convert + ["--out", str(tmp_path / "a"), "--options"] + sizes) == 0
+    assert "written, not yet checked" in capsys.readouterr().out
+    assert "path: null" in (tmp_path / "a" / "model.yaml").read_text()
+    assert convert_main(convert + ["--out", str(tmp_path / "b"), "--options", f"model.llm.path={tmp_path / 'opt'}",
+                                   "model.llm.precision=fp32"] + sizes) == 0
+    assert "builds and every written file fits it" in capsys.readouterr().out
+    built = build_model(load_model_file(tmp_path / "b" / "model.yaml"))
+    assert torch.equal(built.state_dict()["llm_proj.weight"], lavis["opt_proj.weight"])
 
 
 @pytest.mark.parametrize("llm", ["opt", "t5"])
@@ -203,7 +183,7 @@ def test_exported_back_transformers_loads_it_with_the_same_logits(tmp_path: Path
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
     src = _tiny_hf_blip2(tmp_path / "hf", llm)
-    hf_to_ours(src, tmp_path / "conv")
+    assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
     ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
     cfg = stage1_config(tmp_path, tmp_path / "out")
     cfg["_base_"] = str(tmp_path / "conv" / "model.yaml")
@@ -278,3 +258,28 @@ def test_converted_retrieval_model_gives_the_same_itm_and_itc_scores(tmp_path: P
             got = back(pixel_values=images, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                        use_image_text_matching_head=itm_head).logits_per_image
             torch.testing.assert_close(got, expected, rtol=0, atol=implementation_atol(expected, 4))
+
+
+def test_ours_to_lavis_and_back_through_the_command(tmp_path: Path) -> None:
+    """The README's ``--from ours --to lavis``: the file LAVIS's load_checkpoint reads converts back to our model."""
+    from framework import checkpoint
+
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    torch.manual_seed(5)
+    source = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", cfg))).model)
+    checkpoint.save_atomic(checkpoint.of_model(source, "blip2_qformer", iter=0), tmp_path / "trained.pt")
+    torch.save({k.removeprefix("image_encoder.vit."): v for k, v in source.state_dict().items()
+                if k.startswith("image_encoder.")}, tmp_path / "eva.pth")  # the frozen encoder's own file
+    cfg["model"]["checkpoint"] = str(tmp_path / "trained.pt")
+    cfg["model"]["image_encoder"]["checkpoint"] = str(tmp_path / "eva.pth")
+    assert convert_main(["--from", "ours", "--to", "lavis", "--src", str(write_yaml(tmp_path / "exp.yaml", cfg)),
+                         "--out", str(tmp_path / "lavis")]) == 0
+    saved = torch.load(tmp_path / "lavis" / "model.pth", weights_only=True)["model"]
+    assert "Qformer.bert.encoder.layer.1.output_query.dense.weight" in saved and "visual_encoder.pos_embed" in saved
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis" / "model.pth"),
+                         "--out", str(tmp_path / "back"), "--options", "model.qformer.num_heads=4",
+                         "model.image_encoder.heads=4", "model.image_encoder.precision=fp32",
+                         f"model.qformer.bert={tmp_path / 'bert'}", "model.max_txt_len=24"]) == 0
+    back = build_model(load_model_file(tmp_path / "back" / "model.yaml"))
+    for k, v in source.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k

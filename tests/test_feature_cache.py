@@ -25,7 +25,7 @@ def _config(tmp: Path, out: str, **model_encoder):
 
         vit = build("image_encoder", enc).state_dict()
         torch.save({k[len("vit."):]: v for k, v in vit.items()}, weights)  # EVA's key names
-    enc.update({"precision": "fp16", "checkpoint": str(weights), "cache_dir": str(tmp / "features"), **model_encoder})
+    enc.update({"precision": "fp16", "checkpoint": str(weights), "cache_dir": str(tmp), **model_encoder})
     return cfg
 
 

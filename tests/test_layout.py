@@ -51,3 +51,19 @@ def test_registry_listing_runs_as_a_module() -> None:
                          text=True, check=True).stdout
     assert out.startswith("lr_scheduler (2 registered)") and "  linear_warmup_cosine    [" in out
     assert "      warmup_iters: int >= 0 = 0" in out
+
+
+def test_no_framework_module_names_a_registered_part() -> None:
+    """framework/ reaches parts through the registries only: no string in it is a registered name (convert.py
+    included: the formats are parts too)."""
+    from framework.registry import REGISTRIES, discover_plugins
+
+    discover_plugins()
+    names = {n for r in REGISTRIES.values() for n in r.names()}
+    offenders = {}
+    for path in (REPO / "framework").rglob("*.py"):
+        strings = {node.value for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        if strings & names:
+            offenders[str(path.relative_to(REPO))] = sorted(strings & names)
+    assert offenders == {}

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_yaml
-from framework.predict import load_image, main as predict_main
+from framework.data.images import load_image
+from framework.predict import main as predict_main
 from stage1_helpers import stage1_config, stage2_config
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framework.errors import NotABertCheckpoint
-from framework.models.qformer import QFormer, attention_mask, load_bert, state_from_hf_qformer
+from framework.models.qformer import QFormer, attention_mask, load_bert
 
 from tiny_bert import make_tiny_bert, vocab_size
 
@@ -75,16 +75,21 @@ def test_itg_with_cached_queries_equals_the_full_pass(qformer: QFormer) -> None:
 def test_query_path_matches_transformers_blip2_qformer(impl: str) -> None:
     from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
+    from plugins.formats.hf_blip2 import key_table
+
     torch.manual_seed(0)
     cfg = Blip2QFormerConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
                              encoder_hidden_size=48, vocab_size=100, cross_attention_frequency=2)
     hf = Blip2QFormerModel._from_config(cfg, attn_implementation=impl).eval()
     ours = QFormer(vision_width=48, hidden_size=64, num_layers=4, num_heads=4, intermediate_size=128,
                    vocab_size=100, num_query_tokens=8).eval()
-    state, left = state_from_hf_qformer(hf.state_dict(), ours.query_tokens.detach().clone())
+    theirs = {f"qformer.{k}": v for k, v in hf.state_dict().items()}  # as Blip2ForConditionalGeneration nests it
+    state, left = key_table(0, 4).to_ours(theirs, "Blip2QFormerModel")
     assert left == []  # every HF key has a place
+    state = {k.removeprefix("qformer."): v for k, v in state.items()}
     missing, unexpected = ours.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith(("word_emb", "position_emb", "lm_head", "layers")) for k in missing)
+    assert not unexpected and all(k.startswith(("query_tokens", "word_emb", "position_emb", "lm_head", "layers"))
+                                  for k in missing)
     assert all("ffn_text" in k for k in missing if k.startswith("layers"))  # HF builds no text FFN here
     image = torch.randn(3, 10, 48)
     with torch.no_grad():

@@ -25,7 +25,7 @@ def test_real_size_dry_run(cfg: str, vit: int, qformer: int, capsys) -> None:
     out = capsys.readouterr().out
     table = _table(out)
     assert "[MISSING] image encoder weights" in out  # the real weights are listed, not needed for a dry run
-    assert table["visual_encoder"] == (vit, 0)  # frozen
+    assert table["image_encoder"] == (vit, 0)  # frozen
     assert table["qformer"] == (qformer, qformer)
     trainable = table["total"][1]
     # the paper: "the Q-Former ... contains 188M parameters" (with its projections and ITM head)
@@ -48,7 +48,7 @@ def test_stage2_dry_run_matches_table2(cfg: str, trainable: float, total: float,
     assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
     table = _table(out)
-    assert table["llm"][1] == 0 and table["visual_encoder"][1] == 0  # both frozen
+    assert table["llm"][1] == 0 and table["image_encoder"][1] == 0  # both frozen
     assert "[MISSING] LLM folder (config, tokenizer, weights)" in out
     assert "[MISSING] stage-1 checkpoint" in out
     # trainable: the Q-Former without its text path, ln_vision and the projection; the paper rounds to 1M

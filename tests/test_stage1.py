@@ -187,8 +187,8 @@ def test_layer_decay_lowers_the_encoder_blocks_lr_and_keeps_the_qformer_at_full_
     assert model.num_layers == 2
     groups = param_groups(model, OptimConfig(lr=1.0, layer_decay=0.5))
     ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
-    assert ids["visual_encoder.vit.pos_embed"] == 0 and ids["visual_encoder.vit.blocks.1.attn.qkv.weight"] == 2
+    assert ids["image_encoder.vit.pos_embed"] == 0 and ids["image_encoder.vit.blocks.1.attn.qkv.weight"] == 2
     assert ids["qformer.query_tokens"] == 3 and ids["ln_vision.weight"] == 3
     scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
-    assert scale["visual_encoder.vit.pos_embed"] == 0.125 and scale["visual_encoder.vit.blocks.0.attn.qkv.weight"] == 0.25
-    assert scale["visual_encoder.vit.blocks.1.attn.qkv.weight"] == 0.5 and scale["qformer.query_tokens"] == 1.0
+    assert scale["image_encoder.vit.pos_embed"] == 0.125 and scale["image_encoder.vit.blocks.0.attn.qkv.weight"] == 0.25
+    assert scale["image_encoder.vit.blocks.1.attn.qkv.weight"] == 0.5 and scale["qformer.query_tokens"] == 1.0

@@ -38,7 +38,7 @@ def test_loss_trains_the_bridge_not_the_frozen_parts_and_generation_runs(tmp_pat
     texts = model.generate(IMAGES, num_beams=2, max_new_tokens=4)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     saved = checkpoint.trainable_state_dict(model)
-    assert not any(k.startswith(("llm.", "visual_encoder.")) for k in saved)  # frozen parts come from their source
+    assert not any(k.startswith(("llm.", "image_encoder.")) for k in saved)  # frozen parts come from their source
 
 
 @pytest.mark.parametrize("llm", ["opt", "flant5"])
@@ -138,7 +138,7 @@ def test_vqa_scores_per_answer_type_and_gqa_exact_match() -> None:
     assert scores["accuracy_yes/no"] == pytest.approx(50.0) and scores["accuracy_number"] == pytest.approx(100.0)
     assert scores["accuracy_other"] == pytest.approx(60.0)  # 2 of 10 agree: (2 * 1/3 + 8 * 2/3) / 10
     assert scores["accuracy"] == pytest.approx((1 + 0 + 1 + 0.6) / 4 * 100)  # over questions, not types
-    gqa = VQA(prompt="Question: {} Short answer:", metric="exact").score([("The table.", ["table"], ""),
+    gqa = VQA(prompt_template="Question: {} Short answer:", metric="exact").score([("The table.", ["table"], ""),
                                                                          ("chair", ["table"], "")])
     assert gqa == {"accuracy": 50.0}  # one answer, exact after normalisation; GQA has no answer types
 
@@ -182,8 +182,8 @@ def test_bad_task_input_is_named(tmp_path: Path) -> None:
     from plugins.tasks.captioning import Captioning
     from plugins.tasks.vqa import VQA
 
-    with pytest.raises(ConfigError, match=r"task.prompt 'Question: Answer:' has no '\{\}' where the question goes"):
-        VQA(prompt="Question: Answer:")
+    with pytest.raises(ConfigError, match=r"task.prompt_template 'Question: Answer:' has no '\{\}' where the question goes"):
+        VQA(prompt_template="Question: Answer:")
     stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s.yaml", stage1_config(tmp_path, tmp_path))))
                          .model)
     with pytest.raises(ConfigError, match=r"task Captioning needs a model with generate\(\).*Blip2QFormer has none"):
@@ -199,8 +199,8 @@ def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path)
     cfg = stage1_config(tmp_path, tmp_path / "ft")
     cfg["model"] = spec
     finetune = build_model(load_experiment(str(write_yaml(tmp_path / "ft.yaml", cfg))).model)
-    before = {k: v.clone() for k, v in finetune.state_dict().items() if k.startswith("visual_encoder.")}
-    with pytest.raises(CheckpointError, match=r"trainable keys the checkpoint lacks: visual_encoder"):
+    before = {k: v.clone() for k, v in finetune.state_dict().items() if k.startswith("image_encoder.")}
+    with pytest.raises(CheckpointError, match=r"trainable keys the checkpoint lacks: image_encoder"):
         checkpoint.load_model_weights(finetune, {"model": weights}, "unknown.pt")  # not known to be frozen there
     checkpoint.load_model_weights(finetune, {"model": weights, "frozen": checkpoint.frozen_prefixes(stage2)},
                                   "stage2.pt")
@@ -211,7 +211,7 @@ def test_fine_tuning_the_encoder_from_a_checkpoint_that_froze_it(tmp_path: Path)
     del partial["qformer.layers.0.attn.qkv.weight"]
     with pytest.raises(CheckpointError, match=r"trainable keys the checkpoint lacks: "
                                                           r"qformer.layers.0.attn.qkv.weight"):
-        checkpoint.load_model_weights(finetune, {"model": partial, "frozen": ["visual_encoder"]}, "stage2.pt")
+        checkpoint.load_model_weights(finetune, {"model": partial, "frozen": ["image_encoder"]}, "stage2.pt")
 
 
 def test_captioning_reports_cider_per_nocaps_domain() -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from framework.data.builder import Pipeline
+from framework.data.images import load_image
 
 Source = Union[str, Path, Dict[str, Any], List[Any]]  # an annotation file, or its content already loaded
 
@@ -40,12 +40,6 @@ def _json(source: Any) -> Any:
     """A JSON annotation file's content: read from a path, or given already loaded (a builder that converts
     another official format passes the converted records)."""
     return json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source
-
-
-def load_image(source: Union[Path, BinaryIO]) -> Image.Image:
-    """An image file (a path, or its bytes as a file object) as RGB."""
-    with Image.open(source) as img:
-        return img.convert("RGB")
 
 
 class _Base(Dataset):

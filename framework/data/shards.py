@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from framework import dist
-from framework.data.datasets import load_image
+from framework.data.images import load_image
 from framework.errors import BadDataError
 from framework.logs import EVERY_RANK, logger
 

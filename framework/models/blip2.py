@@ -15,7 +15,8 @@ from framework.errors import NotABertCheckpoint
 from framework.logs import logger
 from framework.models.build import building_on_meta
 from framework.models.qformer import QFormer, QFormerSizes, load_bert
-from framework.registry import Part, build
+from framework.models.image_encoder import build_image_encoder
+from framework.registry import Part
 
 
 @dataclass
@@ -65,8 +66,8 @@ class Blip2Base(nn.Module):
                  reads_text: bool = True) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # the rest initialises alike whether the encoder is built or cached
-            self.visual_encoder = build("image_encoder", image_encoder)
-        width = self.visual_encoder.num_features
+            self.image_encoder = build_image_encoder(image_encoder)
+        width = self.image_encoder.num_features
         self.ln_vision = LayerNormFP32(width)
         q = qformer
         self.qformer = QFormer(width, **q.sizes())
@@ -95,20 +96,20 @@ class Blip2Base(nn.Module):
     def num_layers(self) -> int:
         """Blocks of the image encoder: ``run.optimizer.layer_decay`` decays their lr (LAVIS's lr_layer_decay
         when the ViT is fine-tuned); the Q-Former and heads train at the full lr."""
-        return len(getattr(getattr(self.visual_encoder, "vit", None), "blocks", []))
+        return len(getattr(getattr(self.image_encoder, "vit", None), "blocks", []))
 
     def layer_id(self, name: str) -> int:
         """0: the encoder's embeddings; i + 1: its block i; ``num_layers`` + 1: everything else."""
-        if not name.startswith("visual_encoder."):
+        if not name.startswith("image_encoder."):
             return self.num_layers + 1
-        m = re.match(r"visual_encoder\.vit\.blocks\.(\d+)\.", name)
+        m = re.match(r"image_encoder\.vit\.blocks\.(\d+)\.", name)
         if m:
             return int(m.group(1)) + 1
-        return 0 if re.match(r"visual_encoder\.vit\.(cls_token|pos_embed|patch_embed)", name) else self.num_layers + 1
+        return 0 if re.match(r"image_encoder\.vit\.(cls_token|pos_embed|patch_embed)", name) else self.num_layers + 1
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""
-        return self.ln_vision(self.visual_encoder(images))
+        return self.ln_vision(self.image_encoder(images))
 
     def tokenize(self, texts: List[str], pad_to_max: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """(input ids, attention mask): [CLS] text [SEP], cut to ``max_txt_len`` tokens (cuts are counted in

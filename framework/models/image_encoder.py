@@ -17,11 +17,24 @@ from framework.data.builder import DataFile
 from framework.errors import CheckpointError, ConfigError, WeightLoadError
 from framework.logs import logger
 from framework.models.build import building_on_meta
-from framework.registry import Range
+from framework.models.interfaces import ImageEncoderPart, missing
+from framework.registry import Range, build
 
 Precision = Literal["fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KeyMap = Callable[[Dict[str, torch.Tensor]], Tuple[Dict[str, torch.Tensor], Dict[str, str]]]
+
+
+def build_image_encoder(spec: Dict[str, Any]) -> nn.Module:
+    """Build the registered image encoder ``spec`` and check it keeps the contract every model relies on
+    (:class:`framework.models.interfaces.ImageEncoderPart`)."""
+    encoder = build("image_encoder", spec)
+    lacks = missing(encoder, ImageEncoderPart)
+    if lacks:
+        raise ConfigError(f"image encoder {spec.get('name')!r} ({type(encoder).__name__}) lacks {', '.join(lacks)}: "
+                          f"every image encoder sets num_features (its token width) and frozen (whether its weights "
+                          f"stay fixed); see framework/models/interfaces.py")
+    return encoder
 
 
 def exact_mlp_ratio(mlp_dim: int, width: int) -> float:
@@ -71,7 +84,8 @@ class ImageEncoder(nn.Module):
         ``python -m framework.cache_features`` wrote, instead of running it on images: the transformer is not
         built at all. Refused (with the reason) when the training split augments randomly or the cache was
         made by another encoder, checkpoint, precision or image processing (a fingerprint).
-    cache_dir: where the cache lives (default ``$BLIP2_CACHE/features``, ``~/.cache/blip2_framework/features``).
+    cache_dir: the framework's cache folder (as every ``cache_dir`` key: default ``$BLIP2_CACHE``, else
+        ``~/.cache/blip2_framework``); the features are in its ``features/<entry>/<split>``.
     """
 
     PRESETS: Dict[str, Dict[str, int]] = {}
@@ -92,8 +106,9 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"model.image_encoder: image_size {image_size} is not a multiple of patch_size "
                               f"{sizes['patch_size']}")
         self.image_size, self.num_features, self.frozen, self.cached = image_size, sizes["width"], freeze, cached
-        self.cache_dir = Path(cache_dir or Path(os.environ.get("BLIP2_CACHE", "~/.cache/blip2_framework"))
-                              / "features").expanduser()
+        self.checkpoint, self.depth = None if cached else checkpoint, sizes["depth"]
+        self.cache_dir = Path(cache_dir or os.environ.get("BLIP2_CACHE", "~/.cache/blip2_framework")).expanduser() \
+            / "features"
         self.num_tokens = (image_size // sizes["patch_size"]) ** 2 + 1
         self.identity = {"encoder": type(self).__name__, "image_size": image_size, **sizes, "precision": precision,
                          "checkpoint": _file_identity(checkpoint)}
@@ -109,7 +124,7 @@ class ImageEncoder(nn.Module):
         vit.norm = nn.Identity()
         self.vit = vit
         if checkpoint and not building_on_meta():
-            self.load_pretrained(checkpoint, self.key_map(sizes["depth"]))
+            self.load_pretrained(checkpoint)
         if freeze:
             self.requires_grad_(False)
             self.to(DTYPES[precision])
@@ -149,11 +164,17 @@ class ImageEncoder(nn.Module):
                              f"cache attached?)")
         return tokens
 
-    def load_pretrained(self, path: str, key_map: KeyMap) -> None:
-        """Load ``path`` through ``key_map`` (source keys -> ours, with the reason for every key left out).
+    def load_pretrained(self, path: str) -> None:
+        """Load the weights file ``path`` (see :meth:`fitting_weights`)."""
+        own = self.state_dict()
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in self.fitting_weights(path).items()})
 
-        ``path`` may also be one of our own checkpoints of a model holding this encoder (e.g. the demo's
-        ``attribute_classifier``): its ``...vit.*`` weights are taken as they are."""
+    def fitting_weights(self, path: str) -> Dict[str, torch.Tensor]:
+        """The weights of ``path`` in our names, checked to fit this encoder by name and shape (also on the meta
+        device, where nothing is loaded): through :meth:`key_map` (the source's key names -> ours, with the reason
+        for every key left out), position embeddings interpolated to this ``image_size``. ``path`` may also be one
+        of our own checkpoints of a model holding this encoder (e.g. the demo's ``attribute_classifier``): its
+        ``...vit.*`` weights are taken as they are."""
         state = read_state_dict(path)
         if state.get("format") == FORMAT:
             weights = state["model"]
@@ -163,7 +184,7 @@ class ImageEncoder(nn.Module):
             if not mapped:
                 raise WeightLoadError(f"checkpoint {path} holds no image encoder weights (no '...vit.' keys)")
         else:
-            mapped, dropped = key_map(state)
+            mapped, dropped = self.key_map(self.depth)(state)
         if "vit.pos_embed" in mapped and mapped["vit.pos_embed"].shape != self.vit.pos_embed.shape:
             grid = self.image_size // self.vit.patch_embed.patch_size[0]
             mapped["vit.pos_embed"] = resample_abs_pos_embed(mapped["vit.pos_embed"].float(), (grid, grid),
@@ -177,11 +198,11 @@ class ImageEncoder(nn.Module):
         if missing or unknown or shapes:
             raise WeightLoadError(f"{path} does not fit this encoder: missing {missing[:10]} "
                                   f"({len(missing)}), unknown {unknown[:10]} ({len(unknown)}), shapes {shapes[:10]}")
-        self.load_state_dict({k: v.to(own[k].dtype) for k, v in mapped.items()})
         for reason in sorted(set(dropped.values())):
             keys = [k for k, r in dropped.items() if r == reason]
             logger.info("%s: %d keys not used (%s): %s%s", path, len(keys), reason, ", ".join(keys[:6]),
                         " ..." if len(keys) > 6 else "")
+        return mapped
 
 
 def _file_identity(path: Optional[str]) -> Optional[Dict[str, Any]]:

@@ -1,11 +1,70 @@
-"""Protocols tasks rely on, so a task works with any model that offers the methods."""
+"""The contracts between parts: what a task asks of a model, a model of its image encoder, an evaluation of a
+retrieval split, the feature cache of an encoder and a data set. Each is a runtime-checkable ``Protocol``:
+checked with ``isinstance`` where a part is built or used (:func:`missing`), so a plugin that lacks a member is
+named with the member, not met by an ``AttributeError`` deep in a run."""
 from __future__ import annotations
 
-from typing import List, Protocol
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
 
 import torch
 
 
+@runtime_checkable
+class ImageEncoderPart(Protocol):
+    """A registered image encoder: ``forward(images [B, 3, H, W]) -> tokens [B, N, num_features]``.
+
+    ``frozen``: its weights never change (no gradients, kept in eval mode, left out of our checkpoints: they
+    come from their own file when the model is built), as BLIP-2's encoders are. A frozen encoder may store its
+    weights and return its tokens in a lower precision (fp16, bf16); whoever reads the tokens casts them (the
+    BLIP-2 models' ``ln_vision`` computes in fp32)."""
+
+    num_features: int
+    frozen: bool
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class CachesFeatures(Protocol):
+    """An image encoder whose output tokens ``python -m framework.cache_features`` can store and a run can read
+    instead of running it (``cached``: it reads them now). ``fingerprint`` is what the tokens depend on (weights,
+    architecture, precision, the split's image processing): a cache made under another is refused."""
+
+    cached: bool
+    cache_dir: Path
+
+    def fingerprint(self, image_processors: Any) -> Dict[str, Any]: ...
+
+
+@runtime_checkable
+class ReadsFeatureCache(Protocol):
+    """A data set that can serve an image's cached tokens in place of its pixels: ``feature_cache`` (None: read
+    the image file) and ``image(file_name)``, what a sample's ``image`` is."""
+
+    feature_cache: Any
+
+    def image(self, file_name: str) -> Any: ...
+
+
+@runtime_checkable
+class RetrievalSplit(Protocol):
+    """A retrieval evaluation split: its samples are the images (``index`` i); the texts are listed apart, with
+    the positives both ways (``img2txt[i]``: the texts of image i; ``txt2img[t]``: the image of text t)."""
+
+    texts: List[str]
+    img2txt: List[List[int]]
+    txt2img: List[int]
+
+
+@runtime_checkable
+class Generative(Protocol):
+    """Text from images: a caption, an answer (``prompts``: the text after the visual prompt, one per image)."""
+
+    def generate(self, images: torch.Tensor, prompts: Optional[List[str]] = None, **decoding: Any) -> List[str]: ...
+
+
+@runtime_checkable
 class Retrievable(Protocol):
     """Image-text retrieval by similarity of separately computed features (ITC)."""
 
@@ -19,6 +78,7 @@ class Retrievable(Protocol):
         """[I, T] similarity of every image with every text."""
 
 
+@runtime_checkable
 class Matchable(Protocol):
     """Image-text matching of a pair seen together (ITM), to re-rank what the similarities retrieved."""
 
@@ -27,3 +87,11 @@ class Matchable(Protocol):
 
     def match_scores(self, image_tokens: torch.Tensor, texts: List[str]) -> torch.Tensor:
         """[B] score of each (image i, text i) pair, on a scale where adding the ITC similarity makes sense."""
+
+
+def missing(obj: Any, contract: type) -> List[str]:
+    """The members of ``contract`` that ``obj`` lacks (empty: it fulfils it)."""
+    if isinstance(obj, contract):
+        return []
+    members = [m for m in vars(contract) if not m.startswith("_")] + list(getattr(contract, "__annotations__", {}))
+    return sorted({m for m in members if not hasattr(obj, m)} or {"(a member of another type)"})

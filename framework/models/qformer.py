@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework.checkpoint import read_weights
+from framework.keys import KeyTable, fused, linear
 from framework.errors import CheckpointError, ConfigError, NotABertCheckpoint
 from framework.registry import Range
 
@@ -295,49 +296,31 @@ def _init_bert(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# ------------------------------------------------------------------------------------------ weight key maps
-class _Copier:
-    """Copies weight/bias pairs from a source state dict into ours by name, remembering what it used."""
-
-    def __init__(self, src: Dict[str, torch.Tensor]) -> None:
-        self.src, self.out, self.used, self.missing = src, {}, set(), []
-
-    def take(self, src: str, dst: str) -> None:
-        for suffix in ("weight", "bias"):
-            if f"{src}.{suffix}" in self.src:
-                self.out[f"{dst}.{suffix}"] = self.src[f"{src}.{suffix}"]
-                self.used.add(f"{src}.{suffix}")
-
-    def fuse(self, srcs: List[str], dst: str) -> None:
-        """Concatenate several source layers into one of ours (separate q/k/v -> fused qkv)."""
-        for suffix in ("weight", "bias"):
-            names = [f"{s}.{suffix}" for s in srcs]
-            absent = [n for n in names if n not in self.src]
-            if absent:
-                self.missing += absent
-                continue
-            self.out[f"{dst}.{suffix}"] = torch.cat([self.src[n] for n in names])
-            self.used.update(names)
-
-    def check(self, source: str) -> None:
-        """Fail naming the source keys a fused layer needed but did not find, and those left over."""
-        if self.missing:
-            raise NotABertCheckpoint(f"{source} lacks {', '.join(self.missing[:6])}; keys with no place: "
-                                     f"{', '.join(self.unused()[:6]) or 'none'}")
-
-    def unused(self) -> List[str]:
-        return sorted(set(self.src) - self.used)
-
-
-def _bert_layer_map(src: str, dst: str) -> Dict[str, str]:
-    """BERT layer names -> ours, for one layer; ``*`` stands for weight/bias."""
-    return {
-        f"{src}.attention.output.dense": f"{dst}.attn_out.dense",
-        f"{src}.attention.output.LayerNorm": f"{dst}.attn_out.ln",
-        f"{src}.intermediate.dense": f"{dst}.ffn_text.fc1",
-        f"{src}.output.dense": f"{dst}.ffn_text.out.dense",
-        f"{src}.output.LayerNorm": f"{dst}.ffn_text.out.ln",
-    }
+# ------------------------------------------------------------------------------------------ weight key table
+def qformer_keys(num_layers: int) -> KeyTable:
+    """The Q-Former's weights in BERT's names (``BertLMHeadModel``: ``bert.`` body, ``cls.`` LM head), the one
+    table every foreign format derives from: LAVIS stores exactly these names under ``Qformer.``, transformers'
+    Blip2 renames a few (:mod:`plugins.formats.hf_blip2`), and a BERT checkpoint initialises the Q-Former through
+    it. The query feed-forward is BERT's ``intermediate_query`` / ``output_query`` (LAVIS's names; BERT has none)."""
+    table = KeyTable.of([("bert.embeddings.word_embeddings.weight", "word_embeddings.weight"),
+                         ("bert.embeddings.position_embeddings.weight", "position_embeddings.weight")])
+    table += linear("bert.embeddings.LayerNorm", "emb_ln")
+    for i in range(num_layers):
+        s, d = f"bert.encoder.layer.{i}", f"layers.{i}"
+        table += fused([f"{s}.attention.self.{p}" for p in ("query", "key", "value")], [f"{d}.attn.qkv"])
+        table += linear(f"{s}.crossattention.self.query", f"{d}.cross.q")
+        table += fused([f"{s}.crossattention.self.{p}" for p in ("key", "value")], [f"{d}.cross.kv"])
+        for theirs, ours in (("attention.output.dense", "attn_out.dense"), ("attention.output.LayerNorm", "attn_out.ln"),
+                             ("crossattention.output.dense", "cross_out.dense"),
+                             ("crossattention.output.LayerNorm", "cross_out.ln"),
+                             ("intermediate.dense", "ffn_text.fc1"), ("output.dense", "ffn_text.out.dense"),
+                             ("output.LayerNorm", "ffn_text.out.ln"), ("intermediate_query.dense", "ffn_query.fc1"),
+                             ("output_query.dense", "ffn_query.out.dense"),
+                             ("output_query.LayerNorm", "ffn_query.out.ln")):
+            table += linear(f"{s}.{theirs}", f"{d}.{ours}")
+    table += linear("cls.predictions.transform.dense", "lm_head.dense")
+    table += linear("cls.predictions.transform.LayerNorm", "lm_head.ln")
+    return table + KeyTable.of([("cls.predictions.bias", "lm_head.bias")])
 
 
 def read_bert_folder(folder: str | Path) -> Tuple[dict, Dict[str, torch.Tensor]]:
@@ -362,7 +345,8 @@ def read_bert_folder(folder: str | Path) -> Tuple[dict, Dict[str, torch.Tensor]]
         state = read_weights(weights[0], "BERT weights")
     except CheckpointError as e:
         raise NotABertCheckpoint(str(e)) from None
-    state = {k[5:] if k.startswith("bert.") else k: v for k, v in state.items()}
+    # BertModel saves its keys bare, BertForMaskedLM under bert. and cls.: one naming, BertLMHeadModel's
+    state = {k if k.startswith(("bert.", "cls.")) else f"bert.{k}": v for k, v in state.items()}
     return config, state
 
 
@@ -386,64 +370,22 @@ def load_bert(qformer: QFormer, folder: str | Path) -> List[str]:
     if wrong:
         raise NotABertCheckpoint(f"the Q-Former's sizes do not match the BERT checkpoint {folder}: "
                                  + "; ".join(wrong) + ". Set those Q-Former keys to the checkpoint's values.")
-    c = _Copier(state)
-    word = state["embeddings.word_embeddings.weight"]
-    c.out["word_embeddings.weight"] = torch.cat([word, qformer.word_embeddings.weight.detach()[-1:].to(word)])
-    c.used.add("embeddings.word_embeddings.weight")
+    out, unused = qformer_keys(len(qformer.layers)).to_ours(state, f"BERT checkpoint {folder}", NotABertCheckpoint)
+    own = qformer.state_dict()
+    # the [DEC] token that starts ITG text is one row past BERT's vocabulary: it starts as initialised
+    out["word_embeddings.weight"] = torch.cat([out["word_embeddings.weight"], own["word_embeddings.weight"][-1:]])
+    if "lm_head.bias" in out:
+        out["lm_head.bias"] = torch.cat([out["lm_head.bias"], out["lm_head.bias"].new_zeros(1)])
     # BERT adds segment embedding 0 to every token; the Q-Former has no segments, so it is folded into the
     # position embeddings: the text path then computes exactly what BERT computes (LAVIS drops it instead)
-    segment = state.get("embeddings.token_type_embeddings.weight")
-    c.out["position_embeddings.weight"] = state["embeddings.position_embeddings.weight"] + (
-        segment[0] if segment is not None else 0)
-    c.used.update({"embeddings.position_embeddings.weight", "embeddings.token_type_embeddings.weight"})
-    c.take("embeddings.LayerNorm", "emb_ln")
-    for i in range(len(qformer.layers)):
-        src, dst = f"encoder.layer.{i}", f"layers.{i}"
-        c.fuse([f"{src}.attention.self.{p}" for p in ("query", "key", "value")], f"{dst}.attn.qkv")
-        for s_, d_ in _bert_layer_map(src, dst).items():
-            c.take(s_, d_)
-        for part in ("fc1", "out.dense", "out.ln"):  # the query feed-forward starts as a copy of the text one
-            for suffix in ("weight", "bias"):
-                c.out[f"{dst}.ffn_query.{part}.{suffix}"] = c.out[f"{dst}.ffn_text.{part}.{suffix}"]
-    c.take("cls.predictions.transform.dense", "lm_head.dense")
-    c.take("cls.predictions.transform.LayerNorm", "lm_head.ln")
-    if "cls.predictions.bias" in state:
-        bias = state["cls.predictions.bias"]
-        c.out["lm_head.bias"] = torch.cat([bias, bias.new_zeros(1)])
-        c.used.add("cls.predictions.bias")
-    c.check(f"BERT checkpoint {folder}")
-    missing, unexpected = qformer.load_state_dict(c.out, strict=False)
-    assert not unexpected, unexpected  # our own map: a bug if it names a key we do not have
-    return c.unused()
-
-
-def state_from_hf_qformer(hf: Dict[str, torch.Tensor], query_tokens: Optional[torch.Tensor] = None
-                          ) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Map a transformers ``Blip2QFormerModel`` state dict (keys below ``qformer.``) onto ours.
-
-    Returns (our state dict, the HF keys that have no place in ours)."""
-    c = _Copier(hf)
-    c.take("layernorm", "emb_ln")
-    c.take("embeddings.layernorm", "emb_ln")
-    c.take("embeddings.word_embeddings", "word_embeddings")
-    c.take("embeddings.position_embeddings", "position_embeddings")
-    layers = sorted({int(k.split(".")[2]) for k in hf if k.startswith("encoder.layer.")})
-    for i in layers:
-        s, d = f"encoder.layer.{i}", f"layers.{i}"
-        c.fuse([f"{s}.attention.attention.{p}" for p in ("query", "key", "value")], f"{d}.attn.qkv")
-        c.take(f"{s}.attention.output.dense", f"{d}.attn_out.dense")
-        c.take(f"{s}.attention.output.LayerNorm", f"{d}.attn_out.ln")
-        if f"{s}.crossattention.attention.query.weight" in hf:
-            c.take(f"{s}.crossattention.attention.query", f"{d}.cross.q")
-            c.fuse([f"{s}.crossattention.attention.{p}" for p in ("key", "value")], f"{d}.cross.kv")
-            c.take(f"{s}.crossattention.output.dense", f"{d}.cross_out.dense")
-            c.take(f"{s}.crossattention.output.LayerNorm", f"{d}.cross_out.ln")
-        for ffn, (inter, output) in {"ffn_query": ("intermediate_query", "output_query"),
-                                     "ffn_text": ("intermediate", "output")}.items():
-            c.take(f"{s}.{inter}.dense", f"{d}.{ffn}.fc1")
-            c.take(f"{s}.{output}.dense", f"{d}.{ffn}.out.dense")
-            c.take(f"{s}.{output}.LayerNorm", f"{d}.{ffn}.out.ln")
-    c.check("the Q-Former weights")
-    if query_tokens is not None:
-        c.out["query_tokens"] = query_tokens
-    return c.out, c.unused()
+    segment = state.get("bert.embeddings.token_type_embeddings.weight")
+    if segment is not None:
+        out["position_embeddings.weight"] = out["position_embeddings.weight"] + segment[0]
+        unused.remove("bert.embeddings.token_type_embeddings.weight")
+    for key in [k for k in out if ".ffn_text." in k]:  # the query feed-forward starts as a copy of the text one
+        out[key.replace(".ffn_text.", ".ffn_query.")] = out[key]
+    wrong = sorted(k for k in out if k not in own or out[k].shape != own[k].shape)
+    if wrong:
+        raise NotABertCheckpoint(f"BERT checkpoint {folder} does not fit the Q-Former: {', '.join(wrong[:6])}")
+    qformer.load_state_dict(out, strict=False)
+    return [k.removeprefix("bert.") for k in unused]

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from framework import dist
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset, RetrievalDataset, VQADataset
+from framework.data.images import load_image
 from framework.errors import ConfigError
 from framework.registry import DATASETS, Range
 
@@ -183,8 +184,7 @@ class AttributeDataset(Dataset):
         labels = torch.zeros(3, dtype=torch.long)
         for o in r["objects"]:
             labels[o["column"]] = COLUMN_CLASSES.index(f"{o['color']} {o['shape']}")
-        with Image.open(self.image_root / self.split / f"{r['image_id']}.png") as img:
-            image = img.convert("RGB")
+        image = load_image(self.image_root / self.split / f"{r['image_id']}.png")
         return {"image": self.image_proc(image) if self.image_proc else image, "labels": labels,
                 "image_id": r["image_id"], "index": i}
 

@@ -37,6 +37,9 @@ def _openai_to_timm(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 @IMAGE_ENCODERS.register("clip_vit_l")
 class ClipViTL(ImageEncoder):
+    """CLIP ViT-L/14: ``full`` is its first 23 of 24 blocks, pre-norm with QuickGELU as OpenAI trained it; the
+    24th block and the final norm are left out, as BLIP-2 reads the second-to-last block's tokens."""
+
     PRESETS = {"full": dict(patch_size=14, width=1024, depth=23, heads=16, mlp_dim=4096),
                "tiny": dict(patch_size=8, width=64, depth=2, heads=4, mlp_dim=256)}
 

@@ -16,7 +16,10 @@ class ConvStem(nn.Module):
     Args:
         width: channels (= ``num_features``, the token width).
         depth: number of stride-2 convolutions; tokens = (H / 2**depth) * (W / 2**depth).
+    Always trained (``frozen`` False): it has no pretrained weights to keep.
     """
+
+    frozen = False
 
     def __init__(self, width: Annotated[int, Range(1)] = 64, depth: Annotated[int, Range(1)] = 3) -> None:
         super().__init__()

@@ -18,6 +18,8 @@ from framework.registry import IMAGE_ENCODERS
 
 @IMAGE_ENCODERS.register("eva_vit_g")
 class EvaViTG(ImageEncoder):
+    """EVA ViT-g/14: ``full`` is EVA-CLIP-g's first 39 blocks (the 40th's tokens are never used by BLIP-2)."""
+
     PRESETS = {"full": dict(patch_size=14, width=1408, depth=39, heads=16, mlp_dim=6144),
                "tiny": dict(patch_size=8, width=64, depth=2, heads=4, mlp_dim=256)}
 

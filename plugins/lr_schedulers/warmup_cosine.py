@@ -8,7 +8,7 @@ from framework.errors import ConfigError
 from framework.registry import LR_SCHEDULERS, Range
 
 
-@LR_SCHEDULERS.register("linear_warmup_cosine")
+@LR_SCHEDULERS.register("linear_warmup_cosine", default=True)
 def linear_warmup_cosine(base_lr: float, total_iters: int, iters_per_epoch: int,
                          min_lr: Annotated[float, Range(0)] = 0.0, warmup_lr: Annotated[float, Range(0)] = 0.0,
                          warmup_iters: Annotated[int, Range(0)] = 0,

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.registry import MODELS, Part, build
+from framework.models.image_encoder import build_image_encoder
+from framework.registry import MODELS, Part
 
 
 @MODELS.register("attribute_classifier")
@@ -24,7 +25,7 @@ class AttributeClassifier(nn.Module):
 
     def __init__(self, image_encoder: Part("image_encoder"), num_slots: int, num_classes: int) -> None:
         super().__init__()
-        self.image_encoder = build("image_encoder", image_encoder)
+        self.image_encoder = build_image_encoder(image_encoder)
         self.norm = nn.LayerNorm(self.image_encoder.num_features)
         self.head = nn.Linear(self.image_encoder.num_features, num_slots * num_classes)
         self.num_slots, self.num_classes = num_slots, num_classes

@@ -186,11 +186,3 @@ class Blip2QFormer(Blip2Base):
         out = self.qformer("itm", image=self.encode_image(images), input_ids=ids, text_mask=mask)
         logits = self.itm_head(out.hidden[:, :self.qformer.num_query_tokens]).mean(1)
         return logits.softmax(-1)[:, 1]
-
-    def extract_features(self, images: torch.Tensor, texts: List[str]) -> Dict[str, torch.Tensor]:
-        """Image embeddings [B,Q,E], text embeddings [B,E] and multimodal (ITM) query outputs [B,Q,H]."""
-        ids, mask = self.tokenize(texts)
-        image_kv = self.qformer.project_image(self.encode_image(images))
-        multimodal = self.qformer("itm", image_kv=image_kv, input_ids=ids, text_mask=mask).hidden
-        return {"image_embeds": self._query_embeds(image_kv), "text_embeds": self.text_features(texts),
-                "multimodal_embeds": multimodal[:, :self.qformer.num_query_tokens]}

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.registry import MODELS, Part, build
+from framework.models.image_encoder import build_image_encoder
+from framework.registry import MODELS, Part
 
 
 def hash_tokens(texts: List[str], vocab_size: int, max_words: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ class DualEncoder(nn.Module):
     def __init__(self, image_encoder: Part("image_encoder"), embed_dim: int = 64, vocab_size: int = 4096,
                  max_words: int = 32, temperature: float = 0.07) -> None:
         super().__init__()
-        self.image_encoder = build("image_encoder", image_encoder)
+        self.image_encoder = build_image_encoder(image_encoder)
         self.vision_proj = nn.Linear(self.image_encoder.num_features, embed_dim)
         self.word_embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.text_proj = nn.Linear(embed_dim, embed_dim)

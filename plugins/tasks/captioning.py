@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from framework import dist
 from framework.logs import logger
+from framework.models.interfaces import Generative
 from framework.registry import TASKS
 from framework.task import Task
 
@@ -67,7 +68,7 @@ class Captioning(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
-        self.require(model, "generate", "a generative model such as blip2_generative")
+        self.require(model, Generative, "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local_preds, local_refs, local_domains = {}, {}, {}
         for batch in loader:

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from framework import dist
-from framework.models.interfaces import Retrievable
+from framework.errors import ConfigError
+from framework.models.interfaces import Matchable, Retrievable, RetrievalSplit, missing
 from framework.registry import TASKS
 from framework.task import Task
 
@@ -138,8 +139,13 @@ class Retrieval(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
         data = loader.dataset
+        lacks = missing(data, RetrievalSplit)
+        if lacks:
+            raise ConfigError(f"task retrieval evaluates a retrieval split (texts listed apart from the images); "
+                              f"{type(data).__name__} has no {', '.join(lacks)}: use a retrieval data set")
+        self.require(model, Retrievable, "image and text features for ITC")
         if self.k_test:
-            self.require(model, "match_scores", "image-text matching for re-ranking; or set task.k_test: 0")
+            self.require(model, Matchable, "image-text matching for re-ranking; or set task.k_test: 0")
         images, texts, tokens = encode_split(model, loader, self.text_batch_size, keep_tokens=self.k_test > 0)
         sims = chunked_similarity(model, images, texts, self.chunk_size)
         itc = retrieval_metrics(sims, data.img2txt, data.txt2img)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from framework import dist
 from framework.errors import ConfigError
+from framework.models.interfaces import Generative
 from framework.registry import TASKS
 from framework.task import Task
 
@@ -84,7 +85,8 @@ def vqa_accuracy(answer: str, annotations: List[str]) -> float:
 @TASKS.register("vqa")
 class VQA(Task):
     """Args:
-        prompt: question template (``{}`` is the question).
+        prompt_template: the text after the visual prompt, a template: ``{}`` is the question (a literal text is
+            called ``prompt`` elsewhere: the captioning task's, the model's).
         metric: ``vqa`` (ten annotators, VQAv2 / OK-VQA) or ``exact`` (one answer, GQA).
         num_beams, max_new_tokens, min_new_tokens, length_penalty: decoding (the paper: 5, 10, 1, -1).
     """
@@ -92,28 +94,28 @@ class VQA(Task):
     best_metric = "accuracy"
     best_mode = "max"
 
-    def __init__(self, prompt: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
+    def __init__(self, prompt_template: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
                  num_beams: int = 5, max_new_tokens: int = 10, min_new_tokens: int = 1,
                  length_penalty: float = -1.0) -> None:
-        if "{}" not in prompt:
-            raise ConfigError(f"task.prompt {prompt!r} has no '{{}}' where the question goes, e.g. "
+        if "{}" not in prompt_template:
+            raise ConfigError(f"task.prompt_template {prompt_template!r} has no '{{}}' where the question goes, e.g. "
                               f"'Question: {{}} Answer:'")
-        self.prompt, self.metric = prompt, metric
+        self.prompt_template, self.metric = prompt_template, metric
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                              length_penalty=length_penalty)
 
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""
         answers = [max(set(a), key=a.count) for a in batch["answers"]]
-        return model({**batch, "prompt": [self.prompt.format(q) for q in batch["question"]], "text_input": answers})
+        return model({**batch, "prompt": [self.prompt_template.format(q) for q in batch["question"]], "text_input": answers})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
-        self.require(model, "generate", "a generative model such as blip2_generative")
+        self.require(model, Generative, "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local = {}
         for batch in loader:
-            prompts = [self.prompt.format(q) for q in batch["question"]]
+            prompts = [self.prompt_template.format(q) for q in batch["question"]]
             answers = model.generate(batch["image"].to(device), prompts, **self.decoding)
             types = batch.get("answer_type") or [""] * len(answers)
             for qid, ans, gts, kind in zip(batch["question_id"].tolist(), answers, batch["answers"], types):

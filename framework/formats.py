@@ -1,0 +1,65 @@
+"""What a foreign weights format (LAVIS, transformers...) offers the converter, and the check of what it wrote.
+
+A format is a registered part (``framework.registry.FORMATS``, one file per format in ``plugins/formats/``)
+holding the key tables of the modules it describes, used in both directions (:mod:`framework.keys`).
+``python -m framework.convert`` (:mod:`framework.convert`) is the command around them and names none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from framework import checkpoint
+from framework.models.build import build_model
+from framework.models.image_encoder import ImageEncoder
+
+
+@dataclass
+class Converted:
+    """What :meth:`Format.read` wrote into ``out``: the ``model:`` section that builds the network the weights
+    are for (its files pointing into ``out``), tensors per part, and every source key left out with the reason."""
+    model: Dict[str, Any]
+    counts: Dict[str, int]
+    left_out: Dict[str, str] = field(default_factory=dict)
+    # what the user must still give before the output builds (e.g. the LLM folder a LAVIS file does not hold)
+    needs: List[str] = field(default_factory=list)
+
+
+class Format:
+    """Base class of the registered formats. ``read`` converts their files into ours; ``write`` ours into theirs.
+    Either may be missing (a format only read raises :class:`NotImplementedError` from ``write``)."""
+
+    reads: str = ""   # what --src is for --from this format (help text)
+    writes: str = ""  # what --out holds for --to this format; empty: not written
+
+    def read(self, src: Path, out: Path) -> Converted:
+        raise NotImplementedError
+
+    def write(self, model: nn.Module, spec: Dict[str, Any], out: Path) -> None:
+        """``model`` built from the model section ``spec`` (its registered name under ``name``)."""
+        raise NotImplementedError
+
+
+def split_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """The keys under ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def check_builds(spec: Dict[str, Any]) -> nn.Module:
+    """Build the validated model section ``spec`` on the meta device (no weights read: any size, no memory) and
+    check that every file the conversion wrote fits it, by key and shape: the checkpoint (``model.checkpoint``)
+    and each image encoder's weights. Raises naming the misfit; returns the meta model."""
+    args = dict(spec)
+    ckpt = args.pop("checkpoint", None)
+    with torch.device("meta"):
+        model = build_model(args)
+    if ckpt:
+        checkpoint.check_fits(model, checkpoint.load(ckpt), ckpt)
+    for module in model.modules():
+        if isinstance(module, ImageEncoder) and module.checkpoint:
+            module.fitting_weights(module.checkpoint)
+    return model

@@ -1,0 +1,1 @@
+"""Foreign weight formats: python -m framework.convert --from NAME / --to NAME."""
