@@ -192,3 +192,45 @@ def test_layer_decay_lowers_the_encoder_blocks_lr_and_keeps_the_qformer_at_full_
     scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
     assert scale["image_encoder.vit.pos_embed"] == 0.125 and scale["image_encoder.vit.blocks.0.attn.qkv.weight"] == 0.25
     assert scale["image_encoder.vit.blocks.1.attn.qkv.weight"] == 0.5 and scale["qformer.query_tokens"] == 1.0
+
+
+def test_itc_without_gather_gradient_trains_each_side_through_its_own_similarities() -> None:
+    """LAVIS's default: the gathered features carry no gradient, so the image features learn from image-to-text
+    similarities only and the text features from text-to-image ones; ``itc_gather_grad`` trains both ways."""
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(5, 3, 8), dim=-1).requires_grad_()
+    txt = F.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
+    t = torch.tensor(0.1)
+
+    def grads(loss):
+        return torch.autograd.grad(loss, [img, txt])
+
+    lavis = grads(itc_loss(img, txt, t, label_smoothing=0.1)[0])
+    both = grads(itc_loss(img, txt, t, label_smoothing=0.1, gather_grad=True)[0])
+    i2t = torch.einsum("iqd,td->itq", img, txt.detach()).amax(-1) / t
+    t2i = torch.einsum("td,iqd->tiq", txt, img.detach()).amax(-1) / t
+    target = torch.arange(5)
+    by_hand = grads((F.cross_entropy(i2t, target, label_smoothing=0.1)
+                     + F.cross_entropy(t2i, target, label_smoothing=0.1)) / 2)
+    for a, b in zip(lavis, by_hand):
+        torch.testing.assert_close(a, b)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(lavis, both))  # the gathered side adds gradient
+
+
+def test_lavis_hard_negatives_are_its_weights_drawn_row_by_row() -> None:
+    sim = torch.randn(6, 6, generator=torch.Generator().manual_seed(1)) * 5
+    torch.manual_seed(7)
+    ours = sample_hard_negatives(sim, how="lavis")
+    weights = F.softmax(sim, dim=1) + 1e-4  # LAVIS's Blip2Qformer.forward, word for word in effect
+    weights.fill_diagonal_(0)
+    torch.manual_seed(7)
+    assert ours.tolist() == [torch.multinomial(weights[b], 1).item() for b in range(6)]
+
+
+def test_the_temperature_is_clamped_only_when_asked(tmp_path: Path) -> None:
+    for clamp, expected in ((False, 0.9), (True, 0.5)):
+        m = _model(tmp_path, clamp_temperature=clamp)
+        with torch.no_grad():
+            m.temp.fill_(0.9)
+        m({"image": torch.randn(2, 3, 32, 32), "text_input": ["a red circle", "two shapes"]})
+        assert float(m.temp.detach()) == pytest.approx(expected)

@@ -1,0 +1,90 @@
+"""LAVIS's side of the oracle: run inside ``.venv-lavis`` (LAVIS 1.0.2, transformers 4.33.3) by
+``tests/lavis_oracle.py``, never imported by our code.
+
+    .venv-lavis/bin/python tests/lavis/harness.py stage1 WORK
+
+reads ``WORK/spec.pt`` (sizes, seed, inputs), builds LAVIS's own model at tiny sizes from the local folders in
+``WORK`` (``bert-base-uncased/``: the tiny BERT, which LAVIS loads by that Hub name, so the folder is found
+relative to the working directory), runs it, and writes ``WORK/out.pt``: its real ``state_dict()``, the losses,
+the gradients and whatever the comparison needs. Every change made to LAVIS for this is printed ("patch: ...").
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def patch(what: str) -> None:
+    print(f"patch: {what}", flush=True)
+
+
+def tiny_eva(spec: dict):
+    """LAVIS's own EVA ViT class at the spec's sizes, randomly initialised, fp32 (``create_eva_vit_g`` downloads
+    the 1B-parameter weights and casts to fp16, which CPU matmuls reject)."""
+    from lavis.models.eva_vit import VisionTransformer
+
+    v = spec["vision"]
+
+    def create(img_size=224, drop_path_rate=0.4, use_checkpoint=False, precision="fp16"):
+        return VisionTransformer(img_size=img_size, patch_size=v["patch_size"], use_mean_pooling=False,
+                                 embed_dim=v["width"], depth=v["depth"], num_heads=v["heads"],
+                                 mlp_ratio=v["mlp_dim"] / v["width"], qkv_bias=True, drop_path_rate=drop_path_rate,
+                                 norm_layer=partial(nn.LayerNorm, eps=1e-6), use_checkpoint=use_checkpoint)
+
+    return create
+
+
+def stage1(work: Path, spec: dict) -> dict:
+    import lavis.models.blip2_models.blip2 as blip2
+    from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
+
+    blip2.create_eva_vit_g = tiny_eva(spec)
+    patch("lavis.models.blip2_models.blip2.create_eva_vit_g -> LAVIS's VisionTransformer at the test's sizes, "
+          "random weights, fp32 (no download)")
+    # LAVIS's stage 1 calls dist.get_rank(): it runs only inside a process group (one process here)
+    dist.init_process_group("gloo", init_method=f"file://{work / 'pg'}", rank=0, world_size=1)
+    torch.manual_seed(spec["seed"])
+    model = Blip2Qformer(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
+                         num_query_token=spec["num_query_tokens"], cross_attention_freq=spec["cross_attention_freq"],
+                         embed_dim=spec["embed_dim"], max_txt_len=spec["max_txt_len"])
+    with torch.no_grad():  # no zero biases or unit norms: every weight must land in the right place
+        g = torch.Generator().manual_seed(spec["seed"] + 1)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * spec["perturb"])
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    drawn, multinomial = [], torch.multinomial
+
+    def recording(weights, n, *args, **kwargs):  # the ITM negatives LAVIS draws, in order
+        out = multinomial(weights, n, *args, **kwargs)
+        drawn.append(int(out))
+        return out
+
+    torch.multinomial = recording
+    patch("torch.multinomial wrapped to record the ITM negatives LAVIS draws (values unchanged)")
+    torch.manual_seed(spec["sample_seed"])
+    out = model({"image": spec["images"], "text_input": spec["texts"]})
+    torch.multinomial = multinomial
+    out.loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    dist.destroy_process_group()
+    return {"state_dict": state, "loss_itc": out.loss_itc.detach(), "loss_itm": out.loss_itm.detach(),
+            "loss_lm": out.loss_lm.detach(), "grads": grads, "negatives": drawn,
+            "input_ids": model.tokenizer(spec["texts"], padding="max_length", truncation=True,
+                                         max_length=spec["max_txt_len"], return_tensors="pt").input_ids}
+
+
+JOBS = {"stage1": stage1}
+
+if __name__ == "__main__":
+    job, work = sys.argv[1], Path(sys.argv[2])
+    torch.set_num_threads(1)
+    result = JOBS[job](work, torch.load(work / "spec.pt", weights_only=False))
+    torch.save(result, work / "out.pt")
+    print(f"{job}: done", flush=True)
