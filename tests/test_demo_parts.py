@@ -18,7 +18,7 @@ def test_tiny_llm_is_a_hugging_face_opt_the_adapter_loads(tmp_path: Path) -> Non
     assert tiny_llm_main(["--cfg", cfg, "--steps", "30", "--options", *options]) == 0
     record = json.loads((folder / "training.json").read_text())
     assert record["final_loss"] < record["first_loss"] and record["texts"] > 30 * 5
-    adapter = LLMS.get("opt")(path=str(folder), precision="fp32")
+    adapter = LLMS.get("opt")(path=str(folder), precision="fp32", end_of_text="</s>")  # as the demo config
     text = "question: how many shapes are there? answer: 2"
     ids = adapter.tokenizer(text)["input_ids"]
     assert ids[0] == adapter.tokenizer.eos_token_id and adapter.tokenizer.unk_token_id not in ids  # </s> first

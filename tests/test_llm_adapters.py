@@ -26,7 +26,10 @@ def t5(tmp_path_factory):
     return LLMS.get("flant5")(path=str(make_tiny_t5(tmp_path_factory.mktemp("t5"))), precision="fp32")
 
 
-def test_decoder_only_loss_counts_only_the_target_tokens(opt) -> None:
+def test_decoder_only_loss_counts_only_the_target_tokens(tmp_path: Path) -> None:
+    """Prompt and target tokenised apart (``joint_tokens: false``), ended by the tokenizer's EOS."""
+    opt = LLMS.get("opt")(path=str(make_tiny_opt(tmp_path / "opt")), precision="fp32", end_of_text="</s>",
+                          joint_tokens=False)
     torch.manual_seed(0)
     prefix = torch.randn(2, 3, opt.hidden_size)
     loss = opt.lm_loss(prefix, PROMPTS, TARGETS)
@@ -40,6 +43,27 @@ def test_decoder_only_loss_counts_only_the_target_tokens(opt) -> None:
         start = prefix.shape[1] + len(p)  # first target position; predicted from the one before it
         total += F.cross_entropy(logits[start - 1:-1], torch.tensor(t), reduction="sum")
         count += len(t)
+    assert float(loss) == pytest.approx(float(total / count), rel=1e-5)
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, ["", ""]])
+def test_decoder_only_loss_as_lavis_computes_it(opt, prompts) -> None:
+    """The default, LAVIS's Blip2OPT.forward written out: prompt + " " + target + "\\n" tokenised as one string
+    (with the start token), the prompt's own tokens out of the loss, none out when the prompt is empty."""
+    torch.manual_seed(0)
+    prefix = torch.randn(2, 3, opt.hidden_size)
+    loss = opt.lm_loss(prefix, prompts, TARGETS)
+    tok = opt.tokenizer
+    total, count = 0.0, 0
+    for i in range(2):
+        text = (prompts[i] + " " if prompts[i] else "") + TARGETS[i] + "\n"
+        ids = tok(text)["input_ids"]
+        skip = len(tok(prompts[i])["input_ids"]) if prompts[i] else 0
+        logits = opt.model(inputs_embeds=torch.cat([prefix[i], opt.embed(torch.tensor(ids))])[None]).logits[0]
+        labels = torch.tensor([-100] * (prefix.shape[1] + skip) + ids[skip:])
+        total += F.cross_entropy(logits[:-1], labels[1:], reduction="sum")
+        count += len(ids) - skip
+    assert ids[-1] == tok("\n", add_special_tokens=False)["input_ids"][0] == opt.stop_token_id()
     assert float(loss) == pytest.approx(float(total / count), rel=1e-5)
 
 
@@ -72,7 +96,11 @@ def test_batched_generation_equals_one_at_a_time(name: str, beams: int, request)
 
 
 def test_frozen_in_its_precision(tmp_path: Path) -> None:
-    adapter = LLMS.get("opt")(path=str(make_tiny_opt(tmp_path / "opt")), precision="bf16")
+    folder = make_tiny_opt(tmp_path / "opt")
+    lavis = LLMS.get("opt")(path=str(folder), precision="bf16")
+    lavis.train()
+    assert lavis.model.training  # LAVIS leaves the frozen LLM's dropout on while training
+    adapter = LLMS.get("opt")(path=str(folder), precision="bf16", frozen_dropout=False)
     adapter.train()
     assert not adapter.training and not adapter.model.training
     assert not any(p.requires_grad for p in adapter.parameters())

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 WORDS = ["<pad>", "</s>", "<unk>", "a", "red", "green", "blue", "circle", "square", "triangle", "photo", "of",
-         "question", ":", "answer", "short", "what", "color", "is", "the", "?", "one", "two", "shapes", "and"]
+         "question", ":", "answer", "short", "what", "color", "is", "the", "?", "one", "two", "shapes", "and", "\n"]
 
 
 def _tokenizer(folder: Path, bos: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # words and punctuation as Whitespace() splits them, and a newline as a token of its own (OPT's end of text)
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n|\w+|[^\w\s]+"), behavior="removed", invert=True)
     # OPT's tokenizer starts a text with </s>; T5's ends it with </s>
     template = "</s> $A" if bos else "$A </s>"
     tok.post_processor = processors.TemplateProcessing(single=template, special_tokens=[("</s>", 1)])

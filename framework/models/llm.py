@@ -34,7 +34,10 @@ class LLMAdapter(nn.Module):
             sizes are checked against the folder's config.json, and ``--dry-run`` builds it without the folder.
             null: whatever the folder holds.
         precision: storage dtype of the frozen weights (fp16 or bf16 on GPU; fp32 for CPU tests).
-        freeze: no gradients, eval mode (as BLIP-2).
+        freeze: no gradients (as BLIP-2).
+        frozen_dropout: a frozen LLM still follows the model's training mode, so its dropout is active while the
+            model trains (LAVIS: it never puts the LLM in eval mode). false: a frozen LLM is always in eval mode
+            (deterministic features for the Q-Former to fit).
         max_txt_len: tokens kept of each prompt and of each target.
     """
 
@@ -42,7 +45,7 @@ class LLMAdapter(nn.Module):
     archs: Dict[str, Dict[str, Any]] = {}  # named architectures: config.json fields, model_type included
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
-                 max_txt_len: int = 32) -> None:
+                 frozen_dropout: bool = True, max_txt_len: int = 32) -> None:
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
@@ -57,7 +60,7 @@ class LLMAdapter(nn.Module):
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model = self.load(str(folder), DTYPES[precision])
-        self.max_txt_len, self.frozen = max_txt_len, freeze
+        self.max_txt_len, self.frozen, self.frozen_dropout = max_txt_len, freeze, frozen_dropout
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -123,7 +126,7 @@ class LLMAdapter(nn.Module):
         return self.model.get_input_embeddings().embedding_dim
 
     def train(self, mode: bool = True) -> "LLMAdapter":
-        return super().train(mode and not self.frozen)
+        return super().train(mode and (self.frozen_dropout or not self.frozen))
 
     def ids(self, texts: List[str], special: bool) -> List[List[int]]:
         enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=True, max_length=self.max_txt_len)
@@ -135,6 +138,10 @@ class LLMAdapter(nn.Module):
     def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         """(input embeddings, attention mask) that generation starts from."""
         raise NotImplementedError
+
+    def stop_token_id(self) -> int:
+        """The token that ends generated text."""
+        return self.tokenizer.eos_token_id
 
     @torch.no_grad()
     def generate(self, prefix: torch.Tensor, prompts: List[str], num_beams: int = 5, max_new_tokens: int = 30,
@@ -148,7 +155,7 @@ class LLMAdapter(nn.Module):
                                   length_penalty=length_penalty, repetition_penalty=repetition_penalty,
                                   num_return_sequences=num_return_sequences,
                                   **(dict(do_sample=True, top_p=top_p) if do_sample else dict(do_sample=False)),
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_id())
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
@@ -165,27 +172,67 @@ def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float 
 
 
 class DecoderOnlyAdapter(LLMAdapter):
-    """[prefix, prompt, target] through a causal LM; loss on the target tokens (and the closing EOS) only."""
+    """[prefix, prompt, target] through a causal LM; loss on the target tokens (and the end of text) only.
+
+    Args beyond :class:`LLMAdapter`'s:
+        end_of_text: the text that ends every training target and stops generation (its first token). null: the
+            adapter's (OPT: a newline, as LAVIS's Blip2OPT and transformers' released blip2-opt checkpoints; any
+            other: the tokenizer's EOS token).
+        joint_tokens: tokenise prompt and target as one string, cut to ``max_txt_len`` together, and leave the
+            prompt's own tokens out of the loss (LAVIS; with byte-level BPE the target's first word keeps its
+            leading space, and with an empty prompt the start token is a target too, as there). false: prompt and
+            target tokenised apart, each cut to ``max_txt_len``.
+    """
+
+    END_OF_TEXT: Optional[str] = None  # an adapter's default end_of_text (None: the tokenizer's EOS token)
+
+    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
+                 frozen_dropout: bool = True, max_txt_len: int = 32, end_of_text: Optional[str] = None,
+                 joint_tokens: bool = True) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len)
+        self.joint_tokens = joint_tokens
+        self.end_of_text = end_of_text if end_of_text is not None else self.END_OF_TEXT
+        if self.tokenizer is None:  # on the meta device: nothing to tokenise
+            self.eot_id = None
+        elif self.end_of_text is None:
+            self.eot_id, self.end_of_text = self.tokenizer.eos_token_id, self.tokenizer.eos_token
+        else:
+            ids = self.tokenizer(self.end_of_text, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ConfigError(f"model.llm.end_of_text {self.end_of_text!r} is no token of {path}'s tokenizer")
+            self.eot_id = ids[0]  # LAVIS stops at the first token of "\n"
 
     def auto_class(self):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM
 
-    def _sequences(self, prefix: torch.Tensor, prompts: List[str], targets: Optional[List[str]] = None):
-        """Per sample: (input embeddings, labels) of [prefix, prompt, target + EOS]."""
-        eos = self.tokenizer.eos_token_id
+    def _token_rows(self, prompts: List[str], targets: Optional[List[str]]) -> List[Tuple[List[int], int]]:
+        """Per sample: (token ids of prompt + target + end of text, how many leading ones carry no loss)."""
         prompt_ids = self.ids(prompts, special=True)
-        target_ids = [t + [eos] for t in self.ids(targets, special=False)] if targets is not None else None
+        if targets is None:
+            return [(p, len(p)) for p in prompt_ids]
+        if not self.joint_tokens:
+            return [(p + t + [self.eot_id], len(p)) for p, t in zip(prompt_ids, self.ids(targets, special=False))]
+        texts = [p + (" " if p and t and not p[-1].isspace() else "") + t + self.end_of_text
+                 for p, t in zip(prompts, targets)]
+        return [(ids, len(p) if prompt else 0) for ids, p, prompt in zip(self.ids(texts, special=True), prompt_ids,
+                                                                           prompts)]
+
+    def _sequences(self, prefix: torch.Tensor, prompts: List[str], targets: Optional[List[str]] = None):
+        """Per sample: (input embeddings, labels) of [prefix, prompt, target + end of text]."""
         rows, labels = [], []
-        for i, p in enumerate(prompt_ids):
-            ids = torch.tensor(p + (target_ids[i] if target_ids else []), device=prefix.device)
+        for i, (ids, no_loss) in enumerate(self._token_rows(prompts, targets)):
+            ids = torch.tensor(ids, device=prefix.device)
             rows.append(torch.cat([prefix[i], self.embed(ids).to(prefix.dtype)]))
             lab = torch.full((prefix.shape[1] + len(ids),), -100, device=prefix.device)
-            if target_ids:
-                lab[prefix.shape[1] + len(p):] = ids[len(p):]
+            if targets is not None:
+                lab[prefix.shape[1] + no_loss:] = ids[no_loss:]
             labels.append(lab)
         return rows, labels
+
+    def stop_token_id(self) -> int:
+        return self.eot_id
 
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         rows, labels = self._sequences(prefix, prompts, targets)

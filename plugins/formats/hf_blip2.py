@@ -175,10 +175,13 @@ class HuggingFace(Format):
         checkpoint.save_atomic(checkpoint.make("blip2_generative", model, ["image_encoder", "llm"], iter=0,
                                                converted_from=str(src)), out / "model.pt")
         hf.language_model.save_pretrained(str(out / "llm"))
-        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out / "llm"))
+        tok = AutoTokenizer.from_pretrained(str(src))
+        tok.save_pretrained(str(out / "llm"))
         section = {"name": "blip2_generative", **_section(config, out),
                    "llm": {"name": adapter, "path": str(out / "llm"),
                            "precision": "bf16" if adapter == "flant5" else "fp16"}}
+        if adapter == "opt":  # where the checkpoint's text ends: the released blip2-opt say a newline (50118)
+            section["llm"]["end_of_text"] = tok.decode([config.text_config.eos_token_id])
         return Converted(section, {"vision.pt": len(vision), "model.pt": len(model),
                                    "llm/": len(split_prefix(state, "language_model."))})
 

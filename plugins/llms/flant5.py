@@ -26,5 +26,5 @@ class FlanT5(EncoderDecoderAdapter):
              "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
-                 max_txt_len: int = 32) -> None:
-        super().__init__(path, arch, precision, freeze, max_txt_len)
+                 frozen_dropout: bool = True, max_txt_len: int = 32) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len)
