@@ -117,7 +117,7 @@ class Predictor:
                        "scores": [round(float(sims[i, j]), 4) for i in order]})
 
     def decoding(self) -> Dict[str, Any]:
-        return {"num_beams": self.args.num_beams, "max_new_tokens": self.args.max_new_tokens}
+        return {"num_beams": self.args.num_beams, "max_new_tokens": self.args.max_new_tokens, "min_new_tokens": 1}
 
 
 def parser() -> argparse.ArgumentParser:

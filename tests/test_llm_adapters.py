@@ -148,3 +148,11 @@ def test_nucleus_sampling_is_seeded_and_gives_several_texts_per_sample(opt) -> N
         runs.append(opt.generate(prefix, PROMPTS, do_sample=True, top_p=0.9, num_beams=1, max_new_tokens=6,
                                  num_return_sequences=3))
     assert runs[0] == runs[1] and len(runs[0]) == 6  # 3 per sample, in sample order
+
+
+def test_min_length_counts_what_lavis_counts(opt, t5) -> None:
+    """LAVIS's min_len: a decoder-only LLM's sequence holds the prompt (padded to the batch's longest), an
+    encoder-decoder's the decoder start token; min_new_tokens is what is left."""
+    longest = max(len(opt.tokenizer(p)["input_ids"]) for p in PROMPTS)
+    assert opt.new_tokens_for(20, PROMPTS) == 20 - longest and opt.new_tokens_for(1, PROMPTS) == 0
+    assert t5.new_tokens_for(8, PROMPTS) == 7 and t5.new_tokens_for(1, PROMPTS) == 0

@@ -63,3 +63,54 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
                       bos_token_id=1, eos_token_id=1)
     LlamaForCausalLM(cfg).save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
+    """An OPT as the released ones are: a byte-level BPE tokenizer (GPT-2's, the start token </s> added) and texts
+    that end with a newline, which the model has learnt to produce (``steps`` of training on shapes captions and
+    VQA lines after a random 4-vector visual prefix), so generation really stops there. Weights are exact fp16
+    values, so LAVIS, which loads OPT in fp16, and an fp32 load hold the same numbers."""
+    import json
+
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
+
+    from tiny_bert import CORPUS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = [c for c in CORPUS if c.startswith("a ") and len(c.split()) >= 3]
+    texts = [f"{c}\n" for c in captions] + [f"a photo of {c}\n" for c in captions[::3]] + \
+        [f"Question: what color is the {c.split()[2]}? Answer: {c.split()[1]}\n" for c in captions[::4]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=320, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    bpe.save_model(str(folder))
+    GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token="</s>", eos_token="</s>",
+                  pad_token="<pad>", unk_token="<unk>", add_bos_token=True).save_pretrained(str(folder))
+    # OPT's tokenizer starts every text with </s>; transformers 4.33 (LAVIS's) reads that from the config
+    config_file = folder / "tokenizer_config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"add_bos_token": True}, indent=1))
+    tok = GPT2Tokenizer.from_pretrained(str(folder))
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                    max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2,
+                    eos_token_id=2, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model = OPTForCausalLM(cfg)
+    enc = tok(texts, padding=True, return_tensors="pt")  # one batch of every text, padded on the right
+    labels = torch.cat([torch.full((len(texts), 4), -100), enc["input_ids"].masked_fill(enc["attention_mask"] == 0,
+                                                                                       -100)], 1)
+    mask = torch.cat([torch.ones(len(texts), 4, dtype=torch.long), enc["attention_mask"]], 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        embeds = torch.cat([torch.randn(len(texts), 4, 32, generator=g),
+                            model.get_input_embeddings()(enc["input_ids"])], 1)
+        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    model.save_pretrained(str(folder))
+    return folder

@@ -143,13 +143,24 @@ class LLMAdapter(nn.Module):
         """The token that ends generated text."""
         return self.tokenizer.eos_token_id
 
+    def new_tokens_for(self, min_length: int, prompts: List[str]) -> int:
+        """LAVIS's ``min_length`` as new tokens: transformers counts what is already in the sequence, which under
+        LAVIS is the decoder's start token for an encoder-decoder LLM."""
+        return max(0, min_length - 1)
+
     @torch.no_grad()
     def generate(self, prefix: torch.Tensor, prompts: List[str], num_beams: int = 5, max_new_tokens: int = 30,
-                 min_new_tokens: int = 1, length_penalty: float = 1.0, repetition_penalty: float = 1.0,
-                 do_sample: bool = False, top_p: float = 0.9, num_return_sequences: int = 1) -> List[str]:
+                 min_length: int = 1, min_new_tokens: Optional[int] = None, length_penalty: float = 1.0,
+                 repetition_penalty: float = 1.0, do_sample: bool = False, top_p: float = 0.9,
+                 num_return_sequences: int = 1) -> List[str]:
         """Texts generated after each prefix + prompt (``num_return_sequences`` per sample, in order): beam
-        search, or nucleus sampling with ``do_sample``; the LLM's key/value cache is used throughout."""
+        search, or nucleus sampling with ``do_sample``; the LLM's key/value cache is used throughout.
+
+        ``min_length`` means what LAVIS's does (:meth:`new_tokens_for`); ``min_new_tokens``, when given, counts
+        generated tokens only and replaces it."""
         embeds, mask = self.generation_inputs(prefix, prompts)
+        if min_new_tokens is None:
+            min_new_tokens = self.new_tokens_for(min_length, prompts)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams,
                                   max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
                                   length_penalty=length_penalty, repetition_penalty=repetition_penalty,
@@ -233,6 +244,11 @@ class DecoderOnlyAdapter(LLMAdapter):
 
     def stop_token_id(self) -> int:
         return self.eot_id
+
+    def new_tokens_for(self, min_length: int, prompts: List[str]) -> int:
+        """Under LAVIS a decoder-only LLM's sequence holds the prompt's tokens (padded to the longest prompt of the
+        batch; the visual prompt goes in as embeddings and is not counted): ``min_length`` counts them."""
+        return max(0, min_length - max(len(ids) for ids in self.ids(prompts, special=True)))
 
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         rows, labels = self._sequences(prefix, prompts, targets)

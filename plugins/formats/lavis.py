@@ -128,7 +128,8 @@ class Lavis(Format):
         name = "blip2_generative" if generative else "blip2_qformer"
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.save_atomic(checkpoint.make(name, model, frozen, iter=0, converted_from=str(src)), out / "model.pt")
-        needs = ["model.qformer.bert: a bert-base-uncased folder (the Q-Former's tokenizer; LAVIS's files hold none)"]
+        needs = [] if generative else [  # a stage-2 Q-Former reads no text: it needs no tokenizer
+            "model.qformer.bert: a bert-base-uncased folder (the Q-Former's tokenizer; LAVIS's files hold none)"]
         section: Dict[str, Any] = {"name": name, "qformer": _qformer_section(model)}
         if vision:
             torch.save(vision, out / "vision.pt")

@@ -7,7 +7,7 @@ Predictions are written in the official result format (``[{"image_id", "caption"
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -49,18 +49,23 @@ class Captioning(Task):
     Args:
         prompt: text after the visual prompt, in training and generation (the paper fine-tunes and evaluates
             with "a photo of"; its stage-2 pretraining uses none: "").
-        num_beams, max_new_tokens, min_new_tokens, length_penalty, repetition_penalty: decoding (the paper:
-            beam 5, up to 30 tokens).
+        num_beams, max_new_tokens, length_penalty, repetition_penalty: decoding (the paper: beam 5, up to 30
+            tokens).
+        min_length: the shortest caption, as LAVIS's ``min_len`` counts it: with the prompt's tokens for OPT (8
+            with "a photo of": at least 4 new tokens), with the decoder's start token for FlanT5 (at least 7).
+        min_new_tokens: when set, the shortest caption in generated tokens, replacing ``min_length``.
     """
 
     best_metric = "cider"
     best_mode = "max"
 
-    def __init__(self, prompt: str = "a photo of", num_beams: int = 5, max_new_tokens: int = 30,
-                 min_new_tokens: int = 8, length_penalty: float = 1.0, repetition_penalty: float = 1.0) -> None:
+    def __init__(self, prompt: str = "a photo of", num_beams: int = 5, max_new_tokens: int = 30, min_length: int = 8,
+                 min_new_tokens: Optional[int] = None, length_penalty: float = 1.0,
+                 repetition_penalty: float = 1.0) -> None:
         self.prompt = prompt
-        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                             length_penalty=length_penalty, repetition_penalty=repetition_penalty)
+        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length,
+                             min_new_tokens=min_new_tokens, length_penalty=length_penalty,
+                             repetition_penalty=repetition_penalty)
 
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """The LM loss of each caption after [visual prompt, ``prompt``] (the prompt is not in the loss)."""

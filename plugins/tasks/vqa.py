@@ -10,7 +10,7 @@ after the same normalisation. Predictions go to ``<output_dir>/predictions`` as 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Literal, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -88,21 +88,24 @@ class VQA(Task):
         prompt_template: the text after the visual prompt, a template: ``{}`` is the question (a literal text is
             called ``prompt`` elsewhere: the captioning task's, the model's).
         metric: ``vqa`` (ten annotators, VQAv2 / OK-VQA) or ``exact`` (one answer, GQA).
-        num_beams, max_new_tokens, min_new_tokens, length_penalty: decoding (the paper: 5, 10, 1, -1).
+        num_beams, max_new_tokens, length_penalty: decoding (the paper: 5, 10, -1).
+        min_length: the shortest answer as LAVIS's ``min_len`` counts it (1: with the prompt's tokens for OPT, so
+            an empty answer may come out, as there; with the decoder's start token for FlanT5).
+        min_new_tokens: when set, the shortest answer in generated tokens, replacing ``min_length``.
     """
 
     best_metric = "accuracy"
     best_mode = "max"
 
     def __init__(self, prompt_template: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
-                 num_beams: int = 5, max_new_tokens: int = 10, min_new_tokens: int = 1,
-                 length_penalty: float = -1.0) -> None:
+                 num_beams: int = 5, max_new_tokens: int = 10, min_length: int = 1,
+                 min_new_tokens: Optional[int] = None, length_penalty: float = -1.0) -> None:
         if "{}" not in prompt_template:
             raise ConfigError(f"task.prompt_template {prompt_template!r} has no '{{}}' where the question goes, e.g. "
                               f"'Question: {{}} Answer:'")
         self.prompt_template, self.metric = prompt_template, metric
-        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                             length_penalty=length_penalty)
+        self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length,
+                             min_new_tokens=min_new_tokens, length_penalty=length_penalty)
 
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""

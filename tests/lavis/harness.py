@@ -80,7 +80,68 @@ def stage1(work: Path, spec: dict) -> dict:
                                          max_length=spec["max_txt_len"], return_tensors="pt").input_ids}
 
 
-JOBS = {"stage1": stage1}
+def _perturb(model: nn.Module, seed: int, scale: float) -> None:
+    """No zero biases or unit norms among the trained weights: each must land in the right place on our side."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def opt(work: Path, spec: dict) -> dict:
+    """Blip2OPT: the LM loss (train mode) for each prompt in ``spec["losses"]`` (LAVIS's caption processor puts
+    the prompt before the caption; the model masks the prompt's tokens), captions (``generate`` with the caption
+    settings) and VQA answers (``generate`` one image at a time with its question in the prompt: 1.0.2's
+    Blip2OPT has no ``predict_answers``)."""
+    import lavis.models.blip2_models.blip2 as blip2
+    from lavis.models.blip2_models.blip2_opt import Blip2OPT
+
+    blip2.create_eva_vit_g = tiny_eva(spec)
+    patch("lavis.models.blip2_models.blip2.create_eva_vit_g -> LAVIS's VisionTransformer at the test's sizes, "
+          "random weights, fp32 (no download)")
+    torch.manual_seed(spec["seed"])
+    model = Blip2OPT(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
+                     num_query_token=spec["num_query_tokens"], opt_model=str(work / "opt"),
+                     max_txt_len=spec["max_txt_len"])
+    model.opt_model.float()
+    patch("opt_model.float(): LAVIS loads OPT in fp16, which CPU matmuls reject; the test's OPT holds exact fp16 "
+          "values, so no number changes")
+    generate = model.opt_model.generate
+
+    def generate_once(*args, query_embeds=None, num_beams=1, **kwargs):
+        return generate(*args, query_embeds=query_embeds[::num_beams], num_beams=num_beams, **kwargs)
+
+    model.opt_model.generate = generate_once
+    patch("opt_model.generate: the visual prompt repeated once per beam, not twice (LAVIS 1.0.2 repeats it and "
+          "transformers >= 4.27 repeats it again: a size error)")
+    _perturb(model, spec["seed"] + 1, spec["perturb"])
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("opt_model.")}
+    images = spec["images"]
+    losses = {}
+    model.train()
+    with torch.no_grad():
+        q = model.Qformer.bert(query_embeds=model.query_tokens.expand(len(images), -1, -1),
+                               encoder_hidden_states=model.ln_vision(model.visual_encoder(images)), return_dict=True)
+        prefix = model.opt_proj(q.last_hidden_state)  # the soft visual prompt, compared on its own
+    for prompt in spec["losses"]:
+        model.prompt = prompt  # what __init__ sets from its prompt argument
+        model.prompt_length = model.opt_tokenizer(prompt, return_tensors="pt").attention_mask.sum(1)
+        text = [f"{prompt} {c}" if prompt else c for c in spec["captions"]]  # LAVIS's caption processor
+        losses[prompt] = model({"image": images, "text_input": text})["loss"].detach()
+    model.eval()
+    c = spec["caption_decoding"]
+    captions = model.generate({"image": images, "prompt": c["prompt"]}, num_beams=c["num_beams"],
+                              max_length=c["max_length"], min_length=c["min_length"])
+    v = spec["vqa_decoding"]
+    answers = [model.generate({"image": images[i:i + 1], "prompt": v["prompt"].format(q)}, num_beams=v["num_beams"],
+                              max_length=v["max_length"], min_length=v["min_length"],
+                              length_penalty=v["length_penalty"])[0]
+               for i, q in enumerate(spec["questions"])]
+    return {"state_dict": state, "losses": losses, "captions": captions, "answers": answers, "prefix": prefix}
+
+
+JOBS = {"stage1": stage1, "opt": opt}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])

@@ -1,0 +1,63 @@
+"""Stage 2 against LAVIS itself: LAVIS's ``Blip2OPT`` at tiny sizes over an OPT as the released ones are (byte-level
+BPE, texts ending with a newline, trained so that it does end them), its state_dict converted with
+``framework.convert --from lavis``: the LM loss with an empty prompt and with "a photo of", the captions and the
+VQA answers, as strings."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from framework.cli import load_model_file
+from framework.convert import main as convert_main
+from framework.models.build import build_model
+
+from lavis_oracle import lavis_bert, run_lavis
+from tiny_llms import make_tiny_opt_bpe
+
+CAPTIONS = ["a red circle on the left", "a blue square in the middle", "a green triangle to the left of",
+            "a yellow circle on the right"]
+QUESTIONS = ["what color is the circle?", "what color is the square?", "what color is the triangle?",
+             "what color is the circle?"]
+SPEC = dict(seed=0, perturb=0.05, num_query_tokens=4, max_txt_len=32, losses=["", "a photo of"],
+            vision=dict(image_size=32, patch_size=8, width=48, depth=2, heads=4, mlp_dim=96),
+            caption_decoding=dict(prompt="a photo of", num_beams=5, max_length=30, min_length=8),
+            # LAVIS's Blip2OPT.predict_answers settings (later LAVIS; 1.0.2 has none): beam 5, 10 tokens, no length
+            # penalty
+            vqa_decoding=dict(prompt="Question: {} Answer:", num_beams=5, max_length=10, min_length=1,
+                              length_penalty=0.0))
+
+
+def test_opt_losses_captions_and_answers_equal_lavis(tmp_path: Path) -> None:
+    work = tmp_path / "lavis"
+    work.mkdir()
+    lavis_bert(work)  # LAVIS builds its Q-Former from it; ours comes from the converted weights
+    opt = make_tiny_opt_bpe(tmp_path / "opt")
+    shutil.copytree(opt, work / "opt")
+    images = torch.randn(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    lavis = run_lavis("opt", work, {**SPEC, "images": images, "captions": CAPTIONS, "questions": QUESTIONS})
+    torch.save({"model": lavis["state_dict"]}, tmp_path / "lavis.pth")
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis.pth"), "--out",
+                         str(tmp_path / "conv"), "--options", "model.image_encoder.heads=4", "model.qformer.num_heads=4",
+                         "model.image_encoder.precision=fp32", f"model.llm.path={opt}",
+                         "model.llm.precision=fp32"]) == 0
+    ours = build_model(load_model_file(tmp_path / "conv" / "model.yaml", [
+        "model.qformer.dropout=0.0", "model.qformer.attention_dropout=0.0"]))
+    ours.train()
+    with torch.no_grad():  # fp32, 2-layer encoder and Q-Former: the soft visual prompt, LAVIS's and ours
+        torch.testing.assert_close(ours.visual_prompt(images, [""] * len(images)), lavis["prefix"], rtol=0, atol=1e-5)
+    for prompt, expected in lavis["losses"].items():
+        got = ours({"image": images, "text_input": CAPTIONS, "prompt": [prompt] * len(CAPTIONS)})["loss"]
+        assert abs(float(got) - float(expected)) < 1e-4, (prompt, float(got), float(expected))
+    ours.eval()
+    c, v = SPEC["caption_decoding"], SPEC["vqa_decoding"]
+    # min_length as LAVIS counts it (with the prompt's tokens): the tasks' key, passed through as they pass it
+    captions = ours.generate(images, [c["prompt"]] * len(images), num_beams=c["num_beams"],
+                             max_new_tokens=c["max_length"], min_length=c["min_length"])
+    assert captions == lavis["captions"] and all(captions)
+    answers = [ours.generate(images[i:i + 1], [v["prompt"].format(q)], num_beams=v["num_beams"],
+                             max_new_tokens=v["max_length"], length_penalty=v["length_penalty"],
+                             min_length=v["min_length"])[0] for i, q in enumerate(QUESTIONS)]
+    assert answers == lavis["answers"]
+    print("LAVIS and ours:", captions, answers)
