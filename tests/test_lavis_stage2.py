@@ -61,3 +61,49 @@ def test_opt_losses_captions_and_answers_equal_lavis(tmp_path: Path) -> None:
                              min_length=v["min_length"])[0] for i, q in enumerate(QUESTIONS)]
     assert answers == lavis["answers"]
     print("LAVIS and ours:", captions, answers)
+
+
+T5_SPEC = dict(seed=0, perturb=0.05, num_query_tokens=4, max_txt_len=32,
+               vision=dict(image_size=32, patch_size=8, width=48, depth=2, heads=4, mlp_dim=96),
+               caption_decoding=dict(prompt="a photo of", num_beams=5, max_length=30, min_length=8),
+               # LAVIS's Blip2T5.predict_answers defaults, with its VQA prompt's shape
+               vqa_decoding=dict(prompt="question : {} short answer :", num_beams=5, max_length=10, min_length=1,
+                                 length_penalty=-1.0))
+
+
+def test_flant5_loss_captions_and_answers_equal_lavis(tmp_path: Path) -> None:
+    from tiny_llms import make_tiny_t5_trained
+
+    work = tmp_path / "lavis"
+    work.mkdir()
+    lavis_bert(work)
+    t5 = make_tiny_t5_trained(tmp_path / "t5")
+    shutil.copytree(t5, work / "t5")
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    questions = ["what color is the circle ?", "what color is the square ?", "what color is the triangle ?",
+                 "what color is the circle ?"]
+    prompts, targets = ["a photo of"] * 2 + ["question : what color is the circle ? short answer :"] * 2, \
+        ["a red circle", "a blue square", "red", "green"]
+    lavis = run_lavis("t5", work, {**T5_SPEC, "images": images, "questions": questions, "prompts": prompts,
+                                   "targets": targets})
+    assert lavis["dense_act_fn"] == "gelu"  # LAVIS's override of FlanT5's gelu_new
+    torch.save({"model": lavis["state_dict"]}, tmp_path / "lavis.pth")
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis.pth"), "--out",
+                         str(tmp_path / "conv"), "--options", "model.image_encoder.heads=4", "model.qformer.num_heads=4",
+                         "model.image_encoder.precision=fp32", f"model.llm.path={t5}", "model.llm.precision=fp32"]) == 0
+    ours = build_model(load_model_file(tmp_path / "conv" / "model.yaml", [
+        "model.qformer.dropout=0.0", "model.qformer.attention_dropout=0.0"]))
+    assert ours.llm.model.config.dense_act_fn == "gelu"
+    ours.train()
+    got = ours({"image": images, "text_input": targets, "prompt": prompts})["loss"]
+    assert abs(float(got) - float(lavis["loss"])) < 1e-4, (float(got), float(lavis["loss"]))
+    ours.eval()
+    c, v = T5_SPEC["caption_decoding"], T5_SPEC["vqa_decoding"]
+    captions = ours.generate(images, [c["prompt"]] * 4, num_beams=c["num_beams"], max_new_tokens=c["max_length"],
+                             min_length=c["min_length"])
+    assert captions == lavis["captions"] and all(captions)
+    answers = ours.generate(images, [v["prompt"].format(q) for q in questions], num_beams=v["num_beams"],
+                            max_new_tokens=v["max_length"], min_length=v["min_length"],
+                            length_penalty=v["length_penalty"])
+    assert answers == lavis["answers"] and all(answers)
+    print("LAVIS and ours:", captions, answers)

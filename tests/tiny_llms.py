@@ -114,3 +114,37 @@ def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
             p.copy_(p.half().float())
     model.save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_t5_trained(folder: Path, seed: int = 0, steps: int = 150) -> Path:
+    """The tiny T5 above, trained (``steps``, after a random 4-vector visual prefix in the encoder) to answer
+    "a photo of" with a caption and a colour question with the colour, each ended by </s>. Weights are exact bf16
+    values: LAVIS stores FlanT5 in bf16, an fp32 load holds the same numbers."""
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    make_tiny_t5(folder, seed)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = T5ForConditionalGeneration.from_pretrained(str(folder))
+    colors, shapes = ["red", "green", "blue"], ["circle", "square", "triangle"]
+    pairs = [("a photo of", f"a {c} {s}") for c in colors for s in shapes]
+    pairs += [(f"question : what color is the {s} ? short answer :", c) for c in colors for s in shapes]
+    enc = tok([p for p, _ in pairs], padding=True, return_tensors="pt")
+    labels = tok([t for _, t in pairs], padding=True, return_tensors="pt")["input_ids"]
+    labels = labels.masked_fill(labels == tok.pad_token_id, -100)
+    mask = torch.cat([torch.ones(len(pairs), 4, dtype=torch.long), enc["attention_mask"]], 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        embeds = torch.cat([torch.randn(len(pairs), 4, 32, generator=g),
+                            model.get_input_embeddings()(enc["input_ids"])], 1)
+        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    model.config.dropout_rate = 0.0  # a frozen LLM trains in training mode under LAVIS: no dropout, no randomness
+    model.save_pretrained(str(folder))
+    return folder

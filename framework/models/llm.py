@@ -167,7 +167,10 @@ class LLMAdapter(nn.Module):
                                   num_return_sequences=num_return_sequences,
                                   **(dict(do_sample=True, top_p=top_p) if do_sample else dict(do_sample=False)),
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_id())
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        # clean_up_tokenization_spaces: " ." -> "." and the like, as transformers 4.x did by default under LAVIS
+        # (5.x no longer does): the texts the paper scored
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True,
+                                                               clean_up_tokenization_spaces=True)]
 
 
 def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float = 0.0) -> torch.Tensor:

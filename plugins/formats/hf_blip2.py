@@ -182,6 +182,8 @@ class HuggingFace(Format):
                            "precision": "bf16" if adapter == "flant5" else "fp16"}}
         if adapter == "opt":  # where the checkpoint's text ends: the released blip2-opt say a newline (50118)
             section["llm"]["end_of_text"] = tok.decode([config.text_config.eos_token_id])
+        else:  # transformers runs FlanT5 with its config's activation (LAVIS overrides it; the adapter follows LAVIS)
+            section["llm"]["activation"] = None
         return Converted(section, {"vision.pt": len(vision), "model.pt": len(model),
                                    "llm/": len(split_prefix(state, "language_model."))})
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+from torch import nn
+
 from framework.models.image_encoder import Precision
 from framework.models.llm import EncoderDecoderAdapter
 from framework.registry import LLMS
@@ -19,12 +22,26 @@ def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
 
 @LLMS.register("flant5")
 class FlanT5(EncoderDecoderAdapter):
-    """Args: see :class:`framework.models.llm.LLMAdapter`; ``precision`` defaults to bf16."""
+    """Args: see :class:`framework.models.llm.LLMAdapter`; ``precision`` defaults to bf16.
+
+    activation: the feed-forward activation, in place of the checkpoint's (LAVIS's Blip2T5 sets ``gelu``, the
+        exact one, where FlanT5's config says ``gelu_new``, the tanh approximation: the paper's FlanT5 models ran
+        with gelu). null: the checkpoint's (transformers' released blip2-flan-t5 run with it).
+    """
 
     model_type = ("t5",)
     archs = {"flan-t5-base": _flant5(768, 2048, 12, 12), "flan-t5-large": _flant5(1024, 2816, 24, 16),
              "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
-                 frozen_dropout: bool = True, max_txt_len: int = 32) -> None:
+                 frozen_dropout: bool = True, max_txt_len: int = 32, activation: Optional[str] = "gelu") -> None:
+        self.activation = activation  # read by load() inside the base class's __init__
         super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len)
+
+    def load(self, path: str, dtype: torch.dtype) -> nn.Module:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path)
+        if self.activation is not None:
+            config.dense_act_fn = self.activation
+        return self.auto_class().from_pretrained(path, config=config, dtype=dtype)

@@ -141,7 +141,40 @@ def opt(work: Path, spec: dict) -> dict:
     return {"state_dict": state, "losses": losses, "captions": captions, "answers": answers, "prefix": prefix}
 
 
-JOBS = {"stage1": stage1, "opt": opt}
+def t5(work: Path, spec: dict) -> dict:
+    """Blip2T5: the LM loss (train mode; encoder text ``text_input``, decoder target ``text_output``), captions
+    (``generate``) and VQA answers (``predict_answers``, LAVIS's own settings)."""
+    import lavis.models.blip2_models.blip2 as blip2
+    from lavis.models.blip2_models.blip2_t5 import Blip2T5
+
+    blip2.create_eva_vit_g = tiny_eva(spec)
+    patch("lavis.models.blip2_models.blip2.create_eva_vit_g -> LAVIS's VisionTransformer at the test's sizes, "
+          "random weights, fp32 (no download)")
+    torch.manual_seed(spec["seed"])
+    model = Blip2T5(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
+                    num_query_token=spec["num_query_tokens"], t5_model=str(work / "t5"),
+                    max_txt_len=spec["max_txt_len"])
+    model.t5_model.float()
+    patch("t5_model.float(): LAVIS casts FlanT5 to bf16, which CPU matmuls against fp32 inputs reject; the test's "
+          "T5 holds exact bf16 values, so no number changes")
+    _perturb(model, spec["seed"] + 1, spec["perturb"])
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("t5_model.")}
+    images = spec["images"]
+    model.train()
+    loss = model({"image": images, "text_input": spec["prompts"], "text_output": spec["targets"]})["loss"].detach()
+    model.eval()
+    c = spec["caption_decoding"]
+    captions = model.generate({"image": images, "prompt": c["prompt"]}, num_beams=c["num_beams"],
+                              max_length=c["max_length"], min_length=c["min_length"])
+    v = spec["vqa_decoding"]
+    answers = model.predict_answers({"image": images, "text_input": spec["questions"]}, prompt=v["prompt"],
+                                    num_beams=v["num_beams"], max_len=v["max_length"], min_len=v["min_length"],
+                                    length_penalty=v["length_penalty"])
+    return {"state_dict": state, "loss": loss, "captions": captions, "answers": answers,
+            "dense_act_fn": model.t5_model.config.dense_act_fn}
+
+
+JOBS = {"stage1": stage1, "opt": opt, "t5": t5}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])
