@@ -156,3 +156,13 @@ def test_min_length_counts_what_lavis_counts(opt, t5) -> None:
     longest = max(len(opt.tokenizer(p)["input_ids"]) for p in PROMPTS)
     assert opt.new_tokens_for(20, PROMPTS) == 20 - longest and opt.new_tokens_for(1, PROMPTS) == 0
     assert t5.new_tokens_for(8, PROMPTS) == 7 and t5.new_tokens_for(1, PROMPTS) == 0
+
+
+@pytest.mark.parametrize("name", ["opt", "t5"])
+def test_a_long_prompt_is_cut_in_training_but_not_in_generation(name: str, request) -> None:
+    """LAVIS cuts training text to max_txt_len but never a generation prompt: a long question keeps its end."""
+    adapter = request.getfixturevalue(name)
+    long = " ".join(["what color is the circle and the square ?"] * 6) + " answer :"
+    assert len(adapter.ids([long], special=True, truncate=False)[0]) > adapter.max_txt_len
+    embeds, _ = adapter.generation_inputs(torch.zeros(1, 3, adapter.hidden_size), [long])
+    assert embeds.shape[1] == 3 + len(adapter.tokenizer(long)["input_ids"])  # the whole prompt

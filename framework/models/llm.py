@@ -128,8 +128,11 @@ class LLMAdapter(nn.Module):
     def train(self, mode: bool = True) -> "LLMAdapter":
         return super().train(mode and (self.frozen_dropout or not self.frozen))
 
-    def ids(self, texts: List[str], special: bool) -> List[List[int]]:
-        enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=True, max_length=self.max_txt_len)
+    def ids(self, texts: List[str], special: bool, truncate: bool = True) -> List[List[int]]:
+        """Token ids; ``truncate``: cut to ``max_txt_len`` (training text; LAVIS never cuts a generation prompt,
+        so a long VQA question keeps its "Answer:")."""
+        enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=truncate,
+                             max_length=self.max_txt_len if truncate else None)
         return enc["input_ids"]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -223,11 +226,12 @@ class DecoderOnlyAdapter(LLMAdapter):
 
     def _token_rows(self, prompts: List[str], targets: Optional[List[str]]) -> List[Tuple[List[int], int]]:
         """Per sample: (token ids of prompt + target + end of text, how many leading ones carry no loss)."""
-        prompt_ids = self.ids(prompts, special=True)
-        if targets is None:
-            return [(p, len(p)) for p in prompt_ids]
+        if targets is None:  # generation: the whole prompt
+            return [(p, len(p)) for p in self.ids(prompts, special=True, truncate=False)]
         if not self.joint_tokens:
-            return [(p + t + [self.eot_id], len(p)) for p, t in zip(prompt_ids, self.ids(targets, special=False))]
+            return [(p + t + [self.eot_id], len(p)) for p, t in zip(self.ids(prompts, special=True),
+                                                                    self.ids(targets, special=False))]
+        prompt_ids = self.ids(prompts, special=True, truncate=False)  # LAVIS's prompt_length: the prompt alone
         texts = [p + (" " if p and t and not p[-1].isspace() else "") + t + self.end_of_text
                  for p, t in zip(prompts, targets)]
         return [(ids, len(p) if prompt else 0) for ids, p, prompt in zip(self.ids(texts, special=True), prompt_ids,
@@ -251,7 +255,7 @@ class DecoderOnlyAdapter(LLMAdapter):
     def new_tokens_for(self, min_length: int, prompts: List[str]) -> int:
         """Under LAVIS a decoder-only LLM's sequence holds the prompt's tokens (padded to the longest prompt of the
         batch; the visual prompt goes in as embeddings and is not counted): ``min_length`` counts them."""
-        return max(0, min_length - max(len(ids) for ids in self.ids(prompts, special=True)))
+        return max(0, min_length - max(len(ids) for ids in self.ids(prompts, special=True, truncate=False)))
 
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         rows, labels = self._sequences(prefix, prompts, targets)
@@ -274,13 +278,14 @@ class EncoderDecoderAdapter(LLMAdapter):
 
         return AutoModelForSeq2SeqLM
 
-    def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def generation_inputs(self, prefix: torch.Tensor, prompts: List[str],
+                          truncate: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = [torch.cat([prefix[i], self.embed(torch.tensor(p, device=prefix.device)).to(prefix.dtype)])
-                for i, p in enumerate(self.ids(prompts, special=True))]
+                for i, p in enumerate(self.ids(prompts, special=True, truncate=truncate))]
         mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
         return _pad(rows, "right").to(self.model.dtype), mask
 
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
-        embeds, mask = self.generation_inputs(prefix, prompts)
+        embeds, mask = self.generation_inputs(prefix, prompts, truncate=True)  # LAVIS cuts the encoder's text here
         labels = [torch.tensor(t, device=prefix.device) for t in self.ids(targets, special=True)]
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100)).loss
