@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain data and tensors: ``model`` (trainable and non-frozen weights only; frozen
 parts come from their own source when the model is built), ``optimizer``, ``scaler``, ``rng`` (every rank's
 python / numpy / torch / CUDA generator states), ``iter`` (the epoch follows from it), ``best``, ``stream`` and
-``stream_readers`` (shard readers' positions), ``frozen`` (the parts left out of ``model``), ``config`` (the
+``stream_readers`` (shard readers' positions), ``frozen`` (the parts left out of ``model``), ``absent`` (the
+parts the writing model had deleted: :class:`framework.models.interfaces.RemovesParts`), ``config`` (the
 resolved config as YAML text), ``model_name`` and ``format``.
 """
 from __future__ import annotations
@@ -33,8 +34,12 @@ def make(model_name: str, weights: Dict[str, torch.Tensor], frozen: Iterable[str
 
 
 def of_model(model: nn.Module, model_name: str, **state: Any) -> Dict[str, Any]:
-    """:func:`make` for a built model: its trainable weights, its frozen parts left out."""
-    return make(model_name, trainable_state_dict(model), frozen_prefixes(model), **state)
+    """:func:`make` for a built model: its trainable weights, its frozen parts left out, the parts it deleted
+    named."""
+    from framework.models.interfaces import RemovesParts  # models import this module: import where used
+
+    absent = list(model.removed) if isinstance(model, RemovesParts) else []
+    return make(model_name, trainable_state_dict(model), frozen_prefixes(model), absent=absent, **state)
 
 
 def read_resume(resume: Optional[str], ckpt_dir: Path, model: nn.Module, model_name: str,
@@ -137,6 +142,12 @@ def check_fits(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
     if was_frozen and set(trainable_state_dict(model)) - expected:
         logger.info("checkpoint %s: %s were frozen when it was written; they keep their own weights", source,
                     ", ".join(p.rstrip(".") for p in was_frozen))
+    absent = tuple(ckpt.get("absent", []))  # the writer had deleted them: this model's own weights stay
+    kept = {k for k in expected if k.startswith(absent)} if absent else set()
+    if kept:
+        logger.info("checkpoint %s: %s were not in the model that wrote it; they keep the weights they were built "
+                    "with", source, summarize_keys(kept))
+        expected -= kept
     unexpected = set(weights) - set(own)
     missing = expected - set(weights)
     shapes = [f"{k} (checkpoint {tuple(weights[k].shape)}, model {tuple(own[k].shape)})"

@@ -5,7 +5,7 @@ named with the member, not met by an ``AttributeError`` deep in a run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
@@ -23,6 +23,15 @@ class ImageEncoderPart(Protocol):
     frozen: bool
 
     def forward(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RemovesParts(Protocol):
+    """A model that deletes parts of what it builds (stage 2 deletes the Q-Former's text path): ``removed``, the
+    parameter-name prefixes it deleted. Its checkpoints record them (``absent``), so a model that has those parts
+    (stage 2 with ``qformer_text_input``) may load the checkpoint and keep its own weights for them."""
+
+    removed: Tuple[str, ...]
 
 
 @runtime_checkable

@@ -1,0 +1,79 @@
+"""Every fine-tuning and evaluation config of the paper (``projects/blip2/finetune/``, ``eval/``) runs: the same
+config, inherited as a user would, with only its sizes made tiny, its checkpoints replaced by tiny ones of the
+runs it starts from, and its data by the shapes set of the same kind. Fine-tuning takes a training step (and the
+evaluation after it); evaluation evaluates."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+import yaml
+
+from framework import checkpoint
+from framework.cli import load_experiment
+from framework.evaluate import main as evaluate_main
+from framework.models.build import build_model
+from framework.train import main as train_main
+
+from conftest import REPO, write_yaml
+from stage1_helpers import stage1_config, stage2_config
+from tiny_bert import vocab_size
+
+CONFIGS = sorted(str(p.relative_to(REPO / "projects" / "blip2")) for p in (REPO / "projects" / "blip2").glob("[fe]*/*.yaml"))
+DATA = {"captioning": "shapes_caption", "vqa": "shapes_vqa", "retrieval": "shapes_retrieval"}
+IMAGE = [{"name": "resize", "size": 32}, {"name": "normalize"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Dict[str, Any]:
+    """Tiny checkpoints of the runs the configs start from: stage 1, and stage 2 over OPT and over FlanT5."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    out = {"bert": tmp / "bert", "opt": tmp / "opt", "flant5": tmp / "t5"}
+    torch.manual_seed(0)
+    for name, cfg in (("stage1", stage1_config(tmp, tmp)), ("opt_stage2", stage2_config(tmp, tmp, "opt")),
+                      ("flant5_stage2", stage2_config(tmp, tmp, "t5"))):
+        spec = load_experiment(str(write_yaml(tmp / f"{name}.yaml", cfg))).model
+        checkpoint.save_atomic(checkpoint.of_model(build_model(spec), spec["name"], iter=1), tmp / f"{name}.pt")
+        out[name] = tmp / f"{name}.pt"
+    return out
+
+
+def _tiny_variant(cfg: str, tiny: Dict[str, Any], tmp: Path) -> Path:
+    path = REPO / "projects" / "blip2" / cfg
+    resolved = load_experiment(str(path)).model  # what the config builds, to keep its structure
+    task = load_experiment(str(path)).task["name"]
+    llm = resolved.get("llm", {}).get("name") if isinstance(resolved.get("llm"), dict) else None
+    model: Dict[str, Any] = {
+        "image_encoder": {"image_size": 32, "patch_size": 8, "width": 48, "depth": 2, "heads": 4, "mlp_dim": 96,
+                          "checkpoint": None, "precision": "fp32"},
+        "qformer": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64,
+                    "vocab_size": vocab_size(tiny["bert"]), "max_position_embeddings": 64, "num_query_tokens": 4,
+                    "bert": str(tiny["bert"])},
+        "checkpoint": str(tiny[f"{llm}_stage2"] if llm else tiny["stage1"]) if resolved.get("checkpoint") else None,
+    }
+    if llm:
+        model["llm"] = {"path": str(tiny[llm]), "arch": None, "precision": "fp32"}
+        if resolved.get("stage1_checkpoint"):
+            model["stage1_checkpoint"] = str(tiny["stage1"])
+    else:
+        model["embed_dim"] = 32
+    entry = DATA[task]
+    data = {"_delete_": True, entry: {"image_size": 32, "num_images": {"train": 6, "val": 4, "test": 4},
+                                      "processors": {"train": {"image": IMAGE}, "eval": {"image": IMAGE}}}}
+    run = {"output_dir": str(tmp / "out"), "device": "cpu", "amp": "off", "max_iters": 1,
+           "batch_size": 2, "eval_batch_size": 2, "num_workers": 0, "tensorboard": False,
+           "eval_splits": ["val"], "test_splits": []}
+    wrapper = {"_base_": str(path), "model": model, "datasets": data, "run": run}
+    return write_yaml(tmp / "tiny.yaml", wrapper)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_every_paper_config_runs_at_tiny_sizes(cfg: str, tiny, tmp_path: Path) -> None:
+    wrapper = _tiny_variant(cfg, tiny, tmp_path)
+    run = train_main if cfg.startswith("finetune/") else evaluate_main
+    assert run(["--cfg", str(wrapper)]) == 0
+    metrics = yaml.safe_load((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics, f"{cfg}: no metrics"
