@@ -231,3 +231,24 @@ def test_captioning_reports_cider_per_nocaps_domain() -> None:
     metrics = Captioning().evaluate(Fixed(), [batch])
     assert metrics["cider_out-domain"] == pytest.approx(0.0) and metrics["cider_in-domain"] > 0
     assert "cider_near-domain" not in metrics  # only the domains present
+
+
+def test_prefix_lm_splits_each_caption_between_input_and_target(tmp_path: Path) -> None:
+    """The paper's prefix language modelling (FlanT5): the prefix follows the prompt into the input, the suffix is
+    the target, split at a random word; off (LAVIS 1.0.2) the whole caption is the target."""
+    from plugins.models.blip2_generative import split_for_prefix_lm
+
+    torch.manual_seed(0)
+    prompts, targets = split_for_prefix_lm(["", "a photo of"], ["a red circle on the left", "circle"])
+    assert targets[1] == "circle" and prompts[1] == "a photo of"  # one word: nothing to split
+    words = "a red circle on the left".split()
+    k = len(prompts[0].split())
+    assert 1 <= k < len(words) and prompts[0].split() + targets[0].split() == words
+    cfg = stage2_config(tmp_path, tmp_path / "out", "t5", prefix_lm=True)
+    model = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", cfg))).model).train()
+    seen = []
+    model.llm.lm_loss = lambda prefix, p, t: seen.append((p, t)) or prefix.sum() * 0
+    model({"image": torch.randn(2, 3, 32, 32), "text_input": ["a red circle on the left", "two shapes"],
+           "prompt": ["", ""]})
+    (p, t), = seen
+    assert [a.split() + b.split() for a, b in zip(p, t)] == [words, ["two", "shapes"]] and all(t)

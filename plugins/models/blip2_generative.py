@@ -10,7 +10,7 @@ is this one key: the paper's stage-1 removal ablation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,18 @@ from framework.registry import MODELS, Part, Range, build
 STAGE1_PREFIXES = ("qformer.", "ln_vision.")
 
 
+def split_for_prefix_lm(prompts: List[str], texts: List[str]) -> Tuple[List[str], List[str]]:
+    """Each text split after a random number of its words (at least one on each side; a one-word text is left
+    whole): (prompt + prefix, suffix). Drawn from torch's generator, so a seeded run repeats."""
+    out_prompts, out_targets = [], []
+    for prompt, text in zip(prompts, texts):
+        words = text.split()
+        k = int(torch.randint(1, len(words), ())) if len(words) > 1 else 0
+        out_prompts.append(" ".join(w for w in [prompt, *words[:k]] if w))
+        out_targets.append(" ".join(words[k:]))
+    return out_prompts, out_targets
+
+
 @MODELS.register("blip2_generative")
 class Blip2Generative(Blip2Base):
     """Args:
@@ -38,15 +50,18 @@ class Blip2Generative(Blip2Base):
         prompt: text after the visual prompt when the caller gives none (``generate`` without prompts,
             ``framework.predict``); the tasks pass their own (``task.prompt``).
         max_txt_len: Q-Former text tokens kept.
+        prefix_lm: prefix language modelling (the paper, section 3.3, for FlanT5): each training text is split
+            at a random word; the prefix follows the prompt into the LLM's input, the suffix is the target.
+            false (LAVIS 1.0.2, whose Blip2T5 takes the whole text as the target): no split.
     """
 
     def __init__(self, image_encoder: Part("image_encoder"), llm: Part("llm"), qformer: QFormerArgs = QFormerArgs(),
                  stage1_checkpoint: Optional[str] = None, qformer_text_input: bool = False, prompt: str = "",
-                 max_txt_len: Annotated[int, Range(1)] = 32) -> None:
+                 max_txt_len: Annotated[int, Range(1)] = 32, prefix_lm: bool = False) -> None:
         super().__init__(image_encoder, qformer, max_txt_len, reads_text=qformer_text_input)
         self.llm = build("llm", llm)
         self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)
-        self.qformer_text_input, self.prompt = qformer_text_input, prompt
+        self.qformer_text_input, self.prompt, self.prefix_lm = qformer_text_input, prompt, prefix_lm
         self.removed = tuple("qformer." + k for k in self.qformer.remove_text_path(keep_text_input=qformer_text_input))
         if stage1_checkpoint:
             self.weight_files = self.weight_files + [DataFile(Path(stage1_checkpoint), "stage-1 checkpoint")]
@@ -92,8 +107,10 @@ class Blip2Generative(Blip2Base):
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """LM loss of the sample's ``text_input`` (the caption) after [visual prompt, ``prompt``]."""
-        prompts = self._prompts(batch)
-        loss = self.llm.lm_loss(self.visual_prompt(batch["image"], prompts), prompts, batch["text_input"])
+        prompts, targets = self._prompts(batch), list(batch["text_input"])
+        if self.prefix_lm:
+            prompts, targets = split_for_prefix_lm(prompts, targets)
+        loss = self.llm.lm_loss(self.visual_prompt(batch["image"], prompts), prompts, targets)
         return {"loss": loss, "loss_lm": loss}
 
     @torch.no_grad()
