@@ -254,7 +254,14 @@ class ExperimentData:
         return data
 
     def training_loader(self) -> DataLoader:
-        parts = [self.build(e, s) for e in self.builders for s in self.cfg.train_splits]
+        # every entry trains on the training splits it has (Visual Genome QA has train only beside VQAv2's
+        # train + val); an entry with none of them is a config mistake
+        pairs = [(e, s) for e, b in self.builders.items() for s in self.cfg.train_splits if b.has_split(s)]
+        idle = [e for e in self.builders if e not in {p[0] for p in pairs}]
+        if idle:
+            raise ConfigError(f"datasets.{idle[0]}: has none of the training splits {self.cfg.train_splits} "
+                              f"(run.train_splits); remove the entry or train on a split it has")
+        parts = [self.build(e, s) for e, s in pairs]
         streams = sum(map(is_stream, parts))
         if streams not in (0, len(parts)):
             raise ConfigError("datasets: some training entries are shards (streams) and some are map-style; train "
@@ -265,7 +272,7 @@ class ExperimentData:
             if unset or any(r <= 0 for r in ratios.values()):
                 raise ConfigError(f"datasets: sample_ratio is set for some entries; give every entry a positive "
                                   f"one (now {ratios})")
-            weights = [ratios[e] for e in self.builders for _ in self.cfg.train_splits]
+            weights = [ratios[e] for e, _ in pairs]
             mix = IterableMixture if streams else Mixture
             data = mix(parts, weights, self.cfg.seed)
         elif streams and len(parts) > 1:

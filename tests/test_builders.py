@@ -151,7 +151,7 @@ def test_a_missing_file_names_file_entry_and_source(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("entry, split", [("coco_caption", "val"), ("coco_retrieval", "test"), ("flickr30k", "test"),
                                           ("nocaps", "val"), ("vqav2", "val"), ("okvqa", "val"),
-                                          ("gqa", "test-dev"), ("vg_caption", "train")])
+                                          ("gqa", "test-dev"), ("vg_caption", "train"), ("vg_vqa", "train")])
 def test_datasets_cfg_entries_validate_and_list_their_files(tmp_path: Path, entry: str, split: str, capsys) -> None:
     from framework.train import main as train_main
 
@@ -163,3 +163,18 @@ def test_datasets_cfg_entries_validate_and_list_their_files(tmp_path: Path, entr
     assert train_main(["--cfg", str(write_yaml(tmp_path / "c.yaml", cfg)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"[MISSING] {entry}: " in out and str(tmp_path / "nothing") in out
+
+
+def test_visual_genome_question_answers(tmp_path: Path, shapes_keys) -> None:
+    _jpg(tmp_path / "VG_100K" / "7.jpg", 0)
+    _dump(tmp_path / "image_data.json", [{"image_id": 7, "url": "https://cs.stanford.edu/people/rak248/VG_100K/7.jpg",
+                                          "width": 24, "height": 20, "coco_id": None, "flickr_id": None}])
+    _dump(tmp_path / "question_answers.json", [{"id": 7, "qas": [
+        {"a_objects": [], "question": "What color is the clock?", "image_id": 7, "qa_id": 986768,
+         "answer": "Green.", "q_objects": []},
+        {"a_objects": [], "question": "Where?", "image_id": 7, "qa_id": 986769, "answer": " . ", "q_objects": []}]}])
+    builder = DATASETS.get("vg_vqa")("vg_vqa", root=str(tmp_path), processors=PROC)
+    assert builder.has_split("train") and not builder.has_split("val")
+    train = builder.build("train")
+    assert len(train) == 1 and set(train[0]) == shapes_keys["vqa"]  # the answerless pair is left out
+    assert train[0]["answers"] == ["green"] and train[0]["question"] == "What color is the clock?"

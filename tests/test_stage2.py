@@ -252,3 +252,11 @@ def test_prefix_lm_splits_each_caption_between_input_and_target(tmp_path: Path) 
            "prompt": ["", ""]})
     (p, t), = seen
     assert [a.split() + b.split() for a, b in zip(p, t)] == [words, ["two", "shapes"]] and all(t)
+
+
+def test_vqa_without_public_answers_writes_predictions_and_no_accuracy() -> None:
+    from plugins.tasks.vqa import VQA
+
+    assert VQA().score([("red", [], ""), ("two", [], "")]) == {"questions": 2.0}  # VQAv2 test-dev
+    mixed = VQA(metric="exact").score([("red", ["red"], ""), ("two", [], "")])
+    assert mixed["accuracy"] == 100.0  # the answered question is scored, the other counted in the log

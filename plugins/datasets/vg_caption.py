@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
@@ -21,34 +21,54 @@ from framework.errors import ConfigError
 from framework.registry import DATASETS
 
 
+def image_files(root: Path) -> Dict[int, str]:
+    """Visual Genome image id -> file below ``root``: the folder is the second-to-last part of the image's url
+    in ``image_data.json`` (.../VG_100K_2/1.jpg)."""
+    return {im["image_id"]: "/".join(im["url"].split("/")[-2:])
+            for im in json.loads((root / "image_data.json").read_text())}
+
+
+class VisualGenomeBuilder(DatasetBuilder):
+    """What the Visual Genome builders share: the folder, one split (``train``), the image list and one annotation
+    file (``annotations``: its name and what it holds)."""
+
+    how_to_get = "Visual Genome v1.2 images, image_data.json and the annotation file: " \
+                 "https://homes.cs.washington.edu/~ranjay/visualgenome/api.html"
+    annotations = ("", "")
+
+    def __init__(self, entry: str, *, root: str, processors: Optional[ProcessorSpecs] = None) -> None:
+        super().__init__(entry, processors=processors)
+        self.root = Path(root).expanduser()
+
+    def has_split(self, split: str) -> bool:
+        return split == "train"
+
+    def data_files(self, splits: List[str]) -> List[DataFile]:
+        if "train" not in splits:
+            raise ConfigError(f"dataset entry {self.entry!r}: Visual Genome has one split, train (asked for "
+                              f"{splits}); evaluate on another entry")
+        name, role = self.annotations
+        return [DataFile(self.root / "image_data.json", "image list"), DataFile(self.root / name, role),
+                DataFile(self.root, "VG_100K / VG_100K_2 image folders")]
+
+
 @DATASETS.register("vg_caption")
-class VGCaption(DatasetBuilder):
+class VGCaption(VisualGenomeBuilder):
     """Args:
         root: the Visual Genome folder (layout: this module's docstring). One split, ``train``.
         max_per_image: region phrases kept per image (the first ones; null: all, about 50 per image).
     """
 
-    how_to_get = "Visual Genome v1.2 images, image_data.json, region_descriptions.json: " \
-                 "https://homes.cs.washington.edu/~ranjay/visualgenome/api.html"
+    annotations = ("region_descriptions.json", "region descriptions")
 
     def __init__(self, entry: str, *, root: str, max_per_image: Optional[int] = None,
                  processors: Optional[ProcessorSpecs] = None) -> None:
-        super().__init__(entry, processors=processors)
-        self.root, self.max_per_image = Path(root).expanduser(), max_per_image
-
-    def data_files(self, splits: List[str]) -> List[DataFile]:
-        if set(splits) - {"train"}:
-            raise ConfigError(f"dataset entry {self.entry!r}: Visual Genome captions have one split, train "
-                              f"(asked for {splits}); evaluate on another entry")
-        return [DataFile(self.root / "image_data.json", "image list"),
-                DataFile(self.root / "region_descriptions.json", "region descriptions"),
-                DataFile(self.root, "VG_100K / VG_100K_2 image folders")]
+        super().__init__(entry, root=root, processors=processors)
+        self.max_per_image = max_per_image
 
     def build(self, split: str) -> Dataset:
         proc = self.processors(split)
-        # an image's folder is the second-to-last part of its url (.../VG_100K_2/1.jpg)
-        files = {im["image_id"]: "/".join(im["url"].split("/")[-2:])
-                 for im in json.loads((self.root / "image_data.json").read_text())}
+        files = image_files(self.root)
         images, anns = [], []
         for entry in json.loads((self.root / "region_descriptions.json").read_text()):
             regions = entry["regions"][: self.max_per_image]

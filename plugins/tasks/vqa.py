@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from framework import dist
 from framework.errors import ConfigError
+from framework.logs import logger
 from framework.models.interfaces import Generative
 from framework.registry import TASKS
 from framework.task import Task
@@ -129,7 +130,16 @@ class VQA(Task):
 
     def score(self, results: List[Tuple[str, List[str], str]]) -> Dict[str, float]:
         """``accuracy`` over (answer, annotator answers, answer type) triples, and per answer type as the
-        official evaluation reports it (``accuracy_yes/no``, ``accuracy_number``, ``accuracy_other``)."""
+        official evaluation reports it (``accuracy_yes/no``, ``accuracy_number``, ``accuracy_other``). A split
+        without public answers (VQAv2 test-dev) gets no accuracy: its predictions are for the evaluation server."""
+        if not any(g for _, g, _ in results):
+            logger.info("no answers in this split (%d questions): predictions written for the official evaluation "
+                        "server, no accuracy computed", len(results))
+            return {"questions": float(len(results))}
+        unanswered = sum(not g for _, g, _ in results)
+        if unanswered:  # scored on the questions that have answers; the count is said
+            logger.warning("%d of %d questions have no answers and are not scored", unanswered, len(results))
+            results = [r for r in results if r[1]]
         if self.metric == "exact":
             scores = [float(normalize_answer(a) == normalize_answer(g[0])) for a, g, _ in results]
         else:
