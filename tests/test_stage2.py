@@ -260,3 +260,11 @@ def test_vqa_without_public_answers_writes_predictions_and_no_accuracy() -> None
     assert VQA().score([("red", [], ""), ("two", [], "")]) == {"questions": 2.0}  # VQAv2 test-dev
     mixed = VQA(metric="exact").score([("red", ["red"], ""), ("two", [], "")])
     assert mixed["accuracy"] == 100.0  # the answered question is scored, the other counted in the log
+
+
+def test_okvqa_answers_are_lemmatised_as_lavis_evaluates_them() -> None:
+    from plugins.tasks.vqa import VQA, lemmatize
+
+    assert [lemmatize(a) for a in ("dogs", "skiing", "two buses", "it is wood", "")] == \
+        ["dog", "ski", "two bus", "it is wood", ""]
+    assert VQA(lemmatize=True).lemmatize and not VQA().lemmatize

@@ -83,6 +83,22 @@ def vqa_accuracy(answer: str, annotations: List[str]) -> float:
     return sum(scores) / len(scores)
 
 
+def lemmatize(answer: str) -> str:
+    """Each word of an answer as its noun lemma where it can be a noun, else its verb lemma, else as it is ("dogs"
+    -> "dog", "skiing" -> "ski"). LAVIS's OK-VQA evaluation lemmatises the words spaCy's ``en_core_web_sm`` tags
+    NOUN or VERB in context; this reads lemminflect's dictionary, whose data ships in its PyPI package, without
+    context: a word both a noun and a verb takes its noun lemma ("leaves" -> "leave", where spaCy says "leaf" for
+    the noun and "leave" for the verb), and auxiliaries ("is", "are") stay as they are, as spaCy tags them AUX."""
+    from lemminflect import getAllLemmas
+
+    words = []
+    for word in answer.split():
+        lemmas = getAllLemmas(word)
+        pick = None if "AUX" in lemmas else lemmas.get("NOUN") or lemmas.get("VERB")
+        words.append(pick[0] if pick else word)
+    return " ".join(words)
+
+
 @TASKS.register("vqa")
 class VQA(Task):
     """Args:
@@ -93,6 +109,8 @@ class VQA(Task):
         min_length: the shortest answer as LAVIS's ``min_len`` counts it (1: with the prompt's tokens for OPT, so
             an empty answer may come out, as there; with the decoder's start token for FlanT5).
         min_new_tokens: when set, the shortest answer in generated tokens, replacing ``min_length``.
+        lemmatize: answers' nouns and verbs lemmatised before scoring and saving (:func:`lemmatize`), as LAVIS
+            evaluates OK-VQA (``apply_lemmatizer``).
     """
 
     best_metric = "accuracy"
@@ -100,11 +118,11 @@ class VQA(Task):
 
     def __init__(self, prompt_template: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
                  num_beams: int = 5, max_new_tokens: int = 10, min_length: int = 1,
-                 min_new_tokens: Optional[int] = None, length_penalty: float = -1.0) -> None:
+                 min_new_tokens: Optional[int] = None, length_penalty: float = -1.0, lemmatize: bool = False) -> None:
         if "{}" not in prompt_template:
             raise ConfigError(f"task.prompt_template {prompt_template!r} has no '{{}}' where the question goes, e.g. "
                               f"'Question: {{}} Answer:'")
-        self.prompt_template, self.metric = prompt_template, metric
+        self.prompt_template, self.metric, self.lemmatize = prompt_template, metric, lemmatize
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length,
                              min_new_tokens=min_new_tokens, length_penalty=length_penalty)
 
@@ -121,6 +139,8 @@ class VQA(Task):
         for batch in loader:
             prompts = [self.prompt_template.format(q) for q in batch["question"]]
             answers = model.generate(batch["image"].to(device), prompts, **self.decoding)
+            if self.lemmatize:
+                answers = [lemmatize(a) for a in answers]
             types = batch.get("answer_type") or [""] * len(answers)
             for qid, ans, gts, kind in zip(batch["question_id"].tolist(), answers, batch["answers"], types):
                 local[qid] = (ans, gts, kind)
