@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 WORDS = ["<pad>", "</s>", "<unk>", "a", "red", "green", "blue", "circle", "square", "triangle", "photo", "of",
          "question", ":", "answer", "short", "what", "color", "is", "the", "?", "one", "two", "shapes", "and", "\n"]
@@ -65,16 +66,13 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
-    """An OPT as the released ones are: a byte-level BPE tokenizer (GPT-2's, the start token </s> added) and texts
-    that end with a newline, which the model has learnt to produce (``steps`` of training on shapes captions and
-    VQA lines after a random 4-vector visual prefix), so generation really stops there. Weights are exact fp16
-    values, so LAVIS, which loads OPT in fp16, and an fp32 load hold the same numbers."""
+def opt_bpe_tokenizer(folder: Path) -> List[str]:
+    """OPT's kind of tokenizer in ``folder``: GPT-2's byte-level BPE (trained here on shapes captions and VQA lines),
+    every text started with </s>. Returns the training texts, each ended by a newline."""
     import json
 
-    import torch
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
+    from transformers import GPT2Tokenizer
 
     from tiny_bert import CORPUS
 
@@ -87,9 +85,21 @@ def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
     bpe.save_model(str(folder))
     GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), bos_token="</s>", eos_token="</s>",
                   pad_token="<pad>", unk_token="<unk>", add_bos_token=True).save_pretrained(str(folder))
-    # OPT's tokenizer starts every text with </s>; transformers 4.33 (LAVIS's) reads that from the config
+    # transformers 4.33 (LAVIS's) reads add_bos_token from the config
     config_file = folder / "tokenizer_config.json"
     config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"add_bos_token": True}, indent=1))
+    return texts
+
+
+def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
+    """An OPT as the released ones are: a byte-level BPE tokenizer (GPT-2's, the start token </s> added) and texts
+    that end with a newline, which the model has learnt to produce (``steps`` of training on shapes captions and
+    VQA lines after a random 4-vector visual prefix), so generation really stops there. Weights are exact fp16
+    values, so LAVIS, which loads OPT in fp16, and an fp32 load hold the same numbers."""
+    import torch
+    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
+
+    texts = opt_bpe_tokenizer(folder)
     tok = GPT2Tokenizer.from_pretrained(str(folder))
     torch.manual_seed(seed)
     cfg = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
