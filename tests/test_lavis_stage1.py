@@ -62,10 +62,13 @@ def test_stage1_losses_negatives_and_gradients_equal_lavis(tmp_path: Path) -> No
     assert drawn == lavis["negatives"]  # the same seed draws the same ITM negatives
     # fp32, 2-layer encoder + 2-layer Q-Former, losses about 1-5: both sides sum the same terms in other orders
     for ours_key, theirs in (("loss_itc", "loss_itc"), ("loss_itm", "loss_itm"), ("loss_itg", "loss_lm")):
+        print(f"{ours_key}: ours {float(losses[ours_key]):.7f}, LAVIS {float(lavis[theirs]):.7f}")
         assert abs(float(losses[ours_key]) - float(lavis[theirs])) < 1e-5, (ours_key, losses[ours_key], lavis[theirs])
     grads, _, _ = lavis_to_ours(lavis["grads"])
     mine = {k: p.grad for k, p in ours.named_parameters() if p.grad is not None}
     assert set(grads) == set(mine)
+    worst = max(float((mine[k] - g).abs().max() / g.abs().max().clamp_min(1e-30)) for k, g in grads.items())
+    print(f"{len(grads)} gradients, largest difference {worst:.2e} of the tensor's largest gradient")
     for k, g in grads.items():
         # 1e-4 of the tensor's largest gradient: float32 sums over a few hundred terms per element
         torch.testing.assert_close(mine[k], g, rtol=0, atol=1e-4 * float(g.abs().max()) + 1e-12, msg=k)
