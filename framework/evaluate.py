@@ -1,7 +1,9 @@
 """``python -m framework.evaluate --cfg X.yaml --options model.checkpoint=PATH``: evaluation only.
 
-Evaluates ``run.eval_splits`` and ``run.test_splits`` of every dataset entry and writes
-``output_dir/metrics.json`` (and the config it ran with as ``output_dir/config.yaml``).
+Evaluates ``run.eval_splits`` and ``run.test_splits`` of every dataset entry and writes ``metrics.json``, the
+config it ran with (``config.yaml``) and the predictions into ``run.output_dir``, or, when that folder holds a
+training run (say, its own ``config.yaml`` was given), into ``<output_dir>/eval/<checkpoint name>/``: a training
+run's files are never touched. An earlier evaluation's files there are replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -19,13 +21,19 @@ def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
     if not exp.model.get("checkpoint"):
         logger.warning("model.checkpoint is not set: evaluating the model as built (no trained weights)")
     try:
-        Runner(exp).evaluate_only()
+        Runner(exp).evaluate_only(overwrite=args.overwrite)
     finally:
         dist.shutdown()
 
 
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluation's files in the folder the results go to (never a training run's)")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    return cli.main("framework.evaluate", "Evaluate a model (model.checkpoint) on the configured splits.", _run, argv)
+    return cli.main("framework.evaluate", "Evaluate a model (model.checkpoint) on the configured splits.", _run, argv,
+                    _arguments)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,28 @@ def claim_output(out: Path, exp: ExperimentConfig, resume: Optional[str], overwr
     dist.barrier()  # rank 0 writes config.yaml only once every rank has decided
 
 
+def claim_evaluation(out: Path, model_checkpoint: Optional[str], overwrite: bool) -> Path:
+    """The folder an evaluation (``framework.evaluate``) writes into: ``output_dir`` itself when it holds no
+    training run, else ``output_dir/eval/<checkpoint file name>/``, so a training run's files are never touched.
+    Results of an earlier evaluation there are refused unless ``overwrite`` (they are then deleted)."""
+    target = out / "eval" / (Path(model_checkpoint).stem if model_checkpoint else "as_built") \
+        if (out / "checkpoints").is_dir() else out
+    found = [name for name in RUN_FILES if (target / name).exists()]
+    dist.barrier()  # every rank has looked before any rank deletes or writes
+    if found and not overwrite:
+        raise ConfigError(f"{target} holds an earlier evaluation ({', '.join(found)}): pass --overwrite to replace "
+                          f"it, or set run.output_dir to a new folder")
+    if found and dist.is_main():
+        for name in found:
+            path = target / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if target != out:
+        logger.info("%s holds a training run: the evaluation writes to %s and leaves the run's files as they are",
+                    out, target)
+    dist.barrier()
+    return target
+
+
 class ExperimentData:
     """The experiment's data: a builder per ``datasets:`` entry, its files checked (or generated) on construction,
     before any model is built; then the data sets per split, reading the frozen-feature caches once the model is

@@ -19,8 +19,8 @@ from framework import checkpoint, dist
 from framework.config import to_yaml
 from framework.data.loader import is_stream, set_position, set_stream_position
 from framework.errors import ConfigError, NonFiniteLossError
-from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_output, run_device,
-                                  seed_everything, set_determinism)
+from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
+                                  run_device, seed_everything, set_determinism)
 from framework.logs import RunLog, logger, truncate_after
 from framework.models.build import build_model, parameter_table
 from framework.optim import build_optimizer, build_schedule, set_lr
@@ -267,8 +267,10 @@ class Runner:
         self.write_metrics(result)
         return result
 
-    def evaluate_only(self) -> Dict[str, Any]:
-        """Evaluate eval and test splits once (``framework.evaluate``); writes metrics.json."""
+    def evaluate_only(self, overwrite: bool = False) -> Dict[str, Any]:
+        """Evaluate eval and test splits once (``framework.evaluate``); writes metrics.json into the folder
+        :func:`framework.experiment.claim_evaluation` gives (a training run's own files are never touched)."""
+        self.out = claim_evaluation(self.out, self.exp.model.get("checkpoint"), overwrite)
         self.start_output()
         splits = list(dict.fromkeys(self.cfg.eval_splits + self.cfg.test_splits))
         result = {"checkpoint": self.exp.model.get("checkpoint"), "eval": self.evaluate(self.data.eval_loaders(splits))}

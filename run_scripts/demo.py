@@ -55,7 +55,8 @@ def last_validation(out: Path) -> Dict[str, float]:
 def command(step: Callable, cfg: str) -> List[str]:
     if step is tiny_llm_main:
         return ["--cfg", cfg]
-    return ["--cfg", cfg] + (["--resume", "auto"] if step is train_main else [])
+    # a rerun continues the training runs and replaces the evaluations
+    return ["--cfg", cfg] + (["--resume", "auto"] if step is train_main else ["--overwrite"])
 
 
 def reranked(out: Path) -> Dict[str, float]:

@@ -119,3 +119,26 @@ def test_logs_tensorboard_and_profiler_trace(tmp_path: Path) -> None:
     log = (out / "train.log").read_text()
     assert "iteration 8" in log
     assert re.search(r"total\s+[\d,]+\s+[\d,]+", log) and "trainable" in log  # parameters per part at the start
+
+
+def test_evaluating_a_training_run_leaves_its_files_byte_identical(tmp_path: Path, capsys) -> None:
+    import hashlib
+
+    cfg = toy_config(tmp_path / "train", max_iters=2)
+    assert _train(tmp_path, cfg) == 0
+    run = tmp_path / "train"
+
+    def digests():
+        return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run.rglob("*")) if p.is_file() and "eval" not in p.relative_to(run).parts}
+
+    before = digests()
+    ckpt = run / "checkpoints" / "best.pt"
+    command = ["--cfg", str(run / "config.yaml"), "--options", f"model.checkpoint={ckpt}"]
+    assert evaluate_main(command) == 0  # the run's own config: output_dir is the run
+    assert digests() == before
+    metrics = json.loads((run / "eval" / "best" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(ckpt) and "shapes_caption/val/loss" in metrics["eval"]
+    assert evaluate_main(command) == 2  # again: the earlier evaluation is not replaced without being asked
+    assert "holds an earlier evaluation" in capsys.readouterr().err
+    assert evaluate_main(command + ["--overwrite"]) == 0 and digests() == before
