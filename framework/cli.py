@@ -5,7 +5,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -18,11 +18,30 @@ from framework.registry import Part, load_plugin_modules
 from framework.experiment import ExperimentConfig, builders
 
 
+def pull_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(the arguments without them, the ``--options KEY=VALUE ...`` overrides found anywhere among them): a group
+    ends at the first token that is not ``KEY=VALUE``, so ``--options`` may come before a subcommand or a file
+    argument without swallowing it."""
+    rest, options, i = [], [], 0
+    argv = list(argv)
+    while i < len(argv):
+        if argv[i] == "--options":
+            i += 1
+            while i < len(argv) and "=" in argv[i] and not argv[i].startswith("-"):
+                options.append(argv[i])
+                i += 1
+            continue
+        rest.append(argv[i])
+        i += 1
+    return rest, options
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--cfg", required=True, help="experiment YAML (or a run's output_dir/config.yaml)")
     p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, e.g. run.max_iters=100 model.checkpoint=out/checkpoints/best.pt")
+                   help="overrides, anywhere on the command line, e.g. run.max_iters=100 "
+                        "model.checkpoint=out/checkpoints/best.pt")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, build the model on the meta device, list data files, and exit")
     return p
@@ -72,7 +91,9 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
          argv: Optional[List[str]] = None, extra_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> int:
     p = parser(prog, description)
     extra_args(p)
+    argv, options = pull_options(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    args.options = options
     setup_console()
     try:
         if not Path(args.cfg).is_file():

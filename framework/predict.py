@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from framework.cli import load_experiment
+from framework.cli import load_experiment, pull_options
 from framework.data.images import load_image
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
+from framework.models.interfaces import Generative, Retrievable, missing
 from framework.models.build import build_model
 from framework.experiment import builders
 
@@ -76,14 +77,16 @@ class Predictor:
         else:
             print("\t".join(str(v) for v in record.values()), flush=True)
 
-    def need(self, method: str) -> None:
-        if not callable(getattr(self.model, method, None)):
-            raise ConfigError(f"{self.args.command} needs a model with {method}(); {type(self.model).__name__} "
-                              f"has none (a stage-2 model captions and answers, a stage-1 model ranks)")
+    def need(self, contract: type) -> None:
+        lacks = missing(self.model, contract)
+        if lacks:
+            raise ConfigError(f"{self.args.command} needs a model with {', '.join(m + '()' for m in lacks)}; "
+                              f"{type(self.model).__name__} has none (a stage-2 model captions and answers, a "
+                              f"stage-1 model ranks)")
 
     @torch.no_grad()
     def caption(self) -> None:
-        self.need("generate")
+        self.need(Generative)
         for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
             texts = self.model.generate(images.to(self.device), **self.decoding())
             for path, text in zip(paths, texts):
@@ -91,7 +94,7 @@ class Predictor:
 
     @torch.no_grad()
     def ask(self) -> None:
-        self.need("generate")
+        self.need(Generative)
         prompt = self.args.prompt_template.format(self.args.question)
         for paths, images in batches(image_paths([self.args.image]), self.processor, 1, self.report):
             answer = self.model.generate(images.to(self.device), [prompt], **self.decoding())[0]
@@ -99,7 +102,7 @@ class Predictor:
 
     @torch.no_grad()
     def rank(self) -> None:
-        self.need("similarity")
+        self.need(Retrievable)
         feats, kept = [], []
         for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
             feats.append(self.model.image_features(images.to(self.device)).float().cpu())
@@ -123,7 +126,9 @@ class Predictor:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framework.predict", description=__doc__.splitlines()[0])
     p.add_argument("--cfg", required=True)
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, anywhere on the command line")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="predict with a model whose config names no trained weights (model.checkpoint)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tab-separated text")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-beams", type=int, default=5)
@@ -142,10 +147,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv, options = pull_options(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     setup_console()
     try:
-        predictor = Predictor(load_experiment(args.cfg, args.options), args)
+        exp = load_experiment(args.cfg, options)
+        if not exp.model.get("checkpoint") and not args.allow_random_weights:
+            raise ConfigError(f"--cfg {args.cfg}: model.checkpoint is not set, so the model would predict with "
+                              f"untrained weights; give its weights (--options model.checkpoint=RUN/checkpoints/"
+                              f"best.pt, or a converted model.yaml) or pass --allow-random-weights")
+        predictor = Predictor(exp, args)
         getattr(predictor, args.command)()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

@@ -135,3 +135,10 @@ def test_resolved_config_reproduces_the_run(tmp_path: Path) -> None:
     data = yaml.safe_load(written.read_text())
     assert data["run"]["optimizer"]["betas"] == [0.9, 0.999]  # defaults are written out, not implied
     assert data["datasets"]["shapes_caption"]["builder"] == "shapes"
+
+
+def test_options_are_found_anywhere_on_the_command_line() -> None:
+    from framework.cli import pull_options
+
+    assert pull_options(["--options", "a=1", "b.c=[1, 2]", "caption", "x.jpg", "--options", "d=e", "--json"]) == \
+        (["caption", "x.jpg", "--json"], ["a=1", "b.c=[1, 2]", "d=e"])

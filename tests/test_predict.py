@@ -26,8 +26,8 @@ def _images(folder: Path) -> None:
 def test_caption_every_mode_and_size_and_name_the_corrupt_file(tmp_path: Path, capsys) -> None:
     _images(tmp_path / "photos")
     cfg = write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path / "out"))
-    rc = predict_main(["--cfg", str(cfg), "--json", "--batch-size", "2", "--num-beams", "2", "--max-new-tokens", "3",
-                       "caption", str(tmp_path / "photos")])
+    rc = predict_main(["--cfg", str(cfg), "--allow-random-weights", "--json", "--batch-size", "2", "--num-beams", "2",
+                       "--max-new-tokens", "3", "caption", str(tmp_path / "photos")])
     out, err = capsys.readouterr()
     assert rc == 1  # one file failed, the others were captioned
     records = [json.loads(line) for line in out.splitlines()]
@@ -35,7 +35,7 @@ def test_caption_every_mode_and_size_and_name_the_corrupt_file(tmp_path: Path, c
     assert all(isinstance(r["caption"], str) for r in records)
     assert "broken.jpg: cannot read image" in err
 
-    rc = predict_main(["--cfg", str(cfg), "--num-beams", "1", "--max-new-tokens", "2", "ask",
+    rc = predict_main(["--cfg", str(cfg), "--allow-random-weights", "--num-beams", "1", "--max-new-tokens", "2", "ask",
                        str(tmp_path / "photos" / "gray.png"), "what color is the circle ?"])
     line = capsys.readouterr().out.strip().split("\t")
     assert rc == 0 and line[:2] == [str(tmp_path / "photos" / "gray.png"), "what color is the circle ?"]
@@ -44,14 +44,15 @@ def test_caption_every_mode_and_size_and_name_the_corrupt_file(tmp_path: Path, c
 def test_rank_texts_and_images_with_a_stage1_model(tmp_path: Path, capsys) -> None:
     _images(tmp_path / "photos")
     cfg = write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path / "out"))
-    rc = predict_main(["--cfg", str(cfg), "--json", "rank", "--texts", "a red circle", "two squares", "--",
+    rc = predict_main(["--cfg", str(cfg), "--allow-random-weights", "--json", "rank", "--texts", "a red circle",
+                       "two squares", "--",
                        str(tmp_path / "photos" / "gray.png"), str(tmp_path / "photos" / "big.jpg")])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 0 and len(records) == 4  # each image's texts, each text's images
     assert sorted(records[0]["texts"]) == ["a red circle", "two squares"]
     assert records[0]["scores"] == sorted(records[0]["scores"], reverse=True)
     with pytest.raises(SystemExit):
-        predict_main(["--cfg", str(cfg), "caption"])  # no images: argparse names what is missing
+        predict_main(["--cfg", str(cfg), "--allow-random-weights", "caption"])  # no images: argparse names what is missing
 
 
 def test_exif_rotation_and_alpha_are_applied(tmp_path: Path) -> None:
@@ -62,3 +63,15 @@ def test_exif_rotation_and_alpha_are_applied(tmp_path: Path) -> None:
     assert load_image(tmp_path / "rotated.jpg").size == (20, 40)
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)  # transparent over white
+
+
+def test_untrained_weights_are_refused_unless_asked_and_options_go_anywhere(tmp_path: Path, capsys) -> None:
+    _images(tmp_path / "photos")
+    cfg = str(write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path / "out")))
+    image = str(tmp_path / "photos" / "gray.png")
+    assert predict_main(["--cfg", cfg, "caption", image]) == 2
+    assert "model.checkpoint is not set, so the model would predict with untrained weights" in capsys.readouterr().err
+    # --options before the subcommand no longer swallows it (nor the image after it)
+    assert predict_main(["--cfg", cfg, "--allow-random-weights", "--options", "model.max_txt_len=20", "--num-beams",
+                         "1", "--max-new-tokens", "2", "caption", image]) == 0
+    assert capsys.readouterr().out.startswith(image)
