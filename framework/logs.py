@@ -50,6 +50,12 @@ def setup_console() -> None:
         logger.setLevel(logging.INFO)
 
 
+def console_has_bar() -> bool:
+    """Whether progress bars are drawn: on a terminal only (in a cluster's log file their carriage-return
+    updates are noise; plain lines take their place)."""
+    return sys.stderr.isatty()
+
+
 class RunLog:
     """Appends to ``output_dir/log.jsonl`` (one JSON object per event) and TensorBoard; no-op off rank 0."""
 
@@ -74,6 +80,14 @@ class RunLog:
             return
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"event": event, "iter": step, **values}) + "\n")
+        if event == "train":  # a line a person reads: in train.log always, on the console where no bar shows it
+            shown = {k: v for k, v in values.items() if isinstance(v, (int, float)) and k != "samples_per_sec"}
+            order = sorted(shown, key=lambda k: not k.startswith("loss"))  # the losses first, as one reads them
+            line = f"iter {step}: " + " ".join(f"{k} {shown[k]:.4g}" for k in order)
+            if console_has_bar():
+                self._file_handler.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
+            else:
+                logger.info(line)
         if self.tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and k not in ("iter", "epoch"):

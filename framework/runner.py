@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,7 +20,7 @@ from framework.data.loader import is_stream, set_position, set_stream_position
 from framework.errors import ConfigError, NonFiniteLossError
 from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
                                   run_device, seed_everything, set_determinism)
-from framework.logs import RunLog, logger, truncate_after
+from framework.logs import RunLog, console_has_bar, logger, truncate_after
 from framework.models.build import build_model, parameter_table
 from framework.optim import build_optimizer, build_schedule, set_lr
 from framework.registry import build
@@ -139,9 +138,9 @@ class Runner:
             logger.info("resumed from %s at iteration %d", ckpt["path"], self.it)
         evals = self.data.eval_loaders(self.cfg.eval_splits)
         self.best_key = f"{next(iter(evals))}/{self.task.best_metric}" if evals else None
-        # in a log file (no terminal) a progress line every 30 s, not a flood of carriage returns
-        bar = tqdm(total=total, initial=self.it, desc="train", disable=not dist.is_main(), dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # a bar on a terminal; in a log file (no terminal) the plain lines RunLog writes every log step instead
+        bar = tqdm(total=total, initial=self.it, desc="train", disable=not (dist.is_main() and console_has_bar()),
+                   dynamic_ncols=True, mininterval=0.5)
         profiler = self._profiler()
         self._train_mode()
         try:

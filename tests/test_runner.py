@@ -142,3 +142,12 @@ def test_evaluating_a_training_run_leaves_its_files_byte_identical(tmp_path: Pat
     assert evaluate_main(command) == 2  # again: the earlier evaluation is not replaced without being asked
     assert "holds an earlier evaluation" in capsys.readouterr().err
     assert evaluate_main(command + ["--overwrite"]) == 0 and digests() == before
+
+
+def test_train_log_has_a_plain_line_per_log_step(tmp_path: Path) -> None:
+    cfg = toy_config(tmp_path / "out", max_iters=4, log_every=2)
+    assert _train(tmp_path, cfg) == 0
+    text = (tmp_path / "out" / "train.log").read_text()
+    lines = [line for line in text.splitlines() if " iter " in line and ": loss " in line]
+    assert [line.split(" iter ")[1].split(":")[0] for line in lines] == ["1", "2", "4"]
+    assert "\r" not in text and "sec_per_iter" in lines[0]
