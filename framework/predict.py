@@ -31,11 +31,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".ti
 
 
 def image_paths(items: List[str]) -> List[Path]:
-    """Files as given; folders expanded to their image files, sorted."""
+    """Files as given; folders expanded to their image files, sorted. A folder with none is an error."""
     out = []
     for item in items:
         p = Path(item)
-        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(f"{p}: no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
     return out
 
 

@@ -75,3 +75,6 @@ def test_untrained_weights_are_refused_unless_asked_and_options_go_anywhere(tmp_
     assert predict_main(["--cfg", cfg, "--allow-random-weights", "--options", "model.max_txt_len=20", "--num-beams",
                          "1", "--max-new-tokens", "2", "caption", image]) == 0
     assert capsys.readouterr().out.startswith(image)
+    (tmp_path / "empty").mkdir()
+    assert predict_main(["--cfg", cfg, "--allow-random-weights", "caption", str(tmp_path / "empty")]) == 2
+    assert "empty: no image files in this folder" in capsys.readouterr().err

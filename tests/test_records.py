@@ -116,9 +116,9 @@ def test_own_data_through_options_alone(tmp_path: Path) -> None:
     data = _pairs(tmp_path, 12, bad=0)
     cfg = _experiment(tmp_path, data)
     cfg["datasets"] = {"shapes_caption": {"image_size": 32}}  # what the config file trains on
-    image = "[{name: resize, size: 32}, {name: normalize}]"
-    option = (f"datasets={{_delete_: true, mine: {{builder: records, kind: caption, files: {{train: {data}, "
-              f"val: {data}}}, processors: {{train: {{image: {image}}}, eval: {{image: {image}}}}}}}}}")
+    # as the README writes it: no processors, the model's image size
+    option = (f"datasets={{_delete_: true, mine: {{builder: records, kind: caption, image_size: 32,\n"
+              f"                                   files: {{train: {data}, val: {data}}}}}}}")
     assert train_main(["--cfg", str(write_yaml(tmp_path / "c.yaml", cfg)), "--options", option]) == 0
     assert "mine/val/cider" in read_log(tmp_path / "out", "eval")[-1]
     ran = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())

@@ -181,6 +181,9 @@ class RecordsBuilder(DatasetBuilder):
             millisecond per image, on as many threads as there are cores).
         allow_outside_root: let image paths leave ``image_root`` (``../``, absolute paths elsewhere); off, such a
             record stops the run, so that a records file cannot make the run read files you did not point it at.
+        image_size: the side the images are brought to when ``processors`` is not given (it must be the model's
+            image encoder's): then training images get LAVIS's random crop (scale 0.5-1) and flip, evaluation
+            images a resize, both CLIP's normalisation, and the text LAVIS's cleaning, as the real data sets do.
     """
 
     how_to_get = "these are your own files: check the paths in files: and image_root:"
@@ -188,7 +191,14 @@ class RecordsBuilder(DatasetBuilder):
     def __init__(self, entry: str, *, kind: Literal["caption", "vqa"], files: Dict[str, str],
                  image_root: Optional[str] = None, max_bad_fraction: Annotated[float, Range(0, 1)] = 0.1,
                  check_images: bool = True, allow_outside_root: bool = False,
-                 processors: Optional[ProcessorSpecs] = None) -> None:
+                 image_size: Annotated[int, Range(1)] = 224, processors: Optional[ProcessorSpecs] = None) -> None:
+        if processors is None:
+            clean = [{"name": "clean_caption" if kind == "caption" else "clean_question", "max_words": 50}]
+            processors = {
+                "train": {"image": [{"name": "random_resized_crop", "size": image_size, "scale": [0.5, 1.0]},
+                                    {"name": "hflip"}, {"name": "normalize", "stats": "clip"}], "text": clean},
+                "eval": {"image": [{"name": "resize", "size": image_size}, {"name": "normalize", "stats": "clip"}],
+                         "text": clean}}
         super().__init__(entry, processors=processors)
         self.kind, self.max_bad_fraction, self.check_images = kind, max_bad_fraction, check_images
         self.allow_outside_root = allow_outside_root
