@@ -38,7 +38,8 @@ def image_paths(items: List[str]) -> List[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise ConfigError(f"{p}: no image files in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise ConfigError(f"{p}: no image files in this folder (looked for "
+                                  f"{', '.join(sorted(IMAGE_SUFFIXES))})")
             out += found
         else:
             out.append(p)
