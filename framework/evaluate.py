@@ -28,7 +28,8 @@ def _run(exp: ExperimentConfig, args: argparse.Namespace) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier evaluation's files in the folder the results go to (never a training run's)")
+                   help="replace an earlier evaluation's files in the folder the results go to (never a training "
+                        "run's)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -133,7 +133,8 @@ class Predictor:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framework.predict", description=__doc__.splitlines()[0])
     p.add_argument("--cfg", required=True)
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, anywhere on the command line")
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides, anywhere on the command line")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="predict with a model whose config names no trained weights (model.checkpoint)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tab-separated text")
@@ -146,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="answer a question about an image")
     a.add_argument("image")
     a.add_argument("question")
-    a.add_argument("--prompt-template", default="Question: {} Answer:", help="{} is the question (task.prompt_template)")
+    a.add_argument("--prompt-template", default="Question: {} Answer:",
+                   help="{} is the question (task.prompt_template)")
     r = sub.add_parser("rank", help="rank texts for each image and images for each text (ITC)")
     r.add_argument("--texts", nargs="+", required=True)
     r.add_argument("images", nargs="+")
