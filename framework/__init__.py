@@ -8,3 +8,13 @@ import os
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``from framework import load`` (:mod:`framework.api`), imported on first use: ``import framework.x`` stays
+    light."""
+    if name == "load":
+        from framework.api import load
+
+        return load
+    raise AttributeError(f"module 'framework' has no attribute {name!r}")

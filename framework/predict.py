@@ -23,7 +23,7 @@ from framework.cli import load_experiment, pull_options
 from framework.data.images import load_image
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
-from framework.models.interfaces import Generative, Retrievable, missing
+from framework.models.interfaces import Generative, Retrievable, require
 from framework.models.build import build_model
 from framework.experiment import builders
 
@@ -85,11 +85,7 @@ class Predictor:
             print("\t".join(str(v) for v in record.values()), flush=True)
 
     def need(self, contract: type) -> None:
-        lacks = missing(self.model, contract)
-        if lacks:
-            raise ConfigError(f"{self.args.command} needs a model with {', '.join(m + '()' for m in lacks)}; "
-                              f"{type(self.model).__name__} has none (a stage-2 model captions and answers, a "
-                              f"stage-1 model ranks)")
+        require(self.model, contract, self.args.command, "a stage-2 model captions and answers, a stage-1 model ranks")
 
     @torch.no_grad()
     def caption(self) -> None:

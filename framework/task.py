@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from framework import dist
-from framework.models.interfaces import missing
+from framework.models.interfaces import require
 
 
 class Task:
@@ -28,12 +28,7 @@ class Task:
     def require(self, model: nn.Module, contract: type, kind: str) -> None:
         """Fail clearly when ``model`` lacks what this task calls (a contract of
         :mod:`framework.models.interfaces`, e.g. ``Generative`` of a stage-1 model)."""
-        lacks = missing(model, contract)
-        if lacks:
-            from framework.errors import ConfigError
-
-            raise ConfigError(f"task {type(self).__name__} needs a model with {', '.join(m + '()' for m in lacks)} "
-                              f"({kind}); {type(model).__name__} has none")
+        require(model, contract, f"task {type(self).__name__}", kind)
 
     def save_predictions(self, records: List[Dict[str, Any]]) -> None:
         """Write predictions (official result format) to ``prediction_file``, once, from rank 0."""

@@ -26,6 +26,14 @@ class ImageEncoderPart(Protocol):
 
 
 @runtime_checkable
+class DeclaresProcessing(Protocol):
+    """An image encoder that knows how its input images are prepared for evaluation: the processor specs (registered
+    processors and their arguments) a model loaded without any data set config uses (``framework.load``)."""
+
+    def eval_processing(self) -> List[Dict[str, Any]]: ...
+
+
+@runtime_checkable
 class RemovesParts(Protocol):
     """A model that deletes parts of what it builds (stage 2 deletes the Q-Former's text path): ``removed``, the
     parameter-name prefixes it deleted. Its checkpoints record them (``absent``), so a model that has those parts
@@ -104,3 +112,14 @@ def missing(obj: Any, contract: type) -> List[str]:
         return []
     members = [m for m in vars(contract) if not m.startswith("_")] + list(getattr(contract, "__annotations__", {}))
     return sorted({m for m in members if not hasattr(obj, m)} or {"(a member of another type)"})
+
+
+def require(obj: Any, contract: type, who: str, hint: str = "") -> None:
+    """Raise :class:`framework.errors.ConfigError` naming what ``obj`` lacks of ``contract``, which ``who`` (a task, a
+    command) needs."""
+    lacks = missing(obj, contract)
+    if lacks:
+        from framework.errors import ConfigError
+
+        raise ConfigError(f"{who} needs a model with {', '.join(m + '()' for m in lacks)}"
+                          f"{f' ({hint})' if hint else ''}; {type(obj).__name__} has none")

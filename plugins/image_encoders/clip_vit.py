@@ -6,7 +6,7 @@ Built with timm's ``VisionTransformer`` (pre-norm, QuickGELU, as CLIP). Weights:
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -48,6 +48,11 @@ class ClipViTL(ImageEncoder):
         return VisionTransformer(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth,
                                  num_heads=heads, mlp_ratio=exact_mlp_ratio(mlp_dim, width), pre_norm=True, act_layer="quick_gelu",
                                  drop_path_rate=drop_path, num_classes=0, global_pool="")
+
+    def eval_processing(self) -> List[Dict[str, Any]]:
+        """BLIP-2's evaluation transform for this encoder: bicubic resize to ``image_size``, CLIP's normalisation
+        (LAVIS's blip_image_eval, which EVA-CLIP and CLIP share)."""
+        return [{"name": "resize", "size": self.image_size}, {"name": "normalize", "stats": "clip"}]
 
     def key_map(self, depth: int) -> KeyMap:
         def clip(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -7,7 +7,7 @@ are the same code. Weights: EVA-CLIP's ``eva_vit_g.pth`` (BEiT key names). Argum
 from __future__ import annotations
 
 from functools import partial
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
 from timm.models.eva import Eva
@@ -28,6 +28,11 @@ class EvaViTG(ImageEncoder):
         return Eva(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=depth, num_heads=heads,
                    mlp_ratio=exact_mlp_ratio(mlp_dim, width), qkv_bias=True, drop_path_rate=drop_path, num_classes=0,
                    global_pool="", norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+
+    def eval_processing(self) -> List[Dict[str, Any]]:
+        """BLIP-2's evaluation transform for this encoder: bicubic resize to ``image_size``, CLIP's normalisation
+        (LAVIS's blip_image_eval, which EVA-CLIP and CLIP share)."""
+        return [{"name": "resize", "size": self.image_size}, {"name": "normalize", "stats": "clip"}]
 
     def key_map(self, depth: int) -> KeyMap:
         def eva(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
