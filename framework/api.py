@@ -89,39 +89,41 @@ class Model:
         return out
 
 
-def _resolve(source: Path) -> Tuple[Dict[str, Any], Optional[Callable]]:
-    """(model section, the data set's evaluation processing or None) of a run folder, folder or config file."""
+def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Optional[Callable]]:
+    """(model section, the data set's evaluation processing or None) of a run folder, folder or config file, with
+    the ``--options`` overrides applied."""
     from framework.cli import load_experiment, load_model_file
     from framework.config import load_config
     from framework.experiment import builders
 
     if source.is_dir():
         if (source / "config.yaml").is_file():  # a run folder
-            exp = load_experiment(str(source / "config.yaml"))
+            exp = load_experiment(str(source / "config.yaml"), options)
             spec = dict(exp.model)
             for name in ("best.pt", "last.pt"):
-                if (source / "checkpoints" / name).is_file():
+                if not spec.get("checkpoint") and (source / "checkpoints" / name).is_file():
                     spec["checkpoint"] = str(source / "checkpoints" / name)
                     break
             entries = builders(exp)
             return spec, next(iter(entries.values())).processors("eval")["image"] if entries else None
         if (source / "model.yaml").is_file():  # converted / prepared
-            return dict(load_model_file(source / "model.yaml")), None
+            return dict(load_model_file(source / "model.yaml", options)), None
         raise ConfigError(f"{source}: neither a run folder (config.yaml) nor a converted model (model.yaml)")
     if not source.is_file():
         raise ConfigError(f"{source}: no such file or folder (a run folder, a converted folder or a config)")
     raw, _ = load_config(source)
     if "task" not in raw:  # a model-only file (a converter's model.yaml, a _base_)
-        return dict(load_model_file(source)), None
-    exp = load_experiment(str(source))
+        return dict(load_model_file(source, options)), None
+    exp = load_experiment(str(source), options)
     entries = builders(exp)
     return dict(exp.model), next(iter(entries.values())).processors("eval")["image"] if entries else None
 
 
-def load(source: Union[str, Path], device: Optional[str] = None,
-         allow_random_weights: bool = False) -> Tuple[Model, Callable[[ImageLike], torch.Tensor]]:
-    """(the model, ``preprocess``): see this module's docstring. ``device``: default CUDA when there is one."""
-    spec, processing = _resolve(Path(source).expanduser())
+def load(source: Union[str, Path], device: Optional[str] = None, allow_random_weights: bool = False,
+         options: Sequence[str] = ()) -> Tuple[Model, Callable[[ImageLike], torch.Tensor]]:
+    """(the model, ``preprocess``): see this module's docstring. ``device``: default CUDA when there is one;
+    ``options``: config overrides (``KEY=VALUE``, as on the command line)."""
+    spec, processing = _resolve(Path(source).expanduser(), options)
     if not spec.get("checkpoint") and not allow_random_weights:
         raise ConfigError(f"{source}: no trained weights (no model.checkpoint, no checkpoints/ in a run folder); "
                           f"point it at trained or converted weights, or pass allow_random_weights=True")

@@ -4,9 +4,11 @@
     python -m framework.predict --cfg X.yaml ask cat.jpg "what is the cat doing?"
     python -m framework.predict --cfg X.yaml rank --texts "a cat" "a dog" -- a.jpg b.jpg
 
-``--cfg`` is an experiment YAML (``model.checkpoint`` names the weights; ``--options`` overrides as in
-training); images go through the eval processors of its first data set entry. Any JPEG/PNG size and mode works
-(grayscale, palette, RGBA; EXIF rotation applied). A file that cannot be read is reported by name and the
+``--cfg`` is what :func:`framework.load` takes: a run folder (its best weights), a converted folder (its
+``model.yaml``) or a config (``model.checkpoint`` names the weights); ``--options`` overrides as in training,
+anywhere on the line. Images go through the eval processors of the config's first data set entry, or the image
+encoder's own. A model without trained weights is refused unless ``--allow-random-weights``. Any JPEG/PNG size
+and mode works (grayscale, palette, RGBA; EXIF rotation applied). A file that cannot be read is reported by name and the
 others are still processed (exit status 1). ``--json`` writes one JSON object per line instead of text.
 """
 from __future__ import annotations
@@ -19,13 +21,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from framework.cli import load_experiment, pull_options
+from framework.api import Model, load
+from framework.cli import pull_options
 from framework.data.images import load_image
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
-from framework.models.interfaces import Generative, Retrievable, require
-from framework.models.build import build_model
-from framework.experiment import builders
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
@@ -64,15 +64,10 @@ def batches(paths: List[Path], processor: Callable, size: int, report: Callable[
 
 
 class Predictor:
-    def __init__(self, exp, args: argparse.Namespace) -> None:
-        self.model = build_model(exp.model).eval()
-        self.device = torch.device("cuda" if torch.cuda.is_available() and exp.run.device != "cpu" else "cpu")
-        self.model.to(self.device)
-        entries = builders(exp)
-        if not entries:
-            raise ConfigError("--cfg has no datasets: predict takes the image processors of its first entry")
-        self.processor = next(iter(entries.values())).processors("eval")["image"]
-        self.args, self.failed = args, 0
+    """The commands over :func:`framework.load`'s model: images read and batched here, unreadable ones named."""
+
+    def __init__(self, model: Model, args: argparse.Namespace) -> None:
+        self.model, self.args, self.failed = model, args, 0
 
     def report(self, path: Path, problem: str) -> None:
         self.failed += 1
@@ -84,35 +79,27 @@ class Predictor:
         else:
             print("\t".join(str(v) for v in record.values()), flush=True)
 
-    def need(self, contract: type) -> None:
-        require(self.model, contract, self.args.command, "a stage-2 model captions and answers, a stage-1 model ranks")
+    def _batches(self, items: List[str], size: int) -> Iterator[Tuple[List[Path], torch.Tensor]]:
+        return batches(image_paths(items), self.model.preprocess, size, self.report)
 
-    @torch.no_grad()
     def caption(self) -> None:
-        self.need(Generative)
-        for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
-            texts = self.model.generate(images.to(self.device), **self.decoding())
-            for path, text in zip(paths, texts):
+        for paths, images in self._batches(self.args.images, self.args.batch_size):
+            for path, text in zip(paths, self.model.caption(images, **self.decoding())):
                 self.emit({"image": str(path), "caption": text})
 
-    @torch.no_grad()
     def ask(self) -> None:
-        self.need(Generative)
-        prompt = self.args.prompt_template.format(self.args.question)
-        for paths, images in batches(image_paths([self.args.image]), self.processor, 1, self.report):
-            answer = self.model.generate(images.to(self.device), [prompt], **self.decoding())[0]
+        for paths, images in self._batches([self.args.image], 1):
+            answer = self.model.ask(images, [self.args.question], self.args.prompt_template, **self.decoding())[0]
             self.emit({"image": str(paths[0]), "question": self.args.question, "answer": answer})
 
-    @torch.no_grad()
     def rank(self) -> None:
-        self.need(Retrievable)
         feats, kept = [], []
-        for paths, images in batches(image_paths(self.args.images), self.processor, self.args.batch_size, self.report):
-            feats.append(self.model.image_features(images.to(self.device)).float().cpu())
+        for paths, images in self._batches(self.args.images, self.args.batch_size):
+            feats.append(self.model.embed(images=images)["images"])
             kept += paths
         if not kept:
             return
-        sims = self.model.similarity(torch.cat(feats), self.model.text_features(self.args.texts).float().cpu())
+        sims = self.model.module.similarity(torch.cat(feats), self.model.embed(texts=self.args.texts)["texts"])
         for i, path in enumerate(kept):
             order = sims[i].argsort(descending=True).tolist()
             self.emit({"image": str(path), "texts": [self.args.texts[j] for j in order],
@@ -128,7 +115,7 @@ class Predictor:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framework.predict", description=__doc__.splitlines()[0])
-    p.add_argument("--cfg", required=True)
+    p.add_argument("--cfg", required=True, help="a run folder, a converted folder (model.yaml) or a config")
     p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides, anywhere on the command line")
     p.add_argument("--allow-random-weights", action="store_true",
@@ -156,12 +143,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     setup_console()
     try:
-        exp = load_experiment(args.cfg, options)
-        if not exp.model.get("checkpoint") and not args.allow_random_weights:
-            raise ConfigError(f"--cfg {args.cfg}: model.checkpoint is not set, so the model would predict with "
-                              f"untrained weights; give its weights (--options model.checkpoint=RUN/checkpoints/"
-                              f"best.pt, or a converted model.yaml) or pass --allow-random-weights")
-        predictor = Predictor(exp, args)
+        model, _ = load(args.cfg, allow_random_weights=args.allow_random_weights, options=options)
+        predictor = Predictor(model, args)
         getattr(predictor, args.command)()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

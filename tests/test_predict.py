@@ -70,7 +70,7 @@ def test_untrained_weights_are_refused_unless_asked_and_options_go_anywhere(tmp_
     cfg = str(write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path / "out")))
     image = str(tmp_path / "photos" / "gray.png")
     assert predict_main(["--cfg", cfg, "caption", image]) == 2
-    assert "model.checkpoint is not set, so the model would predict with untrained weights" in capsys.readouterr().err
+    assert "no trained weights" in capsys.readouterr().err
     # --options before the subcommand no longer swallows it (nor the image after it)
     assert predict_main(["--cfg", cfg, "--allow-random-weights", "--options", "model.max_txt_len=20", "--num-beams",
                          "1", "--max-new-tokens", "2", "caption", image]) == 0
@@ -78,3 +78,24 @@ def test_untrained_weights_are_refused_unless_asked_and_options_go_anywhere(tmp_
     (tmp_path / "empty").mkdir()
     assert predict_main(["--cfg", cfg, "--allow-random-weights", "caption", str(tmp_path / "empty")]) == 2
     assert "empty: no image files in this folder" in capsys.readouterr().err
+
+
+def test_a_run_folder_and_a_converted_folder_are_accepted(tmp_path: Path, capsys) -> None:
+    from framework.convert import main as convert_main
+    from framework.train import main as train_main
+
+    from test_convert import _tiny_hf_blip2
+
+    _images(tmp_path / "photos")
+    image = str(tmp_path / "photos" / "gray.png")
+    cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=1)
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
+    capsys.readouterr()
+    assert predict_main(["--cfg", str(tmp_path / "run"), "--json", "rank", "--texts", "a red circle", "--", image]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["image"] == image
+    src = _tiny_hf_blip2(tmp_path / "hf", "opt")
+    assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
+    capsys.readouterr()
+    assert predict_main(["--cfg", str(tmp_path / "conv"), "--options", "model.image_encoder.precision=fp32",
+                         "model.llm.precision=fp32", "--max-new-tokens", "3", "caption", image]) == 0
+    assert capsys.readouterr().out.startswith(image)
