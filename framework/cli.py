@@ -38,7 +38,7 @@ def pull_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--cfg", required=True, help="experiment YAML (or a run's output_dir/config.yaml)")
+    p.add_argument("--cfg", required=True, help="experiment YAML, or a run folder (its config.yaml)")
     p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides, anywhere on the command line, e.g. run.max_iters=100 "
                         "model.checkpoint=out/checkpoints/best.pt")
@@ -87,8 +87,24 @@ def dry_run(exp: ExperimentConfig) -> None:
 
 
 
+def run_folder(folder: Path, options: List[str], with_weights: bool) -> Tuple[str, List[str]]:
+    """A run folder given as ``--cfg``: its ``config.yaml``, and with ``with_weights`` its best checkpoint (else its
+    last) as ``model.checkpoint`` unless the options name one."""
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"--cfg {folder}: a folder, but not a run's (no config.yaml); give a run folder or a config")
+    if with_weights and not any(o.startswith("model.checkpoint=") for o in options):
+        found = [folder / "checkpoints" / n for n in ("best.pt", "last.pt") if (folder / "checkpoints" / n).is_file()]
+        if not found:
+            raise ConfigError(f"--cfg {folder}: the run has no checkpoints/best.pt or last.pt to evaluate")
+        options = options + [f"model.checkpoint={found[0]}"]
+    return str(folder / "config.yaml"), options
+
+
 def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.Namespace], None],
-         argv: Optional[List[str]] = None, extra_args: Callable[[argparse.ArgumentParser], None] = lambda p: None) -> int:
+         argv: Optional[List[str]] = None, extra_args: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+         weights_from_run: bool = False) -> int:
+    """A command over an experiment: ``--cfg`` a config file or a run folder (its config.yaml; with
+    ``weights_from_run``, its best weights too), ``--options`` anywhere."""
     p = parser(prog, description)
     extra_args(p)
     argv, options = pull_options(sys.argv[1:] if argv is None else argv)
@@ -96,9 +112,11 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
     args.options = options
     setup_console()
     try:
+        if Path(args.cfg).is_dir():
+            args.cfg, args.options = run_folder(Path(args.cfg), args.options, weights_from_run)
         if not Path(args.cfg).is_file():
             raise ConfigError(f"--cfg {args.cfg}: no such file (give the path of an experiment YAML, "
-                              f"e.g. projects/blip2/demo/stage1.yaml)")
+                              f"e.g. projects/blip2/demo/stage1.yaml, or a run folder)")
         exp = load_experiment(args.cfg, args.options)
         if args.dry_run:
             dry_run(exp)

@@ -4,6 +4,7 @@ Evaluates ``run.eval_splits`` and ``run.test_splits`` of every dataset entry and
 config it ran with (``config.yaml``) and the predictions into ``run.output_dir``, or, when that folder holds a
 training run (say, its own ``config.yaml`` was given), into ``<output_dir>/eval/<checkpoint name>/``: a training
 run's files are never touched. An earlier evaluation's files there are replaced only with ``--overwrite``.
+``--cfg RUN_FOLDER`` evaluates that run's best checkpoint (its last when it kept no best) with its config.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     return cli.main("framework.evaluate", "Evaluate a model (model.checkpoint) on the configured splits.", _run, argv,
-                    _arguments)
+                    _arguments, weights_from_run=True)
 
 
 if __name__ == "__main__":

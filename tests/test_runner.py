@@ -151,3 +151,12 @@ def test_train_log_has_a_plain_line_per_log_step(tmp_path: Path) -> None:
     lines = [line for line in text.splitlines() if " iter " in line and ": loss " in line]
     assert [line.split(" iter ")[1].split(":")[0] for line in lines] == ["1", "2", "4"]
     assert "\r" not in text and "sec_per_iter" in lines[0]
+
+
+def test_evaluate_takes_a_run_folder(tmp_path: Path) -> None:
+    cfg = toy_config(tmp_path / "train", max_iters=2)
+    assert _train(tmp_path, cfg) == 0
+    assert evaluate_main(["--cfg", str(tmp_path / "train")]) == 0
+    metrics = json.loads((tmp_path / "train" / "eval" / "best" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(tmp_path / "train" / "checkpoints" / "best.pt")
+    assert evaluate_main(["--cfg", str(tmp_path)]) == 2  # a folder that is not a run
