@@ -234,3 +234,29 @@ def test_the_temperature_is_clamped_only_when_asked(tmp_path: Path) -> None:
             m.temp.fill_(0.9)
         m({"image": torch.randn(2, 3, 32, 32), "text_input": ["a red circle", "two shapes"]})
         assert float(m.temp.detach()) == pytest.approx(expected)
+
+
+def test_the_readme_encoder_plugin_trains_in_stage_1_frozen(tmp_path: Path) -> None:
+    """The README's plugin example, word for word, as a user's module listed under plugins:."""
+    import re
+
+    from conftest import REPO
+    from framework.train import main as train_main
+
+    readme = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n# my_package/encoders.py\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "readme_encoder.py").write_text(code)
+    cfg = stage1_config(tmp_path, tmp_path / "out", max_iters=2)
+    cfg["model"]["image_encoder"] = {"name": "my_encoder", "width": 48}
+    cfg["plugins"] = ["readme_encoder"]
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
+    finally:
+        sys.path.remove(str(tmp_path))
+    from framework import checkpoint
+
+    ckpt = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")
+    assert ckpt["frozen"] == ["image_encoder"] and not any(k.startswith("image_encoder.") for k in ckpt["model"])

@@ -67,6 +67,9 @@ class Blip2Base(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # the rest initialises alike whether the encoder is built or cached
             self.image_encoder = build_image_encoder(image_encoder)
+        if not self.image_encoder.frozen:
+            logger.info("the image encoder %r is trained (freeze: false): BLIP-2 keeps it frozen in stages 1 and 2 "
+                        "and trains it when fine-tuning", image_encoder.get("name"))
         width = self.image_encoder.num_features
         self.ln_vision = LayerNormFP32(width)
         q = qformer

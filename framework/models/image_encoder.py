@@ -34,6 +34,8 @@ def build_image_encoder(spec: Dict[str, Any]) -> nn.Module:
         raise ConfigError(f"image encoder {spec.get('name')!r} ({type(encoder).__name__}) lacks {', '.join(lacks)}: "
                           f"every image encoder sets num_features (its token width) and frozen (whether its weights "
                           f"stay fixed); see framework/models/interfaces.py")
+    if encoder.frozen:  # whatever the plugin did itself: no gradients (the runner then keeps it in eval mode)
+        encoder.requires_grad_(False)
     return encoder
 
 
