@@ -89,9 +89,9 @@ class Model:
         return out
 
 
-def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Optional[Callable]]:
-    """(model section, the data set's evaluation processing or None) of a run folder, folder or config file, with
-    the ``--options`` overrides applied."""
+def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Optional[Callable], int]:
+    """(model section, the data set's evaluation processing or None, the run's seed) of a run folder, folder or
+    config file, with the ``--options`` overrides applied."""
     from framework.cli import load_experiment, load_model_file
     from framework.config import load_config
     from framework.experiment import builders
@@ -105,30 +105,34 @@ def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Opti
                     spec["checkpoint"] = str(source / "checkpoints" / name)
                     break
             entries = builders(exp)
-            return spec, next(iter(entries.values())).processors("eval")["image"] if entries else None
+            return spec, next(iter(entries.values())).processors("eval")["image"] if entries else None, exp.run.seed
         if (source / "model.yaml").is_file():  # converted / prepared
-            return dict(load_model_file(source / "model.yaml", options)), None
+            return dict(load_model_file(source / "model.yaml", options)), None, 0
         raise ConfigError(f"{source}: neither a run folder (config.yaml) nor a converted model (model.yaml)")
     if not source.is_file():
         raise ConfigError(f"{source}: no such file or folder (a run folder, a converted folder or a config)")
     raw, _ = load_config(source)
     if "task" not in raw:  # a model-only file (a converter's model.yaml, a _base_)
-        return dict(load_model_file(source, options)), None
+        return dict(load_model_file(source, options)), None, 0
     exp = load_experiment(str(source), options)
     entries = builders(exp)
-    return dict(exp.model), next(iter(entries.values())).processors("eval")["image"] if entries else None
+    return dict(exp.model), next(iter(entries.values())).processors("eval")["image"] if entries else None, exp.run.seed
 
 
 def load(source: Union[str, Path], device: Optional[str] = None, allow_random_weights: bool = False,
          options: Sequence[str] = ()) -> Tuple[Model, Callable[[ImageLike], torch.Tensor]]:
     """(the model, ``preprocess``): see this module's docstring. ``device``: default CUDA when there is one;
     ``options``: config overrides (``KEY=VALUE``, as on the command line)."""
-    spec, processing = _resolve(Path(source).expanduser(), options)
+    spec, processing, seed = _resolve(Path(source).expanduser(), options)
     if not spec.get("checkpoint") and not allow_random_weights:
         raise ConfigError(f"{source}: no trained weights (no model.checkpoint, no checkpoints/ in a run folder); "
                           f"point it at trained or converted weights, or pass allow_random_weights=True")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = build_model(spec).eval().to(dev)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        # seeded as the run was built: parts with no weights file of their own (a test's random frozen encoder)
+        # are rebuilt as the run had them
+        torch.manual_seed(seed)
+        module = build_model(spec).eval().to(dev)
     if processing is None:
         encoders = [m for m in module.modules() if isinstance(m, DeclaresProcessing)]
         if not encoders:
