@@ -93,6 +93,12 @@ class RunLog:
                 if isinstance(v, (int, float)) and k not in ("iter", "epoch"):
                     self.tb.add_scalar(f"{event}/{k}", v, step)
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Text a person reads in TensorBoard's Text tab (the parameter table, sample predictions); markdown,
+        so it is shown as a code block."""
+        if self.active and self.tb is not None:
+            self.tb.add_text(tag, "```\n" + text + "\n```", step)
+
     def close(self) -> None:
         if not self.active:
             return

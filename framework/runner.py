@@ -72,7 +72,9 @@ class Runner:
                                   f"run.output_dir to a folder you can write") from None
         dist.barrier()
         self.log = RunLog(self.out, self.cfg.tensorboard, first_step=self.it + 1)
-        logger.info("model %s\n%s", self.exp.model["name"], parameter_table(self.model))
+        table = parameter_table(self.model)
+        logger.info("model %s\n%s", self.exp.model["name"], table)
+        self.log.text("model/parameters", f"{self.exp.model['name']}\n{table}", self.it)
 
     def _train_mode(self) -> None:
         """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
@@ -251,6 +253,10 @@ class Runner:
             with self._autocast():
                 result = self.task.evaluate(self.model, loader)
             metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})
+            written = self.task.prediction_file
+            if dist.is_main() and written.is_file():  # a few predictions beside the curves, to read
+                samples = json.loads(written.read_text())[:5]
+                self.log.text(f"predictions/{name}", "\n".join(json.dumps(r) for r in samples), self.it)
         self._train_mode()
         self.log.write("eval", self.it, metrics)
         logger.info("iteration %d: %s", self.it, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -160,3 +160,21 @@ def test_evaluate_takes_a_run_folder(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "train" / "eval" / "best" / "metrics.json").read_text())
     assert metrics["checkpoint"] == str(tmp_path / "train" / "checkpoints" / "best.pt")
     assert evaluate_main(["--cfg", str(tmp_path)]) == 2  # a folder that is not a run
+
+
+def test_tensorboard_shows_the_parameter_table_and_sample_predictions(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from stage1_helpers import stage2_config
+
+    cfg = stage2_config(tmp_path, tmp_path / "out")
+    cfg["task"] = {"name": "captioning", "num_beams": 1, "max_new_tokens": 3, "min_new_tokens": 1}
+    shapes = cfg["datasets"].pop("shapes_retrieval")
+    shapes["num_images"] = {"train": 8, "val": 4}
+    cfg["datasets"]["shapes_caption"] = shapes
+    cfg["run"].update(max_iters=1, batch_size=4, tensorboard=True)
+    assert _train(tmp_path, cfg) == 0
+    events = EventAccumulator(str(tmp_path / "out" / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    assert {"model/parameters/text_summary", "predictions/shapes_caption/val/text_summary"} <= set(tags)
