@@ -66,6 +66,27 @@ def make_tiny_llama(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def fit_after_visual_prefix(model, input_ids, attention_mask, labels, seed: int, steps: int, exact) -> None:
+    """Train ``model`` (Adam, one batch of everything) to produce ``labels`` from 4 random 32-wide vectors standing
+    where the visual prompt will go, then round every weight to ``exact`` (fp16 / bf16) and back: LAVIS loads the
+    LLM in that dtype, an fp32 load then holds the same numbers."""
+    import torch
+
+    mask = torch.cat([torch.ones(len(input_ids), 4, dtype=torch.long), attention_mask], 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        embeds = torch.cat([torch.randn(len(input_ids), 4, 32, generator=g), model.get_input_embeddings()(input_ids)],
+                           1)
+        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(exact).float())
+
+
 def opt_bpe_tokenizer(folder: Path) -> List[str]:
     """OPT's kind of tokenizer in ``folder``: GPT-2's byte-level BPE (trained here on shapes captions and VQA lines),
     every text started with </s>. Returns the training texts, each ended by a newline."""
@@ -109,19 +130,7 @@ def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
     enc = tok(texts, padding=True, return_tensors="pt")  # one batch of every text, padded on the right
     labels = torch.cat([torch.full((len(texts), 4), -100), enc["input_ids"].masked_fill(enc["attention_mask"] == 0,
                                                                                        -100)], 1)
-    mask = torch.cat([torch.ones(len(texts), 4, dtype=torch.long), enc["attention_mask"]], 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        embeds = torch.cat([torch.randn(len(texts), 4, 32, generator=g),
-                            model.get_input_embeddings()(enc["input_ids"])], 1)
-        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.half().float())
+    fit_after_visual_prefix(model, enc["input_ids"], enc["attention_mask"], labels, seed, steps, torch.float16)
     model.save_pretrained(str(folder))
     return folder
 
@@ -142,19 +151,7 @@ def make_tiny_t5_trained(folder: Path, seed: int = 0, steps: int = 150) -> Path:
     enc = tok([p for p, _ in pairs], padding=True, return_tensors="pt")
     labels = tok([t for _, t in pairs], padding=True, return_tensors="pt")["input_ids"]
     labels = labels.masked_fill(labels == tok.pad_token_id, -100)
-    mask = torch.cat([torch.ones(len(pairs), 4, dtype=torch.long), enc["attention_mask"]], 1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        embeds = torch.cat([torch.randn(len(pairs), 4, 32, generator=g),
-                            model.get_input_embeddings()(enc["input_ids"])], 1)
-        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.bfloat16().float())
+    fit_after_visual_prefix(model, enc["input_ids"], enc["attention_mask"], labels, seed, steps, torch.bfloat16)
     model.config.dropout_rate = 0.0  # a frozen LLM trains in training mode under LAVIS: no dropout, no randomness
     model.save_pretrained(str(folder))
     return folder

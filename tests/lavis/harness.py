@@ -89,21 +89,26 @@ def _perturb(model: nn.Module, seed: int, scale: float) -> None:
                 p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
-def opt(work: Path, spec: dict) -> dict:
-    """Blip2OPT: the LM loss (train mode) for each prompt in ``spec["losses"]`` (LAVIS's caption processor puts
-    the prompt before the caption; the model masks the prompt's tokens), captions (``generate`` with the caption
-    settings) and VQA answers (``generate`` one image at a time with its question in the prompt: 1.0.2's
-    Blip2OPT has no ``predict_answers``)."""
+def _stage2(cls, spec: dict, **llm: str):
+    """LAVIS's stage-2 model ``cls`` at the spec's sizes, its EVA the tiny one, seeded; ``llm``: its LLM folder."""
     import lavis.models.blip2_models.blip2 as blip2
-    from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
     blip2.create_eva_vit_g = tiny_eva(spec)
     patch("lavis.models.blip2_models.blip2.create_eva_vit_g -> LAVIS's VisionTransformer at the test's sizes, "
           "random weights, fp32 (no download)")
     torch.manual_seed(spec["seed"])
-    model = Blip2OPT(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
-                     num_query_token=spec["num_query_tokens"], opt_model=str(work / "opt"),
-                     max_txt_len=spec["max_txt_len"])
+    return cls(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
+               num_query_token=spec["num_query_tokens"], max_txt_len=spec["max_txt_len"], **llm)
+
+
+def opt(work: Path, spec: dict) -> dict:
+    """Blip2OPT: the LM loss (train mode) for each prompt in ``spec["losses"]`` (LAVIS's caption processor puts
+    the prompt before the caption; the model masks the prompt's tokens), captions (``generate`` with the caption
+    settings) and VQA answers (``generate`` one image at a time with its question in the prompt: 1.0.2's
+    Blip2OPT has no ``predict_answers``)."""
+    from lavis.models.blip2_models.blip2_opt import Blip2OPT
+
+    model = _stage2(Blip2OPT, spec, opt_model=str(work / "opt"))
     model.opt_model.float()
     patch("opt_model.float(): LAVIS loads OPT in fp16, which CPU matmuls reject; the test's OPT holds exact fp16 "
           "values, so no number changes")
@@ -144,16 +149,9 @@ def opt(work: Path, spec: dict) -> dict:
 def t5(work: Path, spec: dict) -> dict:
     """Blip2T5: the LM loss (train mode; encoder text ``text_input``, decoder target ``text_output``), captions
     (``generate``) and VQA answers (``predict_answers``, LAVIS's own settings)."""
-    import lavis.models.blip2_models.blip2 as blip2
     from lavis.models.blip2_models.blip2_t5 import Blip2T5
 
-    blip2.create_eva_vit_g = tiny_eva(spec)
-    patch("lavis.models.blip2_models.blip2.create_eva_vit_g -> LAVIS's VisionTransformer at the test's sizes, "
-          "random weights, fp32 (no download)")
-    torch.manual_seed(spec["seed"])
-    model = Blip2T5(vit_model="eva_clip_g", img_size=spec["vision"]["image_size"], vit_precision="fp32",
-                    num_query_token=spec["num_query_tokens"], t5_model=str(work / "t5"),
-                    max_txt_len=spec["max_txt_len"])
+    model = _stage2(Blip2T5, spec, t5_model=str(work / "t5"))
     model.t5_model.float()
     patch("t5_model.float(): LAVIS casts FlanT5 to bf16, which CPU matmuls against fp32 inputs reject; the test's "
           "T5 holds exact bf16 values, so no number changes")
