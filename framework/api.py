@@ -36,13 +36,19 @@ class Model:
     def __init__(self, module: nn.Module, preprocess: Callable[[ImageLike], torch.Tensor],
                  device: torch.device) -> None:
         self.module, self.preprocess, self.device = module, preprocess, device
+        # what preprocess makes of any image: the one input shape the model was built for
+        self.input_shape = tuple(preprocess(Image.new("RGB", (8, 8))).shape)
 
     def _batch(self, images: Union[Sequence[ImageLike], torch.Tensor]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
-            batch = images if images.dim() == 4 else images[None]
+            tensors = list(images if images.dim() == 4 else images[None])
         else:
-            batch = torch.stack([im if isinstance(im, torch.Tensor) else self.preprocess(im) for im in images])
-        return batch.to(self.device)
+            tensors = [im if isinstance(im, torch.Tensor) else self.preprocess(im) for im in images]
+        wrong = {tuple(t.shape) for t in tensors} - {self.input_shape}
+        if wrong:
+            raise ConfigError(f"images of shape {sorted(wrong)[0]}, but the model reads {self.input_shape}: give "
+                              f"paths or PIL images, or tensors made by the preprocess load() returned")
+        return torch.stack(tensors).to(self.device)
 
     def _need(self, contract: type, what: str) -> None:
         require(self.module, contract, what, "a stage-2 model captions and answers, a stage-1 model ranks and embeds")

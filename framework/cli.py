@@ -52,7 +52,8 @@ def load_experiment(path: str, options: Sequence[str] = (), schema: type = Exper
     raw, origins = load_config(path, options)
     plugins = raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} (set in {origins.get('plugins')})")
+        raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} "
+                          f"(set in {origins.get('plugins')})")
     load_plugin_modules(plugins)
     return validate(raw, schema, origins)
 
@@ -89,9 +90,16 @@ def dry_run(exp: ExperimentConfig) -> None:
 
 def run_folder(folder: Path, options: List[str], with_weights: bool) -> Tuple[str, List[str]]:
     """A run folder given as ``--cfg``: its ``config.yaml``, and with ``with_weights`` its best checkpoint (else its
-    last) as ``model.checkpoint`` unless the options name one."""
+    last) as ``model.checkpoint`` unless the options name one. With ``with_weights``, a prepared model's folder
+    (``python -m framework.zoo prepare``) gives its ``eval.yaml``."""
     if not (folder / "config.yaml").is_file():
-        raise ConfigError(f"--cfg {folder}: a folder, but not a run's (no config.yaml); give a run folder or a config")
+        if with_weights and (folder / "eval.yaml").is_file():  # a prepared model (python -m framework.zoo)
+            return str(folder / "eval.yaml"), options
+        if (folder / "model.yaml").is_file():
+            raise ConfigError(f"--cfg {folder}: a converted or prepared model (model.yaml) without an evaluation "
+                              f"(eval.yaml); write a config with `_base_: {folder / 'model.yaml'}` and give that")
+        raise ConfigError(f"--cfg {folder}: a folder, but not a run's (no config.yaml) nor a prepared model's "
+                          f"(eval.yaml); give a run folder or a config")
     if with_weights and not any(o.startswith("model.checkpoint=") for o in options):
         found = [folder / "checkpoints" / n for n in ("best.pt", "last.pt") if (folder / "checkpoints" / n).is_file()]
         if not found:
@@ -128,9 +136,10 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
     except RuntimeError as e:
         if not dist.timed_out(e):
             raise
-        print(f"error: rank {dist.launch_rank()} waited more than run.dist_timeout_s={exp.run.dist_timeout_s:g} s for another "
-              f"rank (stopped, hung or dead), so the job stops ({str(e).splitlines()[0][-120:]}). Continue it with "
-              f"--resume auto once every rank can run; raise run.dist_timeout_s if a step is legitimately that slow",
+        print(f"error: rank {dist.launch_rank()} waited more than run.dist_timeout_s={exp.run.dist_timeout_s:g} s "
+              f"for another rank (stopped, hung or dead), so the job stops ({str(e).splitlines()[0][-120:]}). "
+              f"Continue it with --resume auto once every rank can run; raise run.dist_timeout_s if a step is "
+              f"legitimately that slow",
               file=sys.stderr)
         return 3
     return 0

@@ -19,7 +19,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -82,23 +82,32 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="config overrides: of the written model.yaml (--to ours) or of the experiment (--from ours)")
     p.add_argument("--overwrite", action="store_true", help="write into an --out folder that is not empty")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    fresh = not out.exists()
-    try:
+
+    def convert() -> None:
         if (args.source == "ours") == (args.target == "ours"):
             raise ConfigError(f"--from {args.source} --to {args.target}: one side must be ours (formats: "
                               f"{', '.join(formats)})")
         if args.target != "ours" and not FORMATS.get(args.target).writes:
             raise ConfigError(f"--to {args.target}: this format is read only")
-        if not fresh and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        if args.target == "ours":
+            read(args.source, Path(args.src), Path(args.out), args.options)
+        else:
+            write(args.target, args.src, Path(args.out), args.options)
+
+    return into_new_folder(Path(args.out), args.overwrite, convert)
+
+
+def into_new_folder(out: Path, overwrite: bool, work: Callable[[], None]) -> int:
+    """Run ``work``, which writes into ``out``, as a command: ``out`` must be new or empty (else ``overwrite``);
+    a user error is printed (exit status 2) and the folder it created removed, so nothing half-done is left."""
+    fresh = not out.exists()
+    try:
+        if not fresh and (not out.is_dir() or any(out.iterdir())) and not overwrite:
             raise ConfigError(f"--out {out} exists and is not an empty folder: its files would be overwritten; "
                               f"choose a new folder or pass --overwrite")
-        if args.target == "ours":
-            read(args.source, Path(args.src), out, args.options)
-        else:
-            write(args.target, args.src, out, args.options)
+        work()
     except USER_ERRORS as e:
-        if fresh and out.exists():  # what a failed conversion wrote is no conversion: nothing half-done is left
+        if fresh and out.exists():
             shutil.rmtree(out)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -126,6 +126,9 @@ DATASETS = Registry("dataset", injected=("entry",), reserved={"sample_ratio": (O
 PROCESSORS = Registry("processor")
 # foreign weight formats (LAVIS, transformers): python -m framework.convert --from NAME / --to NAME
 FORMATS = Registry("format")
+# released models by name (python -m framework.zoo): framework.zoo.ZooModel entries, data rather than callables,
+# so not among REGISTRIES (whose parts are built from config sections)
+ZOO = Registry("zoo model")
 LR_SCHEDULERS = Registry("lr_scheduler", injected=("base_lr", "total_iters", "iters_per_epoch"))
 
 REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (

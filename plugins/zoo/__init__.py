@@ -1,0 +1,1 @@
+"""Released models by name: python -m framework.zoo list | show NAME | prepare NAME."""
