@@ -70,6 +70,11 @@ def load_model_file(path: str | Path, options: Sequence[str] = ()) -> Dict[str, 
     return load_experiment(str(path), options, ModelFile).model
 
 
+# parameters from which a model is a real one, not a CPU-sized test or demo (the demo's: under 10M; BLIP-2's
+# smallest, ViT-L + Q-Former: 470M)
+REAL_SIZE = 100_000_000
+
+
 def dry_run(exp: ExperimentConfig) -> None:
     """Parameter counts of the model built on ``meta`` and the data files the run would read."""
     with torch.device("meta"):
@@ -81,10 +86,18 @@ def dry_run(exp: ExperimentConfig) -> None:
         print(f"  [{'exists' if f.path.exists() else 'MISSING'}] {f.role}: {f.path}")
     splits = exp.run.train_splits + exp.run.eval_splits + exp.run.test_splits
     print("data files:")
+    generated = []
     for entry, builder in builders(exp).items():
         for f in builder.data_files(splits):
             state = "exists" if f.path.exists() else ("generated on first use" if f.generated else "MISSING")
             print(f"  [{state}] {entry}: {f.role}: {f.path}")
+            generated += [entry] if f.generated and entry not in generated else []
+    size = sum(p.numel() for p in model.parameters())
+    if generated and size >= REAL_SIZE:
+        print(f"WARNING: a real-size model ({size / 1e6:,.0f}M parameters) with generated data: "
+              f"{', '.join(f'datasets.{e}' for e in generated)}. Synthetic images teach a model of this size "
+              f"nothing useful; the paper's data is in projects/blip2/pretrain_data.yaml, your own in a "
+              f"records entry (docs/recipes/)")
 
 
 

@@ -65,3 +65,29 @@ def test_finetune_and_eval_configs_validate_and_build(cfg: str, capsys) -> None:
     assert evaluate_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "[MISSING] model.checkpoint: output/" in out  # each starts from the run before it
+
+
+PAPER_DATA = ["coco_caption_shards", "vg_caption_shards", "cc3m", "cc12m", "sbu", "laion"]
+
+
+@pytest.mark.parametrize("cfg", ["stage1_vitg.yaml", "stage1_vitl.yaml"] + [c for c, _, _ in TABLE2])
+def test_pretraining_configs_train_on_the_papers_data_in_proportion_to_size(cfg: str) -> None:
+    from framework.cli import load_experiment
+
+    exp = load_experiment(str(REPO / "projects" / "blip2" / cfg))
+    assert list(exp.datasets) == PAPER_DATA  # COCO, VG, CC3M, CC12M, SBU, LAION-115M; never the shapes
+    ratios = {e: spec["sample_ratio"] for e, spec in exp.datasets.items()}
+    assert ratios["laion"] == 115e6 and abs(sum(ratios.values()) - 129e6) / 129e6 < 0.03  # "129M images"
+
+
+def test_dry_run_names_generated_data_under_a_real_size_model(tmp_path, capsys) -> None:
+    from conftest import write_yaml
+
+    cfg = write_yaml(tmp_path / "shapes_vitg.yaml", {"_base_": str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"),
+                                                     "datasets": {"_delete_": True,
+                                                                  "shapes_retrieval": {"image_size": 224}}})
+    assert train_main(["--cfg", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: a real-size model (1,173M parameters) with generated data: datasets.shapes_retrieval" in out
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"), "--dry-run"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
