@@ -237,13 +237,13 @@ def test_the_temperature_is_clamped_only_when_asked(tmp_path: Path) -> None:
 
 
 def test_the_readme_encoder_plugin_trains_in_stage_1_frozen(tmp_path: Path) -> None:
-    """The README's plugin example, word for word, as a user's module listed under plugins:."""
+    """The plugin example of docs/plugins.md, word for word, as a user's module listed under plugins:."""
     import re
 
     from conftest import REPO
     from framework.train import main as train_main
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "plugins.md").read_text()
     code = re.search(r"```python\n# my_package/encoders.py\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "readme_encoder.py").write_text(code)
     cfg = stage1_config(tmp_path, tmp_path / "out", max_iters=2)
