@@ -255,7 +255,11 @@ class _Validator:
             raise self.error(path, f"expected {_type_name(tp)}, got {value!r}")
         if origin is Literal:
             if value not in args:
-                raise self.error(path, f"expected one of {', '.join(map(repr, args))}, got {value!r}")
+                # YAML reads off/on/no/yes unquoted as booleans: say so, or `run.amp=off` is a riddle
+                words = [a for a in args if isinstance(a, str) and a.lower() in ("off", "on", "no", "yes")]
+                hint = (f" (YAML reads an unquoted {words[0]} as {value}: quote it, {path.split('.')[-1]}: "
+                        f"'{words[0]}')" if isinstance(value, bool) and words else "")
+                raise self.error(path, f"expected one of {', '.join(map(repr, args))}, got {value!r}{hint}")
             return value
         if origin in (list, List, tuple, Sequence, typing.Sequence):
             if not isinstance(value, (list, tuple)):

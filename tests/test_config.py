@@ -142,3 +142,12 @@ def test_options_are_found_anywhere_on_the_command_line() -> None:
 
     assert pull_options(["--options", "a=1", "b.c=[1, 2]", "caption", "x.jpg", "--options", "d=e", "--json"]) == \
         (["caption", "x.jpg", "--json"], ["a=1", "b.c=[1, 2]", "d=e"])
+
+
+def test_an_unquoted_off_is_named_as_yaml_reads_it(tmp_path: Path) -> None:
+    """``run.amp=off``: YAML 1.1 reads it as false; the error says so and how to write it."""
+    path = write_yaml(tmp_path / "c.yaml", toy_config(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"run.amp: .* got False \(YAML reads an unquoted off as False: quote it, "
+                                          r"amp: 'off'\) \(set in --options\)"):
+        load_experiment(str(path), ["run.amp=off"])
+    assert load_experiment(str(path), ["run.amp='off'"]).run.amp == "off"
