@@ -299,3 +299,22 @@ def test_ours_to_lavis_and_back_through_the_command(tmp_path: Path) -> None:
     back = build_model(load_model_file(tmp_path / "back" / "model.yaml"))
     for k, v in source.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("width, encoder, file", [(1408, "eva_vit_g", "eva_vit_g.pth"),
+                                                  (1024, "clip_vit_l", "clip_vit_L.pth"), (48, "eva_vit_g", None)])
+def test_a_lavis_checkpoint_without_its_frozen_vit_names_the_encoder_its_q_former_reads(
+        tmp_path: Path, width: int, encoder: str, file) -> None:
+    """LAVIS saves no frozen weights: a stage-1 file of the ViT-L model (blip2_pretrained_vitL.pth) is told from a
+    ViT-g one by the width of the tokens ln_vision normalises."""
+    from plugins.formats.lavis import Lavis, ours_to_lavis
+
+    spec = load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path / "out")))).model
+    state = {k: v for k, v in ours_to_lavis(build_model(spec).state_dict(), None).items()
+             if not k.startswith("visual_encoder.")}
+    state["ln_vision.weight"], state["ln_vision.bias"] = torch.ones(width), torch.zeros(width)
+    torch.save({"model": state}, tmp_path / "blip2_pretrained.pth")
+    converted = Lavis().read(tmp_path / "blip2_pretrained.pth", tmp_path / "conv")
+    assert converted.model["image_encoder"]["name"] == encoder
+    need = next(n for n in converted.needs if n.startswith("model.image_encoder"))
+    assert (file in need) if file else "48-wide tokens, neither LAVIS's EVA ViT-g nor its CLIP ViT-L" in need

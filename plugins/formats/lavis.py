@@ -34,6 +34,8 @@ LLM_PREFIXES = {"opt_model.": "the frozen LLM (our config names its folder)",
                 "t5_model.": "the frozen LLM (our config names its folder)"}
 PROJECTIONS = {"opt": "opt_proj", "flant5": "t5_proj"}  # our LLM adapter -> LAVIS's projection name
 EVA_HEADS, BERT_BASE_HEADS = 16, 12  # LAVIS's create_eva_vit_g and bert-base-uncased: not in the weights
+# LAVIS's frozen encoders by their token width: (our encoder, the file LAVIS loads it from)
+ENCODERS_BY_WIDTH = {1408: ("eva_vit_g", "EVA-CLIP's eva_vit_g.pth"), 1024: ("clip_vit_l", "LAVIS's clip_vit_L.pth")}
 
 
 def key_table(num_layers: int, projection: Optional[str]) -> KeyTable:
@@ -134,9 +136,13 @@ class Lavis(Format):
         if vision:
             torch.save(vision, out / "vision.pt")
             section["image_encoder"] = _vision_section(vision, out)
-        else:
-            section["image_encoder"] = {"name": "eva_vit_g", "freeze": True, "precision": "fp16", "checkpoint": None}
-            needs.append("model.image_encoder.checkpoint: EVA-CLIP's eva_vit_g.pth (this file holds no image encoder)")
+        else:  # frozen, so not saved: which of LAVIS's two encoders, the width of the tokens ln_vision reads says
+            width = model["ln_vision.weight"].shape[0]
+            encoder, file = ENCODERS_BY_WIDTH.get(width, ("eva_vit_g", None))
+            section["image_encoder"] = {"name": encoder, "freeze": True, "precision": "fp16", "checkpoint": None}
+            needs.append(f"model.image_encoder.checkpoint: {file} (this file holds no image encoder)" if file else
+                         f"model.image_encoder: the encoder this Q-Former reads ({width}-wide tokens, neither LAVIS's "
+                         f"EVA ViT-g nor its CLIP ViT-L) and its checkpoint (this file holds no image encoder)")
         if generative:
             llm = next(ours for ours, theirs in PROJECTIONS.items() if f"{theirs}.weight" in state)
             section["llm"] = {"name": llm, "path": None, "precision": "bf16" if llm == "flant5" else "fp16"}

@@ -61,8 +61,8 @@ def _llm(key: str) -> Source:
 
 _entry("pretrain", "stage-1 Q-Former on EVA ViT-g (blip2 / blip2_feature_extractor)", "blip2_pretrained.pth",
        EVA, (BERT,), (), None)
-_entry("pretrain_vitL", "stage-1 Q-Former on CLIP ViT-L", "blip2_pretrained_vitL.pth", CLIP_L, (BERT,),
-       ("model.image_encoder.name=clip_vit_l",), None)
+# the converter tells CLIP ViT-L from EVA ViT-g by the width ln_vision reads (the ViT is not in the file)
+_entry("pretrain_vitL", "stage-1 Q-Former on CLIP ViT-L", "blip2_pretrained_vitL.pth", CLIP_L, (BERT,), (), None)
 # the fine-tuned checkpoint trained the ViT (364 px) and holds it
 _entry("coco", "stage-1 model fine-tuned for COCO retrieval (blip2_image_text_matching)", "blip2_finetune_coco.pth",
        None, (BERT,), ("model.image_encoder.precision=fp32",), "projects/blip2/eval/ret_coco.yaml")
@@ -70,7 +70,7 @@ for _llm_key, _adapter in [("opt2.7b", "opt"), ("opt6.7b", "opt"), ("flant5xl", 
     _entry(f"pretrain_{_llm_key}", f"stage 2, EVA ViT-g + {LLMS[_llm_key]} (zero-shot captioning and VQA)",
            f"blip2_pretrained_{_llm_key}.pth", EVA, (_llm(_llm_key),), (), EVALUATIONS[_adapter])
 _entry("pretrain_flant5xl_vitL", f"stage 2, CLIP ViT-L + {LLMS['flant5xl']}", "blip2_pretrained_flant5xl_vitL.pth",
-       CLIP_L, (_llm("flant5xl"),), ("model.image_encoder.name=clip_vit_l",), EVALUATIONS["flant5"])
+       CLIP_L, (_llm("flant5xl"),), (), EVALUATIONS["flant5"])
 for _llm_key, _adapter in [("opt2.7b", "opt"), ("opt6.7b", "opt"), ("flant5xl", "flant5")]:
     # LAVIS's caption models: the ViT trained at 364 px (in the checkpoint), fp32, prompt "a photo of"
     _entry(f"caption_coco_{_llm_key}", f"stage 2 + ViT fine-tuned on COCO captions, {LLMS[_llm_key]}",
