@@ -112,13 +112,13 @@ def prepare(name: str, sources: List[str], out: Path, options: List[str] = (),
 
     entry: ZooModel = ZOO.get(name)
     paths = _sources(entry, name, list(sources))
+    evaluation = evaluation or (str(REPO / entry.evaluation) if entry.evaluation else None)
+    if evaluation and not Path(evaluation).is_file():
+        raise ConfigError(f"the evaluation config {evaluation} does not exist (it comes with the repository's "
+                          f"projects/ folder); pass --evaluation CONFIG")
     filled = [f"{s.sets}={paths[s.role].resolve()}" for s in entry.sources if s.sets]
     model_yaml = read(entry.format, paths[entry.converted().role], out, list(entry.settings) + filled + list(options))
-    evaluation = evaluation or (str(REPO / entry.evaluation) if entry.evaluation else None)
     if evaluation:
-        if not Path(evaluation).is_file():
-            raise ConfigError(f"the evaluation config {evaluation} does not exist (it comes with the repository's "
-                              f"projects/ folder); pass --evaluation CONFIG")
         model, _ = load_config(model_yaml)
         spec = {"_base_": str(Path(evaluation).resolve()),
                 "model": {"_delete_": True, **model["model"]},

@@ -131,6 +131,9 @@ def test_prepare_names_what_is_missing_before_any_work(tmp_path: Path, capsys) -
     assert zoo_main(["prepare", "Salesforce/blip2-opt-2.7b", "--out", str(out), "--src",
                      f"model={tmp_path / 'nothing'}"]) == 2
     assert "no such file or folder" in capsys.readouterr().err and not out.exists()
+    assert zoo_main(["prepare", "Salesforce/blip2-opt-2.7b", "--out", str(out), "--src", f"model={tmp_path}",
+                     "--evaluation", str(tmp_path / "no_such.yaml")]) == 2
+    assert "the evaluation config" in capsys.readouterr().err and not out.exists()  # refused before converting
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     assert zoo_main(["prepare", "Salesforce/blip2-opt-2.7b", "--out", str(out), "--src", f"model={tmp_path}"]) == 2
