@@ -103,7 +103,8 @@ class Matchable(Protocol):
         """[B, N, D] what matching reads of each image; kept for a whole split during re-ranking."""
 
     def match_scores(self, image_tokens: torch.Tensor, texts: List[str]) -> torch.Tensor:
-        """[B] score of each (image i, text i) pair, on a scale where adding the ITC similarity makes sense."""
+        """[B] score of each (image i, text i) pair, on a scale where adding the ITC similarity makes sense.
+        ``image_tokens`` of batch 1: that image against each of the B texts (re-ranking groups pairs by image)."""
 
 
 def missing(obj: Any, contract: type) -> List[str]:

@@ -96,9 +96,15 @@ class CrossAttention(nn.Module):
         h = self.heads
         q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
         k, v = image_kv
+        dropout = self.dropout if self.training else 0.0
+        if k.shape[0] == 1 < b:  # one image for every sequence (ITM re-ranking): its queries attend as one
+            if image_mask is not None:
+                raise ValueError("an image shared by several sequences takes no image_mask")
+            q = q.transpose(0, 1).reshape(1, h, b * n, d // h)  # a softmax row per query, so this is exact
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            return out.view(h, b, n, d // h).permute(1, 2, 0, 3).reshape(b, n, d)
         mask = None if image_mask is None else image_mask.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return out.transpose(1, 2).reshape(b, n, d)
 
 
@@ -259,7 +265,8 @@ class QFormer(nn.Module):
                 cache_queries: bool = False, image_kv: Optional[List[Optional[KV]]] = None) -> QFormerOutput:
         """Run the Q-Former over [queries (unless ``with_queries=False`` or cached in ``past``), text].
 
-        The image comes as tokens (``image``) or already projected (``image_kv``, from :meth:`project_image`).
+        The image comes as tokens (``image``) or already projected (``image_kv``, from :meth:`project_image`);
+        one image (batch 1) may go with a batch of texts: it is projected once and every sequence reads it.
         ``past`` holds the query positions' keys/values from an earlier call with ``cache_queries=True``
         (ITG reuses the ITC pass's queries instead of recomputing them).
         """
@@ -267,7 +274,12 @@ class QFormer(nn.Module):
         if image_kv is None and image is not None and queries_here:
             image_kv = self.project_image(image)
         first_kv = next((kv[0] for kv in image_kv or [] if kv is not None), None)
-        batch = (first_kv if first_kv is not None else image if image is not None else input_ids).shape[0]
+        image_batch = (first_kv if first_kv is not None else image if image is not None else None)
+        # texts set the batch; one image (batch 1) may serve them all (its keys/values projected once)
+        batch = (input_ids if input_ids is not None else image_batch).shape[0]
+        if image_batch is not None and image_batch.shape[0] not in (1, batch):
+            raise ValueError(f"the Q-Former got {image_batch.shape[0]} images for {batch} texts: give one image "
+                             f"per text, or one image for all")
         n_query = self.num_query_tokens if with_queries else 0
         x = self.embed(input_ids, queries_here, batch)
         if text_mask is None and input_ids is not None:

@@ -201,7 +201,8 @@ class Blip2QFormer(Blip2Base):
 
     def match_scores(self, image_tokens: torch.Tensor, texts: List[str]) -> torch.Tensor:
         """[B] ITM score of each (image i, text i) pair: the match logit averaged over the queries (as LAVIS
-        re-ranks with)."""
+        re-ranks with). ``image_tokens`` [1, N, D]: one image against every text, its keys/values projected
+        once."""
         ids, mask = self.tokenize(texts)
         out = self.qformer("itm", image=image_tokens, input_ids=ids, text_mask=mask)
         return self.itm_head(out.hidden[:, :self.qformer.num_query_tokens])[..., 1].mean(1)

@@ -56,27 +56,45 @@ def chunked_similarity(model: Retrievable, image_feats: torch.Tensor, text_feats
                       for i in range(0, len(image_feats), chunk_size)])
 
 
-def rerank(sims: torch.Tensor, k: int, score: Callable[[int, torch.Tensor], torch.Tensor], desc: str) -> torch.Tensor:
-    """Each row's top ``k`` columns (by ``sims``) re-scored as ``score(row, columns) + sims``, placed before the
-    others, which keep their order. Rows are split across ranks and gathered."""
-    k = min(k, sims.shape[1])
-    rows = range(dist.rank(), sims.shape[0], dist.world_size())
+def rerank_both(sims: torch.Tensor, k: int, score: Callable[[int, torch.Tensor], torch.Tensor], batch_size: int,
+                text_length: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """ITM re-ranking both ways (the paper's protocol): each image's ``k`` best texts and each text's ``k`` best
+    images by ``sims`` [images, texts] are re-scored as ``score + sims`` and placed before the other candidates,
+    which keep their ITC order. Returns (i2t [images, texts], t2i [texts, images]).
+
+    The pairs of both directions are scored once each, grouped by image: ``score(i, texts)`` scores image i
+    against up to ``batch_size`` texts at a time, so what matching needs of an image (BLIP-2: its cross-attention
+    keys/values) is computed once per image and batch, not once per pair and direction (LAVIS). With
+    ``text_length`` an image's texts go shortest first: a batch pads to its longest text. Images are split across
+    ranks and the scores gathered."""
+    n_img, n_txt = sims.shape
+    top_i2t = sims.topk(min(k, n_txt), dim=1).indices  # [images, k]
+    top_t2i = sims.t().topk(min(k, n_img), dim=1).indices  # [texts, k]
+    wanted = torch.zeros(n_img, n_txt, dtype=torch.bool)
+    wanted.scatter_(1, top_i2t, True)
+    wanted.t().scatter_(1, top_t2i, True)
     local = {}
-    for r in tqdm(rows, desc=desc, disable=not dist.is_main(), leave=False):
-        top_sim, top = sims[r].topk(k)
-        local[r] = (top, score(r, top).float().cpu() + top_sim)
-    out = sims.clone()
+    for i in tqdm(range(dist.rank(), n_img, dist.world_size()), desc="retrieval: ITM re-ranking",
+                  disable=not dist.is_main(), leave=False):
+        texts = wanted[i].nonzero().squeeze(1)
+        if text_length is not None:
+            texts = texts[text_length[texts].argsort(stable=True)]
+        local[i] = (texts, torch.cat([score(i, texts[j:j + batch_size]).float().cpu()
+                                      for j in range(0, len(texts), batch_size)]))
+    rescored = sims.clone()
     for part in dist.all_gather_objects(local):
-        for r, (top, new) in part.items():
-            row = out[r]
-            below = new.min() - 1.0 - (row.max() - row)  # the rest: under every re-scored column, in order
-            row.copy_(below)
-            row[top] = new
-    return out
+        for i, (texts, itm) in part.items():
+            rescored[i, texts] += itm
+    i2t = _place_first(sims, top_i2t, rescored.gather(1, top_i2t))
+    t2i = _place_first(sims.t(), top_t2i, rescored.t().gather(1, top_t2i))
+    return i2t, t2i
 
 
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], n: int, size: int) -> torch.Tensor:
-    return torch.cat([fn(torch.arange(i, min(i + size, n))) for i in range(0, n, size)])
+def _place_first(sims: torch.Tensor, top: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``sims`` with each row's ``top`` columns set to ``new`` and the other columns moved below all of them,
+    in their order."""
+    below = new.amin(1, keepdim=True) - 1.0 - (sims.amax(1, keepdim=True) - sims)
+    return below.scatter(1, top, new)
 
 
 def chance_recall(n_candidates: int, n_positives: List[int], k: int) -> float:
@@ -124,7 +142,7 @@ class Retrieval(Task):
 
     Args:
         k_test: candidates re-ranked per query (the paper: 128; 0: ITC only, for models without ITM).
-        text_batch_size: texts embedded per forward pass. itm_batch_size: pairs per ITM forward pass.
+        text_batch_size: texts embedded per forward pass. itm_batch_size: texts matched with one image per ITM forward pass.
         chunk_size: images per similarity block (bounds memory on 5K images x 25K texts).
     """
 
@@ -152,11 +170,9 @@ class Retrieval(Task):
         if not self.k_test:
             return itc
         device = next(model.parameters()).device
-        i2t = rerank(sims, self.k_test, lambda i, cols: _batched(
-            lambda j: model.match_scores(tokens[i].expand(len(j), -1, -1).to(device), [data.texts[c] for c in cols[j]]),
-            len(cols), self.itm_batch_size), "retrieval: ITM image->text")
-        t2i = rerank(sims.t().contiguous(), self.k_test, lambda t, rows: _batched(
-            lambda j: model.match_scores(tokens[rows[j]].to(device), [data.texts[t]] * len(j)),
-            len(rows), self.itm_batch_size), "retrieval: ITM text->image")
+        i2t, t2i = rerank_both(
+            sims, self.k_test, lambda i, texts: model.match_scores(tokens[i:i + 1].to(device),
+                                                                   [data.texts[t] for t in texts]),
+            self.itm_batch_size, text_length=torch.tensor([len(t) for t in data.texts]))
         out = rerank_metrics(i2t, t2i, data.img2txt, data.txt2img)
         return out | {f"itc_{k}": v for k, v in itc.items() if not k.startswith("chance")}
