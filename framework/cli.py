@@ -15,6 +15,7 @@ from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
 from framework.registry import Part, load_plugin_modules
+from framework.cost import describe as describe_cost
 from framework.experiment import ExperimentConfig, builders
 
 
@@ -43,7 +44,8 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="overrides, anywhere on the command line, e.g. run.max_iters=100 "
                         "model.checkpoint=out/checkpoints/best.pt")
     p.add_argument("--dry-run", action="store_true",
-                   help="validate, build the model on the meta device, list data files, and exit")
+                   help="validate, build the model on the meta device, list data files (training: and estimate an "
+                        "iteration's FLOPs and memory), and exit")
     return p
 
 
@@ -75,8 +77,9 @@ def load_model_file(path: str | Path, options: Sequence[str] = ()) -> Dict[str, 
 REAL_SIZE = 100_000_000
 
 
-def dry_run(exp: ExperimentConfig) -> None:
-    """Parameter counts of the model built on ``meta`` and the data files the run would read."""
+def dry_run(exp: ExperimentConfig, cost: bool = False) -> None:
+    """Parameter counts of the model built on ``meta``, the data files the run would read, and with ``cost``
+    what a training iteration costs (:mod:`framework.cost`)."""
     with torch.device("meta"):
         model = build_model(exp.model)
     print(f"config OK. model {exp.model['name']!r} (built on the meta device):")
@@ -92,6 +95,8 @@ def dry_run(exp: ExperimentConfig) -> None:
             state = "exists" if f.path.exists() else ("generated on first use" if f.generated else "MISSING")
             print(f"  [{state}] {entry}: {f.role}: {f.path}")
             generated += [entry] if f.generated and entry not in generated else []
+    for line in describe_cost(exp) if cost else []:
+        print(line)
     size = sum(p.numel() for p in model.parameters())
     if generated and size >= REAL_SIZE:
         print(f"WARNING: a real-size model ({size / 1e6:,.0f}M parameters) with generated data: "
@@ -140,7 +145,7 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
                               f"e.g. projects/blip2/demo/stage1.yaml, or a run folder)")
         exp = load_experiment(args.cfg, args.options)
         if args.dry_run:
-            dry_run(exp)
+            dry_run(exp, cost=not getattr(args, "no_cost", True))
             return 0
         run(exp, args)
     except USER_ERRORS as e:

@@ -77,11 +77,7 @@ class Runner:
         self.log.text("model/parameters", f"{self.exp.model['name']}\n{table}", self.it)
 
     def _train_mode(self) -> None:
-        """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
-        self.model.train()
-        modules = dict(self.model.named_modules())
-        for name in checkpoint.frozen_prefixes(self.model):
-            modules[name].eval()
+        checkpoint.train_mode(self.model)
 
     def _autocast(self):
         if self.cfg.amp == "off":

@@ -1,4 +1,4 @@
-"""``python -m framework.train --cfg X.yaml [--options k=v ...] [--resume auto|PATH] [--dry-run]``"""
+"""``python -m framework.train --cfg X.yaml [--options k=v ...] [--resume auto|PATH] [--dry-run [--no-cost]]``"""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +26,9 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="continue from a checkpoint; 'auto' takes output_dir/checkpoints/last.pt if there is one")
     p.add_argument("--overwrite", action="store_true",
                    help="output_dir holds another run: delete its files (config, logs, checkpoints) and start afresh")
+    p.add_argument("--no-cost", action="store_true",
+                   help="with --dry-run: leave out the estimate of an iteration's FLOPs and memory (about 5-10 s for "
+                        "a real-size model)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

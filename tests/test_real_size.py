@@ -21,7 +21,7 @@ def _table(out: str) -> dict:
     ("stage1_vitl.yaml", 290_581_504, 182_768_443),
 ])
 def test_real_size_dry_run(cfg: str, vit: int, qformer: int, capsys) -> None:
-    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run", "--no-cost"]) == 0
     out = capsys.readouterr().out
     table = _table(out)
     assert "[MISSING] image encoder weights" in out  # the real weights are listed, not needed for a dry run
@@ -45,7 +45,7 @@ TABLE2 = [
 
 @pytest.mark.parametrize("cfg, trainable, total", TABLE2)
 def test_stage2_dry_run_matches_table2(cfg: str, trainable: float, total: float, capsys) -> None:
-    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run", "--no-cost"]) == 0
     out = capsys.readouterr().out
     table = _table(out)
     assert table["llm"][1] == 0 and table["image_encoder"][1] == 0  # both frozen
@@ -86,8 +86,8 @@ def test_dry_run_names_generated_data_under_a_real_size_model(tmp_path, capsys) 
     cfg = write_yaml(tmp_path / "shapes_vitg.yaml", {"_base_": str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"),
                                                      "datasets": {"_delete_": True,
                                                                   "shapes_retrieval": {"image_size": 224}}})
-    assert train_main(["--cfg", str(cfg), "--dry-run"]) == 0
+    assert train_main(["--cfg", str(cfg), "--dry-run", "--no-cost"]) == 0
     out = capsys.readouterr().out
     assert "WARNING: a real-size model (1,173M parameters) with generated data: datasets.shapes_retrieval" in out
-    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"), "--dry-run"]) == 0
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"), "--dry-run", "--no-cost"]) == 0
     assert "WARNING" not in capsys.readouterr().out

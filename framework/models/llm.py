@@ -52,7 +52,7 @@ class LLMAdapter(nn.Module):
         on_meta = building_on_meta()
         fields = self._architecture(folder, arch, on_meta)
         if on_meta:  # --dry-run: the architecture, no files read
-            self.tokenizer, self.model = None, self._skeleton(fields)
+            self.tokenizer, self.model = None, self._skeleton(fields).to(DTYPES[precision])
         else:
             from transformers import AutoTokenizer
 
@@ -104,7 +104,8 @@ class LLMAdapter(nn.Module):
         return f" (registered LLM adapters: {', '.join(LLMS.names())}; pick the one for this model in model.llm.name)"
 
     def _skeleton(self, fields: Dict[str, Any]) -> nn.Module:
-        """The model built from its config alone (on the meta device in a dry run)."""
+        """The model built from its config alone (on the meta device in a dry run; the caller casts it to the
+        configured precision, as loading does)."""
         from transformers import AutoConfig
 
         config = AutoConfig.for_model(**fields)

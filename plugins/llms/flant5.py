@@ -17,7 +17,7 @@ def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
     layer of its own (not tied to the embeddings)."""
     return {"model_type": "t5", "d_model": d_model, "d_ff": d_ff, "d_kv": 64, "num_layers": layers,
             "num_decoder_layers": layers, "num_heads": heads, "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
-            "tie_word_embeddings": False}
+            "tie_word_embeddings": False, "decoder_start_token_id": 0, "pad_token_id": 0, "eos_token_id": 1}
 
 
 @LLMS.register("flant5")

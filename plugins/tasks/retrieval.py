@@ -142,7 +142,8 @@ class Retrieval(Task):
 
     Args:
         k_test: candidates re-ranked per query (the paper: 128; 0: ITC only, for models without ITM).
-        text_batch_size: texts embedded per forward pass. itm_batch_size: texts matched with one image per ITM forward pass.
+        text_batch_size: texts embedded per forward pass.
+        itm_batch_size: texts matched with one image per ITM forward pass.
         chunk_size: images per similarity block (bounds memory on 5K images x 25K texts).
     """
 

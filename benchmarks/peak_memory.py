@@ -1,0 +1,98 @@
+"""Measured peak memory of training iterations on the CPU, beside ``framework.cost``'s estimate.
+
+    python benchmarks/peak_memory.py --cfg CONFIG [--batch N] [--options KEY=VALUE ...]
+
+Each measurement runs in a fresh process: the resident set size before the model is built is subtracted from the
+process's peak (``ru_maxrss``) after two training iterations (forward, backward, AdamW's step) on the batch
+``framework.cost`` estimates for (texts of ``max_txt_len`` tokens). glibc's allocator is told to map every
+block of 64 KiB or more on its own (``MALLOC_MMAP_THRESHOLD_``), so a freed tensor leaves the resident set at
+once, as it leaves a GPU's allocated memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(cfg: str, batch: int, options: Sequence[str] = ()) -> int:
+    """Peak bytes of two training iterations of ``cfg`` at ``batch``, measured in a fresh process."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    proc = subprocess.run([sys.executable, __file__, "--child", "--cfg", cfg, "--batch", str(batch), "--options",
+                           *options], env=env, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"measuring {cfg} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def _resident() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(cfg: str, batch_size: int, options: List[str]) -> None:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from framework.checkpoint import train_mode
+    from framework.cli import load_experiment
+    from framework.models.build import build_model
+    from framework.optim import build_optimizer
+    from framework.registry import build
+
+    exp = load_experiment(cfg, options)
+    task = build("task", exp.task)
+    torch.manual_seed(0)
+    # the math libraries' own start-up memory (thread pools, kernel caches) is the process's, not the step's
+    x = torch.randn(256, 256, requires_grad=True)
+    torch.nn.functional.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None]).sum().backward()
+    del x
+    base = _resident()
+    model = build_model(exp.model)
+    size = model.image_encoder.image_size
+    # the estimate's batch: texts of max_txt_len tokens ([CLS] + words + [SEP]; "red" is one token in the tests'
+    # tokenizers and in BERT's)
+    text = " ".join(["red"] * (model.max_txt_len - 2))
+    batch = {"image": torch.randn(batch_size, 3, size, size), "text_input": [text] * batch_size,
+             "prompt": [""] * batch_size, "image_id": list(range(batch_size))}
+    train_mode(model)
+    optimizer = build_optimizer(model, exp.run.optimizer)
+    for _ in range(2):
+        loss = task.train_step(model, batch)["loss"]
+        loss.backward()
+        del loss
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cfg", required=True)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--options", nargs="*", default=[])
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return _child(args.cfg, args.batch, args.options)
+    sys.path.insert(0, str(REPO))
+    from framework.cli import load_experiment
+    from framework.cost import step_cost
+
+    exp = load_experiment(args.cfg, args.options)
+    batch = args.batch or exp.run.batch_size
+    estimate = step_cost(exp, batch)
+    measured = measure(args.cfg, batch, args.options)
+    print(json.dumps({"cfg": args.cfg, "batch": batch, "estimated_peak_bytes": estimate.peak_bytes,
+                      "measured_peak_bytes": measured, "ratio": estimate.peak_bytes / measured}))
+
+
+if __name__ == "__main__":
+    main()
