@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "lavis"))
 
-from harness import _perturb, patch, tiny_eva  # noqa: E402
+from harness import _perturb, _stage2, patch, tiny_eva  # noqa: E402
 
 
 def _stage1_model(spec: dict):
@@ -62,7 +62,69 @@ def retrieval(work: Path, spec: dict) -> dict:
             "t2i": torch.as_tensor(out[1])}
 
 
-JOBS = {"retrieval": retrieval}
+def stage1_step(work: Path, spec: dict) -> dict:
+    """LAVIS's stage-1 training step: ITC + ITM + ITG forward and backward (train mode; the BERT has no dropout)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{work / 'pg'}", rank=0, world_size=1)
+    model = _stage1_model(spec).train()
+    samples = {"image": spec["images"], "text_input": spec["texts"]}
+    seconds, losses = [], []
+    for _ in range(spec["repeats"]):
+        torch.manual_seed(spec["sample_seed"])  # the ITM negatives
+        start = time.perf_counter()
+        out = model(samples)
+        out.loss.backward()
+        seconds.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+        losses.append({"itc": float(out.loss_itc), "itm": float(out.loss_itm), "itg": float(out.loss_lm)})
+    dist.destroy_process_group()
+    return {"seconds": seconds, "losses": losses, "state_dict": model.state_dict()}
+
+
+def opt(work: Path, spec: dict) -> dict:
+    """LAVIS's Blip2OPT: the stage-2 LM step (forward and backward), captions (beam 5) and VQA answers (one image
+    at a time with its question: 1.0.2's Blip2OPT has no batched ``predict_answers``), each timed."""
+    from lavis.models.blip2_models.blip2_opt import Blip2OPT
+
+    model = _stage2(Blip2OPT, spec, opt_model=str(work / "opt"))
+    model.opt_model.float()
+    patch("opt_model.float(): LAVIS loads OPT in fp16, which CPU matmuls reject; the OPT holds exact fp16 values")
+    generate = model.opt_model.generate
+
+    def generate_once(*args, query_embeds=None, num_beams=1, **kwargs):
+        return generate(*args, query_embeds=query_embeds[::num_beams], num_beams=num_beams, **kwargs)
+
+    model.opt_model.generate = generate_once
+    patch("opt_model.generate: the visual prompt repeated once per beam, not twice (a size error between LAVIS "
+          "1.0.2 and transformers >= 4.27)")
+    _perturb(model, spec["seed"] + 1, spec["perturb"])
+    images, c, v = spec["images"], spec["caption_decoding"], spec["vqa_decoding"]
+    seconds = {"lm_step": [], "caption": [], "vqa": []}
+    for _ in range(spec["repeats"]):
+        model.train()
+        start = time.perf_counter()
+        loss = model({"image": images, "text_input": spec["captions"]})["loss"]
+        loss.backward()
+        seconds["lm_step"].append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        with torch.no_grad():
+            start = time.perf_counter()
+            captions = model.generate({"image": images, "prompt": c["prompt"]}, num_beams=c["num_beams"],
+                                      max_length=c["max_length"], min_length=c["min_length"])
+            seconds["caption"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            answers = [model.generate({"image": images[i:i + 1], "prompt": v["prompt"].format(q)},
+                                      num_beams=v["num_beams"], max_length=v["max_length"],
+                                      min_length=v["min_length"], length_penalty=v["length_penalty"])[0]
+                       for i, q in enumerate(spec["questions"])]
+            seconds["vqa"].append(time.perf_counter() - start)
+    state = {k: t for k, t in model.state_dict().items() if not k.startswith("opt_model.")}
+    return {"seconds": seconds, "loss": float(loss), "captions": captions, "answers": answers, "state_dict": state}
+
+
+JOBS = {"retrieval": retrieval, "stage1_step": stage1_step, "opt": opt}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])

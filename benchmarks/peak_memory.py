@@ -16,20 +16,26 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def measure(cfg: str, batch: int, options: Sequence[str] = ()) -> int:
     """Peak bytes of two training iterations of ``cfg`` at ``batch``, measured in a fresh process."""
+    return run_child(cfg, batch, options)["peak_bytes"]
+
+
+def run_child(cfg: str, batch: int, options: Sequence[str] = ()) -> Dict[str, Any]:
+    """:func:`measure` with the second iteration's seconds and the losses of both."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     proc = subprocess.run([sys.executable, __file__, "--child", "--cfg", cfg, "--batch", str(batch), "--options",
                            *options], env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"measuring {cfg} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _resident() -> int:
@@ -60,17 +66,22 @@ def _child(cfg: str, batch_size: int, options: List[str]) -> None:
     # tokenizers and in BERT's)
     text = " ".join(["red"] * (model.max_txt_len - 2))
     batch = {"image": torch.randn(batch_size, 3, size, size), "text_input": [text] * batch_size,
-             "prompt": [""] * batch_size, "image_id": list(range(batch_size))}
+             "prompt": [""] * batch_size, "image_id": torch.arange(batch_size)}
     train_mode(model)
     optimizer = build_optimizer(model, exp.run.optimizer)
+    losses, seconds = [], 0.0
     for _ in range(2):
+        torch.manual_seed(1)  # the same dropout masks and ITM negatives whatever the memory settings
+        start = time.perf_counter()
         loss = task.train_step(model, batch)["loss"]
         loss.backward()
+        losses.append(float(loss.detach()))
         del loss
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"peak_bytes": peak}))
+    print(json.dumps({"peak_bytes": peak, "step_seconds": seconds, "losses": losses}))
 
 
 def main() -> None:

@@ -89,94 +89,13 @@ def _batch(model: nn.Module, batch_size: int, text_tokens: int, mode) -> Dict[st
     encoder = getattr(model, "image_encoder", None)
     size = getattr(encoder, "image_size", 224)
     with mode:
-        images = torch.empty(batch_size, 3, size, size)
+        if getattr(encoder, "cached", False):  # the frozen-feature cache: the batch holds the encoder's tokens
+            images = torch.empty(batch_size, encoder.num_tokens, encoder.num_features, dtype=torch.bfloat16)
+        else:
+            images = torch.empty(batch_size, 3, size, size)
+        image_ids = torch.arange(batch_size)  # every sample its own image (use_image_ids)
     text = " ".join(["w"] * text_tokens)
-    return {"image": images, "text_input": [text] * batch_size, "prompt": [""] * batch_size,
-            "image_id": list(range(batch_size)), "index": list(range(batch_size))}
-
-
-def _stand_in_tokenizer(length: int):
-    """A tokenizer that turns every text into ``length`` word tokens between [CLS] and [SEP] (ids 0-5, inside
-    every vocabulary): lengths are all a cost needs."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "</s>": 4, "w": 5}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]", eos_token="</s>", bos_token="[CLS]")
-
-
-def _fake_parameters(model: nn.Module, mode) -> None:
-    """Replace every meta parameter and buffer by a fake CPU tensor of the same shape and dtype (ties kept), fp16
-    as bf16: CPU autocast refuses to mix the two (an fp16 ViT under bf16 autocast), the bytes are the same."""
-    made: Dict[int, torch.Tensor] = {}
-    with mode:
-        for module in model.modules():
-            for store in (module._parameters, module._buffers):
-                for name, t in store.items():
-                    if t is None:
-                        continue
-                    if id(t) not in made:
-                        dtype = torch.bfloat16 if t.dtype == torch.float16 else t.dtype
-                        fake = torch.empty(t.shape, dtype=dtype)
-                        made[id(t)] = nn.Parameter(fake, t.requires_grad) if isinstance(t, nn.Parameter) else fake
-                    store[name] = made[id(t)]
-
-
-def _batch(model: nn.Module, batch_size: int, text_tokens: int, mode) -> Dict[str, Any]:
-    encoder = getattr(model, "image_encoder", None)
-    size = getattr(encoder, "image_size", 224)
-    with mode:
-        images = torch.empty(batch_size, 3, size, size)
-    text = " ".join(["w"] * text_tokens)
-    return {"image": images, "text_input": [text] * batch_size, "prompt": [""] * batch_size,
-            "image_id": list(range(batch_size)), "index": list(range(batch_size))}
-
-
-class LiveBytes(TorchDispatchMode):
-    """The bytes of every tensor storage alive, and their peak: a storage counts from the op that made it until it
-    is released (tensors sharing a storage, views, count once)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-    def add(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        if storage in self._seen:
-            return
-        n = storage.nbytes()
-        self._seen[storage] = n
-        weakref.finalize(storage, self._release, n)
-        self.live += n
-        self.peak = max(self.peak, self.live)
-
-    def _release(self, n: int) -> None:
-        self.live -= n
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        # fake tensors hold no values: a value read reads as false (a sanity check's ``if mask.any()``) or one
-        # (AdamW's step count); a boolean mask's selection (ITG's tokens with a next token) selects everything,
-        # the costliest case
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return False if args[0].dtype == torch.bool else args[0].dtype.is_floating_point and 1.0 or 1
-        if func is torch.ops.aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
-            indices = []
-            for i in args[1]:
-                if i is not None and i.dtype == torch.bool:  # every position selected
-                    grid = torch.meshgrid(*[torch.arange(n) for n in i.shape], indexing="ij")
-                    indices += [g.reshape(-1) for g in grid]
-                else:
-                    indices.append(i)
-            args = (args[0], indices)
-        out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, self.add, out)
-        return out
+    return {"image": images, "text_input": [text] * batch_size, "prompt": [""] * batch_size, "image_id": image_ids}
 
 
 class Meter(TorchDispatchMode):

@@ -99,3 +99,14 @@ def test_the_dry_run_gives_flops_and_memory_of_a_real_size_config(cfg: str, vit:
         assert cost["tflops"] > vit_flops
     forty, eighty = cost["fits"]
     assert 0 < forty < eighty  # an 80 GB card holds a larger batch
+
+
+def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) -> None:
+    from framework.cli import load_experiment
+    from framework.cost import step_cost
+
+    cfg = _stage1(tmp_path, *SIZES["small"])
+    images = step_cost(load_experiment(str(cfg)))
+    cached = step_cost(load_experiment(str(cfg), ["model.image_encoder.cached=true"]))
+    assert cached.weights_bytes < images.weights_bytes  # the ViT is not built
+    assert cached.flops < images.flops and cached.trainable_bytes == images.trainable_bytes

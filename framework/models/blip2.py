@@ -28,9 +28,13 @@ class QFormerArgs(QFormerSizes):
     ``init_from_bert``, the initial weights; its sizes must equal the ones here. For the real-size configs
     put ``bert-base-uncased`` (https://huggingface.co/bert-base-uncased) in a folder and point here. A stage-2
     model whose Q-Former reads no text and comes from a checkpoint (a converted Hugging Face model) needs none.
+
+    grad_checkpointing: keep no layer's activations for the backward pass; recompute them there (less memory,
+    about a third more compute for the Q-Former; LAVIS has no such switch for it).
     """
     bert: Optional[str] = None
     init_from_bert: bool = True
+    grad_checkpointing: bool = False
 
 
 class LayerNormFP32(nn.LayerNorm):
@@ -74,6 +78,7 @@ class Blip2Base(nn.Module):
         self.ln_vision = LayerNormFP32(width)
         q = qformer
         self.qformer = QFormer(width, **q.sizes())
+        self.qformer.grad_checkpointing = q.grad_checkpointing
         self.max_txt_len = max_txt_len
         self.num_truncated = 0
         self.tokenizer = None

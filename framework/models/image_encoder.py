@@ -79,6 +79,9 @@ class ImageEncoder(nn.Module):
     preset: ``full`` (the paper's encoder) or ``tiny`` (2 blocks, 64 wide: the same code at test size).
     patch_size, width, depth, heads, mlp_dim: architecture; each given one overrides the preset.
     drop_path: stochastic depth (only matters when trainable).
+    grad_checkpointing: keep no block's activations for the backward pass; recompute them there (LAVIS's
+        ``use_grad_checkpoint``, which its fine-tuning configs set when they train the encoder): much less
+        memory for about a third more compute. A frozen encoder keeps no activations anyway.
     freeze: no gradients, always in eval mode, run under ``no_grad``, stored in ``precision``.
     checkpoint: a local weights file (the plugin's key names, or one of our checkpoints holding the encoder);
         null: random initialisation.
@@ -96,7 +99,7 @@ class ImageEncoder(nn.Module):
                  patch_size: Optional[Annotated[int, Range(1)]] = None, width: Optional[Annotated[int, Range(1)]] = None,
                  depth: Optional[Annotated[int, Range(1)]] = None, heads: Optional[Annotated[int, Range(1)]] = None,
                  mlp_dim: Optional[Annotated[int, Range(1)]] = None,
-                 drop_path: Annotated[float, Range(0, 1, hi_open=True)] = 0.0,
+                 drop_path: Annotated[float, Range(0, 1, hi_open=True)] = 0.0, grad_checkpointing: bool = False,
                  freeze: bool = True, precision: Precision = "fp16", checkpoint: Optional[str] = None,
                  cached: bool = False, cache_dir: Optional[str] = None) -> None:
         super().__init__()
@@ -124,6 +127,7 @@ class ImageEncoder(nn.Module):
             return
         vit = self.build_vit(image_size, drop_path, **sizes)
         vit.norm = nn.Identity()
+        vit.set_grad_checkpointing(grad_checkpointing)  # timm's: each block under torch.utils.checkpoint
         self.vit = vit
         if checkpoint and not building_on_meta():
             self.load_pretrained(checkpoint)

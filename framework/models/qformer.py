@@ -23,6 +23,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from framework.checkpoint import read_weights
 from framework.keys import KeyTable, fused, linear
@@ -226,6 +227,7 @@ class QFormer(nn.Module):
             QFormerLayer(s.hidden_size, s.num_heads, s.intermediate_size, vision_width, i % s.cross_attention_freq == 0,
                          s.layer_norm_eps, s.dropout, s.attention_dropout) for i in range(s.num_layers))
         self.lm_head = LMHead(s.hidden_size, s.layer_norm_eps, self.word_embeddings)
+        self.grad_checkpointing = False  # set from model.qformer (framework.models.blip2.QFormerArgs)
         self.apply(_init_bert)
 
     def remove_text_path(self, keep_text_input: bool) -> List[str]:
@@ -290,9 +292,12 @@ class QFormer(nn.Module):
             mask = mask[:, :, n_query:]  # rows: the text positions computed now; columns: cached queries + text
         presents: List[KV] = []
         n_here = n_query if queries_here else 0
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, n_here, mask, None if image_kv is None else image_kv[i], image_mask,
-                              None if past is None else past[i])
+            inputs = (x, n_here, mask, None if image_kv is None else image_kv[i], image_mask,
+                      None if past is None else past[i])
+            # recomputed in the backward pass with the random state of the forward: the same dropout masks
+            x, (k, v) = checkpoint(layer, *inputs, use_reentrant=False) if recompute else layer(*inputs)
             if cache_queries:
                 presents.append((k[:, :, :n_query], v[:, :, :n_query]))
         return QFormerOutput(x, presents if cache_queries else None)
