@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "lavis"))
 
-from harness import _perturb, _stage2, patch, tiny_eva  # noqa: E402
+from harness import _perturb, opt_model, patch, tiny_eva  # noqa: E402
 
 
 def _stage1_model(spec: dict):
@@ -85,20 +85,7 @@ def stage1_step(work: Path, spec: dict) -> dict:
 def opt(work: Path, spec: dict) -> dict:
     """LAVIS's Blip2OPT: the stage-2 LM step (forward and backward), captions (beam 5) and VQA answers (one image
     at a time with its question: 1.0.2's Blip2OPT has no batched ``predict_answers``), each timed."""
-    from lavis.models.blip2_models.blip2_opt import Blip2OPT
-
-    model = _stage2(Blip2OPT, spec, opt_model=str(work / "opt"))
-    model.opt_model.float()
-    patch("opt_model.float(): LAVIS loads OPT in fp16, which CPU matmuls reject; the OPT holds exact fp16 values")
-    generate = model.opt_model.generate
-
-    def generate_once(*args, query_embeds=None, num_beams=1, **kwargs):
-        return generate(*args, query_embeds=query_embeds[::num_beams], num_beams=num_beams, **kwargs)
-
-    model.opt_model.generate = generate_once
-    patch("opt_model.generate: the visual prompt repeated once per beam, not twice (a size error between LAVIS "
-          "1.0.2 and transformers >= 4.27)")
-    _perturb(model, spec["seed"] + 1, spec["perturb"])
+    model = opt_model(work, spec)
     images, c, v = spec["images"], spec["caption_decoding"], spec["vqa_decoding"]
     seconds = {"lm_step": [], "caption": [], "vqa": []}
     for _ in range(spec["repeats"]):

@@ -95,7 +95,8 @@ def _batch(model: nn.Module, batch_size: int, text_tokens: int, mode) -> Dict[st
             images = torch.empty(batch_size, 3, size, size)
         image_ids = torch.arange(batch_size)  # every sample its own image (use_image_ids)
     text = " ".join(["w"] * text_tokens)
-    return {"image": images, "text_input": [text] * batch_size, "prompt": [""] * batch_size, "image_id": image_ids}
+    # a batch as the collate function gives it (what the tasks and models read)
+    return dict(image=images, text_input=[text] * batch_size, prompt=[""] * batch_size, image_id=image_ids)
 
 
 class Meter(TorchDispatchMode):

@@ -101,11 +101,9 @@ def _stage2(cls, spec: dict, **llm: str):
                num_query_token=spec["num_query_tokens"], max_txt_len=spec["max_txt_len"], **llm)
 
 
-def opt(work: Path, spec: dict) -> dict:
-    """Blip2OPT: the LM loss (train mode) for each prompt in ``spec["losses"]`` (LAVIS's caption processor puts
-    the prompt before the caption; the model masks the prompt's tokens), captions (``generate`` with the caption
-    settings) and VQA answers (``generate`` one image at a time with its question in the prompt: 1.0.2's
-    Blip2OPT has no ``predict_answers``)."""
+def opt_model(work: Path, spec: dict):
+    """LAVIS's Blip2OPT over the OPT in ``work/opt``, patched to run on a CPU with transformers >= 4.27, its trained
+    weights perturbed."""
     from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
     model = _stage2(Blip2OPT, spec, opt_model=str(work / "opt"))
@@ -121,6 +119,15 @@ def opt(work: Path, spec: dict) -> dict:
     patch("opt_model.generate: the visual prompt repeated once per beam, not twice (LAVIS 1.0.2 repeats it and "
           "transformers >= 4.27 repeats it again: a size error)")
     _perturb(model, spec["seed"] + 1, spec["perturb"])
+    return model
+
+
+def opt(work: Path, spec: dict) -> dict:
+    """Blip2OPT: the LM loss (train mode) for each prompt in ``spec["losses"]`` (LAVIS's caption processor puts
+    the prompt before the caption; the model masks the prompt's tokens), captions (``generate`` with the caption
+    settings) and VQA answers (``generate`` one image at a time with its question in the prompt: 1.0.2's
+    Blip2OPT has no ``predict_answers``)."""
+    model = opt_model(work, spec)
     state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("opt_model.")}
     images = spec["images"]
     losses = {}
