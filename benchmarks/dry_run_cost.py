@@ -9,8 +9,6 @@ The paper trained every model on 16 A100-40GB (one node of 16): per GPU, stage 1
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from framework.cli import load_experiment  # noqa: E402
-from framework.cost import GB, step_cost  # noqa: E402
+from benchmarks.output import write_results  # noqa: E402
+from framework.cost import step_cost  # noqa: E402
 
 CONFIGS = ["stage1_vitg", "stage1_vitl", "stage2_vitl_opt2.7b", "stage2_opt2.7b", "stage2_opt6.7b",
            "stage2_vitl_flant5xl", "stage2_flant5xl", "stage2_flant5xxl"]
@@ -35,22 +34,13 @@ def main() -> None:
         start = time.perf_counter()
         cost = step_cost(exp)
         seconds = time.perf_counter() - start
-        rows[name] = {"batch_per_process": cost.batch_size, "accum_steps": exp.run.accum_steps, "amp": exp.run.amp,
-                      "tflops_per_iteration": cost.flops / 1e12, "peak_gib": cost.peak_bytes / GB,
-                      "weights_gib": cost.weights_bytes / GB, "grads_and_adamw_gib": cost.trainable_bytes / GB,
-                      "activations_gib": cost.activation_bytes / GB,
-                      "largest_batch_40gb": cost.largest_batch(39 * GB),
-                      "largest_batch_80gb": cost.largest_batch(79 * GB),
+        rows[name] = {**cost.report(), "accum_steps": exp.run.accum_steps, "amp": exp.run.amp,
                       "estimate_seconds": seconds}
         r = rows[name]
-        print(f"| `{name}` | {r['batch_per_process']} | {r['tflops_per_iteration']:.1f} | {r['peak_gib']:.1f} "
+        print(f"| `{name}` | {r['batch']} | {r['tflops']:.1f} | {r['peak_gib']:.1f} "
               f"({r['weights_gib']:.1f} + {r['grads_and_adamw_gib']:.1f} + {r['activations_gib']:.1f}) | "
               f"{r['largest_batch_40gb']} | {r['largest_batch_80gb']} | {seconds:.1f} s |", flush=True)
-    out = {"machine": platform.processor() or platform.machine(), "card_budget": "card size less 1 GiB (CUDA context)",
-           "configs": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"card_budget": "card size less 1 GiB (CUDA context)", "configs": rows})
 
 
 if __name__ == "__main__":

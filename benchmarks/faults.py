@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
+from benchmarks.output import write_results  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "projects" / "blip2" / "demo" / "stage1_shapes.yaml"
@@ -183,8 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = {"config": str(CONFIG.relative_to(REPO)), "iters": args.iters, "checkpoint_every": 3,
               "threads": os.environ.get("OMP_NUM_THREADS", "default"), "seed": args.seed, "summary": summary,
               "trials": trials}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.out, result)
     print(json.dumps(summary, indent=1))
     ok = (summary["repeat_bit_equal"] and summary["resumed_bit_equal"] == len(trials) and not summary["errors"]
           and not summary["temporary_files_left_after_resume"] and not summary["duplicated_records"])

@@ -12,7 +12,6 @@ Loading the batch (PNG decoding against a memory-mapped read) is not included.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict
@@ -27,6 +26,7 @@ from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a war
 from framework.cli import load_experiment  # noqa: E402
 from framework.models.blip2 import QFormerArgs  # noqa: E402
 from framework.registry import build  # noqa: E402
+from benchmarks.output import write_results  # noqa: E402
 
 
 def _time(model: torch.nn.Module, batch: Dict[str, Any], repeats: int) -> float:
@@ -75,8 +75,7 @@ def main() -> None:
         r = result[name]
         print(f"{name}: from images {r['seconds_per_step_images']:.3f} s/step, from the cache "
               f"{r['seconds_per_step_cached']:.3f} s/step: {r['speedup']:.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

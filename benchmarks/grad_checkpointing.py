@@ -13,8 +13,6 @@ Estimated (``framework.cost``, as ``--dry-run`` prints it): ``projects/blip2/fin
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from benchmarks.output import write_results  # noqa: E402
 from benchmarks.peak_memory import run_child  # noqa: E402
 from framework.cli import load_experiment  # noqa: E402
-from framework.cost import GB, step_cost  # noqa: E402
+from framework.cost import step_cost  # noqa: E402
 
 SETTINGS = {"neither": (False, False), "vit": (True, False), "qformer": (False, True), "both": (True, True)}
 
@@ -78,16 +77,9 @@ def main() -> None:
     estimated = {}
     for name in ("neither", "both"):
         cost = step_cost(load_experiment(str(real), _options(*SETTINGS[name])))
-        estimated[name] = {"batch": cost.batch_size, "peak_gib": cost.peak_bytes / GB,
-                           "activations_gib": cost.activation_bytes / GB, "tflops": cost.flops / 1e12,
-                           "largest_batch_40gb": cost.largest_batch(39 * GB),
-                           "largest_batch_80gb": cost.largest_batch(79 * GB)}
+        estimated[name] = cost.report()
         print(f"caption_coco_opt2.7b {name:8s} {estimated[name]}", flush=True)
-    out = {"machine": platform.processor() or platform.machine(), "measured_cpu": measured,
-           "estimated_caption_coco_opt2.7b": estimated}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, {"measured_cpu": measured, "estimated_caption_coco_opt2.7b": estimated})
 
 
 if __name__ == "__main__":

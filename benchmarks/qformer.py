@@ -9,17 +9,18 @@ checked equal before timing. Writes JSON with the median seconds per step and th
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
+from pathlib import Path
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
 from framework.models.qformer import QFormer
 from plugins.formats.hf_blip2 import key_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
+from benchmarks.output import write_results  # noqa: E402
 
 
 def build(impl: str):
@@ -61,8 +62,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args()
     image = torch.randn(args.batch, 257, 1408)
-    results = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(), "batch": args.batch, "runs": {}}
+    results = {"device": "cpu", "batch": args.batch, "runs": {}}
     for impl in ("sdpa", "eager"):
         hf, ours = build(impl)
         queries = ours.query_tokens.detach().expand(args.batch, -1, -1).clone().requires_grad_(True)
@@ -89,8 +89,7 @@ def main() -> None:
                                     "max_abs_diff_eval_fp32": float(diff)}
             print(f"{key:16s} transformers {t_hf * 1000:8.1f} ms   ours {t_ours * 1000:8.1f} ms   "
                   f"x{t_hf / t_ours:.2f}   (outputs differ by {float(diff):.1e})", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

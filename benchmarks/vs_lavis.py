@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from framework.convert import main as convert_main  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
 from lavis_oracle import lavis_bert  # noqa: E402  (a BERT folder LAVIS finds as bert-base-uncased)
 from tiny_bert import CORPUS  # noqa: E402
+from benchmarks.output import write_results  # noqa: E402
 
 LAVIS_PY = REPO / ".venv-lavis" / "bin" / "python"
 
@@ -308,15 +308,12 @@ def main() -> None:
     p.add_argument("--parts", nargs="+", default=["stage1", "stage2", "retrieval"],
                    choices=["stage1", "stage2", "retrieval"])
     args = p.parse_args()
-    out = {"device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "machine": platform.processor() or platform.machine(), "rounds": args.rounds}
+    out = {"device": "cpu", "rounds": args.rounds}
     parts = {"stage1": stage1, "stage2": stage2, "retrieval": retrieval}
     for name in args.parts:  # each in a folder of its own: LAVIS finds its BERT as ./bert-base-uncased
         work = Path(tempfile.mkdtemp(prefix=f"vs_lavis-{name}-"))
         out[name] = parts[name](args, work)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    write_results(args.out, out)
 
 
 if __name__ == "__main__":

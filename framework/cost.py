@@ -32,6 +32,7 @@ from framework.optim import build_optimizer
 from framework.registry import build
 
 GB = 1024 ** 3
+CARDS = (40, 80)  # accelerator sizes in GB the largest batch is given for
 
 
 @dataclass
@@ -45,6 +46,14 @@ class StepCost:
     @property
     def activation_bytes(self) -> int:
         return self.peak_bytes - self.weights_bytes - self.trainable_bytes
+
+    def report(self) -> Dict[str, Any]:
+        """The figures ``--dry-run`` prints and the benchmarks record: TFLOPs, GiB, and the largest batch on each
+        card of :data:`CARDS` (1 GiB of it left to the CUDA context)."""
+        return {"batch": self.batch_size, "tflops": self.flops / 1e12, "peak_gib": self.peak_bytes / GB,
+                "weights_gib": self.weights_bytes / GB, "grads_and_adamw_gib": self.trainable_bytes / GB,
+                "activations_gib": self.activation_bytes / GB,
+                **{f"largest_batch_{card}gb": self.largest_batch((card - 1) * GB) for card in CARDS}}
 
     def largest_batch(self, budget_bytes: float) -> int:
         """The largest batch whose peak fits ``budget_bytes`` (0: not even one sample), taking the activations
@@ -210,13 +219,12 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
 
 def describe(exp: ExperimentConfig) -> List[str]:
     """The dry run's cost lines."""
-    cost = step_cost(exp)
-    lines = [f"cost of one iteration at batch {cost.batch_size} per process (estimated on fake tensors, amp "
-             f"{exp.run.amp}; docs/benchmarks.md):",
-             f"  {cost.flops / 1e12:,.2f} TFLOPs forward + backward",
-             f"  peak memory {cost.peak_bytes / GB:,.2f} GiB = weights {cost.weights_bytes / GB:,.2f} + gradients and "
-             f"AdamW state {cost.trainable_bytes / GB:,.2f} + activations {cost.activation_bytes / GB:,.2f} "
-             f"(plus the CUDA context, about 1 GiB)"]
-    fits = {card: cost.largest_batch((card - 1) * GB) for card in (40, 80)}
-    lines.append("  largest batch per process: " + ", ".join(f"{b} on a {c} GB card" for c, b in fits.items()))
-    return lines
+    r = step_cost(exp).report()
+    return [f"cost of one iteration at batch {r['batch']} per process (estimated on fake tensors, amp "
+            f"{exp.run.amp}; docs/benchmarks.md):",
+            f"  {r['tflops']:,.2f} TFLOPs forward + backward",
+            f"  peak memory {r['peak_gib']:,.2f} GiB = weights {r['weights_gib']:,.2f} + gradients and AdamW state "
+            f"{r['grads_and_adamw_gib']:,.2f} + activations {r['activations_gib']:,.2f} (plus the CUDA context, "
+            f"about 1 GiB)",
+            "  largest batch per process: " + ", ".join(f"{r[f'largest_batch_{card}gb']} on a {card} GB card"
+                                                        for card in CARDS)]
