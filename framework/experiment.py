@@ -59,6 +59,11 @@ class RunConfig:
     tensorboard: write TensorBoard scalars.
     dist_timeout_s: under torchrun, how long a rank waits for the others in a collective (a stopped or hung
     rank) before the job fails; torch's default is 30 minutes.
+    compile: ``torch.compile`` each of the model's parts (its child modules: image encoder, Q-Former, LLM adapter,
+    heads) in place; the code around them (losses, negatives, tokenizing, decoding loops) stays eager, and
+    checkpoints keep their keys. compile_backend: torch's backend for it: inductor generates fused kernels (on CPU
+    it needs a C++ compiler, and the first step takes minutes); aot_eager and eager trace without generating code
+    (to check that a model compiles, cheaply). Measured effect: docs/benchmarks.md.
     deterministic: deterministic kernels (``torch.use_deterministic_algorithms``), so the same config and seed
     give the same losses bit for bit, run after run and across a kill and resume. null: on for CPU, off for
     CUDA (where some kernels, e.g. scatter-adds in attention backward, have no deterministic version or run
@@ -89,6 +94,8 @@ class RunConfig:
     tensorboard: bool = True
     deterministic: Optional[bool] = None
     dist_timeout_s: Annotated[float, Range(0, lo_open=True)] = 600.0
+    compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
 
 @dataclass
@@ -110,7 +117,7 @@ RUN_FILES = ("config.yaml", "log.jsonl", "train.log", "metrics.json", "checkpoin
 RESUME_MAY_CHANGE = ("run.output_dir", "run.device", "run.max_iters", "run.max_epochs", "run.eval_every",
                      "run.eval_splits", "run.test_splits", "run.eval_batch_size", "run.log_every",
                      "run.checkpoint_every", "run.num_workers", "run.profile", "run.profile_steps",
-                     "run.tensorboard", "run.dist_timeout_s")
+                     "run.tensorboard", "run.dist_timeout_s", "run.compile", "run.compile_backend")
 
 
 def run_device(cfg: RunConfig) -> torch.device:

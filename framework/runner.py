@@ -21,7 +21,7 @@ from framework.errors import ConfigError, NonFiniteLossError
 from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
                                   run_device, seed_everything, set_determinism)
 from framework.logs import RunLog, console_has_bar, logger, truncate_after
-from framework.models.build import build_model, parameter_table
+from framework.models.build import build_model, compile_parts, parameter_table
 from framework.optim import build_optimizer, build_schedule, set_lr
 from framework.registry import build
 from framework.task import Task
@@ -48,6 +48,8 @@ class Runner:
         self.task: Task = build("task", exp.task)
         self.model: nn.Module = build_model(exp.model).to(self.device)
         self.data.read_caches(self.model)
+        if self.cfg.compile:
+            compile_parts(self.model, self.cfg.compile_backend)
         seed_everything(self.cfg.seed + dist.rank())
         self.ddp_model = self._wrap(self.model)
         self.it = 0

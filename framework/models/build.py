@@ -28,6 +28,15 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     return model
 
 
+def compile_parts(model: nn.Module, backend: str) -> None:
+    """``torch.compile`` each child module of ``model`` in place (``run.compile``). The parts, not the model: a
+    model's ``forward`` samples negatives, tokenizes and loops over decoding steps in Python, which would break
+    its graph or retrace per batch; each part's forward is tensors in, tensors out. In place
+    (``nn.Module.compile``), so parameter names, checkpoints and DDP see the model unchanged."""
+    for child in model.children():
+        child.compile(backend=backend)
+
+
 def weight_files(model: nn.Module, spec: Dict[str, Any]) -> List[DataFile]:
     """Files the model reads when built for real: ``model.checkpoint`` and every ``weight_files`` a part
     declares (an encoder's pretrained weights, the Q-Former's BERT folder)."""
