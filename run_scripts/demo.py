@@ -33,7 +33,7 @@ STEPS: List[Tuple[str, str, Callable[[List[str]], int]]] = [
     ("frozen image encoder: tiny ViT pretrained on the shapes' attributes", "projects/blip2/demo/vit_shapes.yaml",
      train_main),
     ("stage 1: Q-Former (MiniLM init) with ITC + ITM + ITG", "projects/blip2/demo/stage1_shapes.yaml", train_main),
-    ("retrieval with the stage-1 model: ITC, top 32 re-ranked by ITM", RERANK, evaluate_main),
+    ("retrieval with the stage-1 model: ITC, top 16 re-ranked by ITM", RERANK, evaluate_main),
     ("baseline: conv encoder + bag-of-words dual encoder, ITC only", "projects/blip2/demo/dual_encoder_shapes.yaml",
      train_main),
     ("frozen LLM: tiny OPT trained on the shapes text", STAGE2, tiny_llm_main),

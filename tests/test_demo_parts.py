@@ -1,9 +1,11 @@
-"""The demo's own parts: the tiny LLM it builds is an ordinary Hugging Face folder the ``opt`` adapter reads."""
+"""The demo's own parts: the tiny LLM it builds (an ordinary Hugging Face folder the ``opt`` adapter reads, and
+what it answers reading a true caption) and the stage-1 cross-attention diagnosis."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import REPO
@@ -30,6 +32,14 @@ def test_tiny_llm_is_a_hugging_face_opt_the_adapter_loads(tmp_path: Path) -> Non
     # an existing folder is kept
     assert tiny_llm_main(["--cfg", cfg, "--options", *options]) == 0
     assert json.loads((folder / "training.json").read_text()) == record
+    # --reading: the LLM's answers after a true caption and after nothing, per answer type
+    assert tiny_llm_main(["--cfg", cfg, "--reading", "--options", *options]) == 0
+    reading = json.loads((folder / "reading.json").read_text())
+    assert list(reading) == ["true caption", "no description"]
+    for accuracy in reading.values():
+        assert {"all", "number", "other"} <= set(accuracy) and all(0 <= v <= 100 for v in accuracy.values())
+    with pytest.raises(SystemExit, match="no LLM in"):
+        tiny_llm_main(["--cfg", cfg, "--reading", "--options", *options[1:], f"model.llm.path={tmp_path / 'none'}"])
 
 
 def test_tiny_t5_puts_description_and_prompt_in_the_encoder(tmp_path: Path) -> None:
@@ -48,3 +58,23 @@ def test_tiny_t5_puts_description_and_prompt_in_the_encoder(tmp_path: Path) -> N
     (inputs, target), = encode(tok, [("a red circle", "a photo of", "two shapes")], decoder_only=False)
     eos = tok.eos_token_id
     assert inputs.count(eos) == 2 and inputs[-1] == eos and target == tok("two shapes")["input_ids"]
+
+
+def test_cross_attention_diagnosis_records_every_step_of_every_cross_attention(tmp_path: Path) -> None:
+    from conftest import write_yaml
+    from run_scripts.cross_attention import main as diagnose
+    from stage1_helpers import stage1_config
+
+    cfg = write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path / "unused"))
+    out = tmp_path / "diag"
+    assert diagnose(["--cfg", str(cfg), "--steps", "3", "--out", str(out), "--runs", "paper=",
+                     "both=model.qformer.cross_attention_freq=1"]) == 0
+    results = json.loads((out / "cross_attention.json").read_text())
+    assert {run: sorted(layers) for run, layers in results.items()} == {"paper": ["layer 0"],
+                                                                        "both": ["layer 0", "layer 1"]}
+    for layers in results.values():
+        for s in layers.values():
+            assert all(len(v) == 3 for v in s.values())  # one value per training step
+            assert all(0.0 < e <= 1.0 + 1e-6 for e in s["entropy"])  # a fraction of ln(tokens)
+            assert all(g > 0 for g in s["grad_cross"] + s["grad_self"])  # the losses reach both attentions
+    assert (out / "cross_attention.png").stat().st_size > 10_000
