@@ -140,3 +140,31 @@ def test_not_a_bert_folder_is_named(tmp_path: Path) -> None:
     folder = make_tiny_bert(tmp_path / "bert", hidden=48, heads=4)
     with pytest.raises(NotABertCheckpoint, match=r"hidden_size: 32 \(BERT hidden_size: 48\)"):
         load_bert(q, folder)
+
+
+def test_initializer_range_sets_the_new_weights_and_leaves_the_bert_ones(tmp_path: Path) -> None:
+    """``initializer_range`` is BERT's init std (LAVIS's 0.02 by default) for the weights the checkpoint does not
+    give: the cross-attention, the queries, the [DEC] token, an absent LM head. The same seed draws the same weights, scaled."""
+    folder = make_tiny_bert(tmp_path / "bert", layers=2)
+    sizes = dict(vision_width=48, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                 vocab_size=vocab_size(folder), max_position_embeddings=64, cross_attention_freq=1)
+    built = []
+    for extra in ({}, {"initializer_range": 0.1}):
+        torch.manual_seed(0)
+        built.append(QFormer(**sizes, **extra))
+        load_bert(built[-1], folder)
+    default, wide = (dict(q.named_parameters()) for q in built)
+    # the queries, per layer the cross-attention's query, key-value and output projections, and the LM head's
+    # transform (this BERT, like MiniLM, is a bare BertModel without the masked-LM head)
+    new = {n for n in default if n in ("query_tokens", "lm_head.dense.weight")
+           or (".cross." in n or ".cross_out.dense." in n) and n.endswith("weight")}
+    assert len(new) == 8
+    for name in new:
+        # one generator's draws times 0.1 against times 0.02: exactly 5x up to the rounding of the product
+        torch.testing.assert_close(wide[name], default[name] * 5, rtol=1e-6, atol=0)
+        assert abs(default[name].std().item() - 0.02) < 0.004  # >= 1024 draws: within 20 % of 0.02
+    dec = default["word_embeddings.weight"][-1]
+    torch.testing.assert_close(wide["word_embeddings.weight"][-1], dec * 5, rtol=1e-6, atol=0)
+    for name in set(default) - new:  # from BERT (or a LayerNorm / bias): untouched
+        rows = slice(None, -1) if name == "word_embeddings.weight" else slice(None)
+        assert torch.equal(wide[name][rows], default[name][rows]), name

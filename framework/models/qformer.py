@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
@@ -189,6 +190,11 @@ class QFormerSizes:
     vocab_size: the BERT vocabulary; one more row is added for the [DEC] token that starts ITG text.
     num_query_tokens: learned queries. cross_attention_freq: layer i has cross-attention if i % freq == 0.
     max_position_embeddings, layer_norm_eps, dropout, attention_dropout: as BERT's config.
+    initializer_range: std of the normal initialisation of every weight a BERT checkpoint does not give: the
+        queries and the cross-attention (all weights without one), as BERT's config (LAVIS takes it from
+        bert-base-uncased's: 0.02). The initial cross-attention logits have std initializer_range**2 *
+        sqrt(hidden_size * vision_width): 0.42 at BLIP-2's sizes (768, EVA's 1408), 0.08 at a 384-wide Q-Former on
+        96-wide image tokens, whose queries then read every image token alike (docs/demo_diagnosis.md).
     """
     hidden_size: Annotated[int, Range(1)] = 768
     num_layers: Annotated[int, Range(1)] = 12
@@ -201,6 +207,7 @@ class QFormerSizes:
     layer_norm_eps: Annotated[float, Range(0, lo_open=True)] = 1e-12
     dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
     attention_dropout: Annotated[float, Range(0, 1, hi_open=True)] = 0.1
+    initializer_range: Annotated[float, Range(0, lo_open=True)] = 0.02
 
     def sizes(self) -> Dict[str, Any]:
         """The size fields alone (a subclass's other fields left out), as :class:`QFormer`'s keywords."""
@@ -218,7 +225,7 @@ class QFormer(nn.Module):
         s = QFormerSizes(**sizes)
         self.hidden_size, self.num_heads, self.vocab_size = s.hidden_size, s.num_heads, s.vocab_size
         self.dec_token_id = s.vocab_size
-        self.query_tokens = nn.Parameter(torch.randn(1, s.num_query_tokens, s.hidden_size) * 0.02)
+        self.query_tokens = nn.Parameter(torch.randn(1, s.num_query_tokens, s.hidden_size) * s.initializer_range)
         self.word_embeddings = nn.Embedding(s.vocab_size + 1, s.hidden_size, padding_idx=0)
         self.position_embeddings = nn.Embedding(s.max_position_embeddings, s.hidden_size)
         self.emb_ln = nn.LayerNorm(s.hidden_size, eps=s.layer_norm_eps)
@@ -228,7 +235,7 @@ class QFormer(nn.Module):
                          s.layer_norm_eps, s.dropout, s.attention_dropout) for i in range(s.num_layers))
         self.lm_head = LMHead(s.hidden_size, s.layer_norm_eps, self.word_embeddings)
         self.grad_checkpointing = False  # set from model.qformer (framework.models.blip2.QFormerArgs)
-        self.apply(_init_bert)
+        self.apply(partial(_init_bert, std=s.initializer_range))
 
     def remove_text_path(self, keep_text_input: bool) -> List[str]:
         """Stage 2 reads only the query outputs: the LM head goes, and unless text goes in beside the queries
@@ -303,9 +310,9 @@ class QFormer(nn.Module):
         return QFormerOutput(x, presents if cache_queries else None)
 
 
-def _init_bert(m: nn.Module) -> None:
+def _init_bert(m: nn.Module, std: float) -> None:
     if isinstance(m, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(m.weight, std=0.02)
+        nn.init.normal_(m.weight, std=std)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.LayerNorm):
