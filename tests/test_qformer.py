@@ -144,7 +144,8 @@ def test_not_a_bert_folder_is_named(tmp_path: Path) -> None:
 
 def test_initializer_range_sets_the_new_weights_and_leaves_the_bert_ones(tmp_path: Path) -> None:
     """``initializer_range`` is BERT's init std (LAVIS's 0.02 by default) for the weights the checkpoint does not
-    give: the cross-attention, the queries, the [DEC] token, an absent LM head. The same seed draws the same weights, scaled."""
+    give: the cross-attention, the queries, the [DEC] token, an absent LM head. The same seed draws the same
+    weights, scaled."""
     folder = make_tiny_bert(tmp_path / "bert", layers=2)
     sizes = dict(vision_width=48, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                  vocab_size=vocab_size(folder), max_position_embeddings=64, cross_attention_freq=1)
