@@ -1,7 +1,8 @@
 """``make demo``: train the CPU-sized models on the generated shapes set and print their metrics.
 
 1. the unimodal image encoder: a tiny ViT learns what is in each column of the shapes images, then is frozen;
-2. stage 1: the Q-Former, from MiniLM's BERT weights, learns ITC + ITM + ITG from the frozen encoder;
+2. stage 1: the Q-Former, from MiniLM's BERT weights (its vocabulary cut to the shapes text's tokens by
+   run_scripts/bert_vocab.py), learns ITC + ITM + ITG from the frozen encoder;
 3. retrieval as the paper evaluates it: the stage-1 model's ITC similarities re-ranked by ITM;
 4. a no-Q-Former baseline: a small dual encoder trained with ITC alone;
 5. the frozen LLM: a tiny OPT trained on the shapes text (run_scripts/tiny_llm.py);
@@ -24,15 +25,18 @@ from framework.cli import load_experiment
 from framework.evaluate import main as evaluate_main
 from framework.experiment import builders
 from framework.train import main as train_main
+from run_scripts.bert_vocab import main as bert_vocab_main
 from run_scripts.tiny_llm import main as tiny_llm_main
 
 STAGE2 = "projects/blip2/demo/stage2_shapes.yaml"
 VQA = "projects/blip2/demo/vqa_zeroshot_shapes.yaml"
 RERANK = "projects/blip2/demo/retrieval_shapes.yaml"
+STAGE1 = "projects/blip2/demo/stage1_shapes.yaml"
 STEPS: List[Tuple[str, str, Callable[[List[str]], int]]] = [
     ("frozen image encoder: tiny ViT pretrained on the shapes' attributes", "projects/blip2/demo/vit_shapes.yaml",
      train_main),
-    ("stage 1: Q-Former (MiniLM init) with ITC + ITM + ITG", "projects/blip2/demo/stage1_shapes.yaml", train_main),
+    ("the Q-Former's text: MiniLM with its vocabulary cut to the shapes text's tokens", STAGE1, bert_vocab_main),
+    ("stage 1: Q-Former (MiniLM init) with ITC + ITM + ITG", STAGE1, train_main),
     ("retrieval with the stage-1 model: ITC, top 16 re-ranked by ITM", RERANK, evaluate_main),
     ("baseline: conv encoder + bag-of-words dual encoder, ITC only", "projects/blip2/demo/dual_encoder_shapes.yaml",
      train_main),
@@ -53,7 +57,7 @@ def last_validation(out: Path) -> Dict[str, float]:
 
 
 def command(step: Callable, cfg: str) -> List[str]:
-    if step is tiny_llm_main:
+    if step in (bert_vocab_main, tiny_llm_main):  # they keep what they built
         return ["--cfg", cfg]
     # a rerun continues the training runs and replaces the evaluations
     return ["--cfg", cfg] + (["--resume", "auto"] if step is train_main else ["--overwrite"])
@@ -112,22 +116,28 @@ def main() -> int:
         print(f"\n=== {title}\n    python -m {step.__module__} {' '.join(command(step, cfg))}", flush=True)
         t0 = time.time()
         if step(command(step, cfg)) != 0:
+            print(f"\nmake demo: the step above failed. If it refused a run of another config, output/demo holds "
+                  f"an earlier demo's runs: move that folder away (mv output/demo output/demo.old) and rerun.",
+                  file=sys.stderr)
             return 1
-        seconds[title] = time.time() - t0
+        seconds[cfg, step] = time.time() - t0
     runs = {cfg: Path(load_experiment(cfg).run.output_dir) for _, cfg, _ in STEPS}
     print("\n=== results on the validation split (shapes, generated)")
-    for title, cfg, _ in STEPS[:4]:
+    for title, cfg, step in STEPS:
+        if step not in (train_main, evaluate_main) or cfg in (STAGE2, VQA):
+            continue  # the builders print their own line; stage 2 and VQA are reported below
         metrics = last_validation(runs[cfg]) if cfg != RERANK else reranked(runs[cfg])
         if "txt_r1" in metrics:
-            print_retrieval(f"{title} ({seconds[title]:.0f} s)", metrics)
+            print_retrieval(f"{title} ({seconds[cfg, step]:.0f} s)", metrics)
         else:
-            print(f"\n{title} ({seconds[title]:.0f} s)\n" + "\n".join(f"  {k:22s} {v:7.2f}" for k, v in metrics.items()))
+            rows = "\n".join(f"  {k:22s} {v:7.2f}" for k, v in metrics.items())
+            print(f"\n{title} ({seconds[cfg, step]:.0f} s)\n{rows}")
     caption = last_validation(runs[STAGE2])
-    print(f"\nstage 2 captioning ({seconds[STEPS[5][0]]:.0f} s; beam 5 after \"a photo of\")")
+    print(f"\nstage 2 captioning ({seconds[STAGE2, train_main]:.0f} s; beam 5 after \"a photo of\")")
     print("  " + "  ".join(f"{k} {caption[k]:.1f}" for k in ("bleu4", "cider", "meteor", "rouge_l")))
     vqa = json.loads((runs[VQA] / "metrics.json").read_text())["eval"]
     root = next(iter(builders(load_experiment(VQA)).values())).root
-    print(f"\nzero-shot VQA ({seconds[STEPS[6][0]]:.0f} s; the model never trained on questions)")
+    print(f"\nzero-shot VQA ({seconds[VQA, evaluate_main]:.0f} s; the model never trained on questions)")
     print(f"  accuracy {vqa['shapes_vqa/val/accuracy']:.1f}   (blind: the most frequent training answer per "
           f"question type, {blind_accuracy(root):.1f})")
     print("  " + "  ".join(f"{k.split('accuracy_')[1]} {v:.1f}" for k, v in vqa.items() if "accuracy_" in k))
@@ -135,7 +145,9 @@ def main() -> int:
     print("\n=== three validation images")
     print_examples(root, sorted(predictions.glob("shapes_caption_val_iter*.json"))[-1],
                    sorted((runs[VQA] / "predictions").glob("shapes_vqa_val_iter*.json"))[-1])
-    print(f"\ndemo finished in {time.time() - t_start:.0f} s")
+    print(f"\nbuilt for the demo: the Q-Former's vocabulary ({seconds[STAGE1, bert_vocab_main]:.0f} s), the tiny LLM "
+          f"({seconds[STAGE2, tiny_llm_main]:.0f} s)")
+    print(f"demo finished in {time.time() - t_start:.0f} s")
     return 0
 
 

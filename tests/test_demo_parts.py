@@ -78,3 +78,44 @@ def test_cross_attention_diagnosis_records_every_step_of_every_cross_attention(t
             assert all(0.0 < e <= 1.0 + 1e-6 for e in s["entropy"])  # a fraction of ln(tokens)
             assert all(g > 0 for g in s["grad_cross"] + s["grad_self"])  # the losses reach both attentions
     assert (out / "cross_attention.png").stat().st_size > 10_000
+
+
+def test_bert_vocab_keeps_the_tokens_the_shapes_text_uses_and_embeds_them_as_the_source(tmp_path: Path) -> None:
+    """run_scripts/bert_vocab: an ordinary BERT folder the Q-Former loads, with only the tokens of the set's text;
+    a text of the set embeds exactly as through the full vocabulary (the same rows, the same computation)."""
+    from framework.cli import load_experiment
+    from framework.models.build import build_model
+    from run_scripts.bert_vocab import main as bert_vocab_main
+    from stage1_helpers import stage1_config
+    from tiny_bert import vocab_size
+    from conftest import write_yaml
+
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    source, cut = tmp_path / "bert", tmp_path / "cut"
+    cfg["model"]["qformer"]["bert"] = str(cut)
+    cfg["datasets"]["shapes_retrieval"]["num_images"] = {"train": 30, "val": 5}
+    path = str(write_yaml(tmp_path / "s1.yaml", cfg))
+    assert bert_vocab_main(["--cfg", path, "--source", str(source)]) == 0
+    record = json.loads((cut / "vocabulary.json").read_text())
+    assert record["vocab_size"] == vocab_size(cut) < record["source_vocab_size"] == vocab_size(source)
+    vocab = (cut / "vocab.txt").read_text().split()
+    assert vocab[0] == "[PAD]" and {"[UNK]", "[CLS]", "[SEP]", "[MASK]", "red", "triangle"} <= set(vocab)
+    texts = ["a red triangle on the left, a blue circle in the middle", "how many squares are there?", "2"]
+
+    def text_states(bert: Path) -> torch.Tensor:
+        """The Q-Former's text path (BERT's weights; the projections after it start random)."""
+        over = [f"model.qformer.bert={bert}", f"model.qformer.vocab_size={vocab_size(bert)}"]
+        model = build_model(load_experiment(path, over).model).eval()
+        ids, mask = model.tokenize(texts)
+        assert model.tokenizer.unk_token_id not in ids.flatten().tolist()
+        with torch.no_grad():
+            return model.qformer("itc", input_ids=ids, text_mask=mask, with_queries=False).hidden
+
+    # bit for bit: the same weights meet the same tokens in the same order of operations
+    assert torch.equal(text_states(cut), text_states(source))
+    # an existing folder is kept; the source is never the folder written
+    stamp = (cut / "model.safetensors").stat().st_mtime_ns
+    assert bert_vocab_main(["--cfg", path, "--source", str(source)]) == 0
+    assert (cut / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="both"):
+        bert_vocab_main(["--cfg", path, "--source", str(cut), "--force"])
