@@ -119,3 +119,7 @@ def test_bert_vocab_keeps_the_tokens_the_shapes_text_uses_and_embeds_them_as_the
     assert (cut / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit, match="both"):
         bert_vocab_main(["--cfg", path, "--source", str(cut), "--force"])
+    # --force rebuilds it in place, the same folder again, no temporary folder left beside it
+    assert bert_vocab_main(["--cfg", path, "--source", str(source), "--force"]) == 0
+    assert json.loads((cut / "vocabulary.json").read_text()) == record
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cut")) == ["cut"]
