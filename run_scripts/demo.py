@@ -103,7 +103,8 @@ def print_examples(root: Path, caption_file: Path, answer_file: Path, n: int = 3
              for a in json.loads((ann / "vqa_annotations_val.json").read_text())["annotations"]}
     for image in images["images"][:n]:
         i = image["id"]
-        print(f"\n  {root / 'images' / image['file_name']}\n    caption:   {captions[i]!r}\n    reference: {refs[i][3]!r}")
+        print(f"\n  {root / 'images' / image['file_name']}\n    caption:   {captions[i]!r}\n"
+              f"    reference: {refs[i][3]!r}")
         for q in (q for q in questions if q["image_id"] == i):
             mark = "ok" if answers[q["question_id"]] == truth[q["question_id"]] else f"truth: {truth[q['question_id']]}"
             print(f"    Q: {q['question']:55s} A: {answers[q['question_id']]:10s} ({mark})")
@@ -116,8 +117,8 @@ def main() -> int:
         print(f"\n=== {title}\n    python -m {step.__module__} {' '.join(command(step, cfg))}", flush=True)
         t0 = time.time()
         if step(command(step, cfg)) != 0:
-            print(f"\nmake demo: the step above failed. If it refused a run of another config, output/demo holds "
-                  f"an earlier demo's runs: move that folder away (mv output/demo output/demo.old) and rerun.",
+            print("\nmake demo: the step above failed. If it refused a run of another config, output/demo holds "
+                  "an earlier demo's runs: move that folder away (mv output/demo output/demo.old) and rerun.",
                   file=sys.stderr)
             return 1
         seconds[cfg, step] = time.time() - t0
