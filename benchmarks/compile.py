@@ -25,7 +25,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.output import write_results  # noqa: E402
-from framework.checkpoint import train_mode  # noqa: E402
 from framework.cli import load_experiment  # noqa: E402
 from framework.models.build import build_model, compile_parts  # noqa: E402
 
@@ -57,7 +56,7 @@ def _stage(work: Path, stage: str, steps: int) -> Dict[str, Any]:
         models[name] = build_model(spec)
         if name == "inductor":
             compile_parts(models[name], "inductor")
-        train_mode(models[name])
+        models[name].train()
         optims[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-4)
     texts = ["a red circle on the left and a blue square", "two shapes", "a green triangle in the middle",
              "three shapes: a yellow circle, a red square and a blue triangle"]

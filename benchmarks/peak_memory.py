@@ -46,7 +46,6 @@ def _child(cfg: str, batch_size: int, options: List[str]) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from framework.checkpoint import train_mode
     from framework.cli import load_experiment
     from framework.models.build import build_model
     from framework.optim import build_optimizer
@@ -67,7 +66,7 @@ def _child(cfg: str, batch_size: int, options: List[str]) -> None:
     text = " ".join(["red"] * (model.max_txt_len - 2))
     batch = {"image": torch.randn(batch_size, 3, size, size), "text_input": [text] * batch_size,
              "prompt": [""] * batch_size, "image_id": torch.arange(batch_size)}
-    train_mode(model)
+    model.train()
     optimizer = build_optimizer(model, exp.run.optimizer)
     losses, seconds = [], 0.0
     for _ in range(2):

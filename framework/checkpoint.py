@@ -87,14 +87,6 @@ def restore(ckpt: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler: Any,
     return ckpt["iter"], ckpt["best"], positions
 
 
-def train_mode(model: nn.Module) -> None:
-    """Train mode, except frozen parts: they stay in eval mode (no dropout, fixed norm statistics)."""
-    model.train()
-    modules = dict(model.named_modules())
-    for name in frozen_prefixes(model):
-        modules[name].eval()
-
-
 def frozen_prefixes(model: nn.Module) -> List[str]:
     """Top-most submodules that hold parameters, none of them trainable (their buffers are frozen too)."""
     out: List[str] = []

@@ -25,7 +25,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
-from framework.checkpoint import train_mode
 from framework.experiment import ExperimentConfig
 from framework.models.build import build_model
 from framework.optim import build_optimizer
@@ -194,7 +193,7 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
     # fp16 or bf16 alike: two bytes, the same FLOPs (the fake parameters hold no fp16, see _fake_parameters)
     autocast: Callable[[], Any] = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp != "off" else nullcontext
     with mode:
-        train_mode(model)
+        model.train()
         optimizer = build_optimizer(model, exp.run.optimizer)
         batch = _batch(model, batch_size, text_tokens, mode)
         meter = Meter()

@@ -78,9 +78,6 @@ class Runner:
         logger.info("model %s\n%s", self.exp.model["name"], table)
         self.log.text("model/parameters", f"{self.exp.model['name']}\n{table}", self.it)
 
-    def _train_mode(self) -> None:
-        checkpoint.train_mode(self.model)
-
     def _autocast(self):
         if self.cfg.amp == "off":
             return nullcontext()
@@ -142,7 +139,7 @@ class Runner:
         bar = tqdm(total=total, initial=self.it, desc="train", disable=not (dist.is_main() and console_has_bar()),
                    dynamic_ncols=True, mininterval=0.5)
         profiler = self._profiler()
-        self._train_mode()
+        self.model.train()  # each part owns its mode when frozen: framework.models.frozen
         try:
             while self.it < total:
                 epoch, done = divmod(self.it, iters_per_epoch)
@@ -255,7 +252,7 @@ class Runner:
             if dist.is_main() and written.is_file():  # a few predictions beside the curves, to read
                 samples = json.loads(written.read_text())[:5]
                 self.log.text(f"predictions/{name}", "\n".join(json.dumps(r) for r in samples), self.it)
-        self._train_mode()
+        self.model.train()
         self.log.write("eval", self.it, metrics)
         logger.info("iteration %d: %s", self.it, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
+from conftest import write_yaml
 from tiny_bert import make_tiny_bert, vocab_size
 
 TINY_VIT = {"name": "eva_vit_g", "image_size": 32, "patch_size": 8, "width": 48, "depth": 2, "heads": 4,
@@ -44,3 +45,21 @@ def stage2_config(tmp: Path, out: Path, llm: str = "opt", **model: Any) -> Dict[
                     "llm": {"name": "opt" if llm == "opt" else "flant5", "path": str(folder), "precision": "fp32"},
                     "prompt": "a photo of", **model}
     return cfg
+
+
+def probe_config(tmp: Path, out: Path, frozen_dropout: bool, **run) -> Path:
+    """A tiny stage-2 captioning run (the tiny OPT's dropout is 0.1, the frozen image encoder's drop path 0.5, the
+    Q-Former's dropout 0) whose task logs whether a second pass of the model in the runner's training mode
+    differs from the first (``toy_plugins``)."""
+    cfg = stage1_config(tmp, out, log_every=1, **run)
+    cfg["plugins"] = ["toy_plugins"]
+    cfg["model"] = stage2_config(tmp, out)["model"]
+    cfg["model"]["llm"]["frozen_dropout"] = frozen_dropout
+    cfg["model"]["image_encoder"]["drop_path"] = 0.5  # a frozen encoder must not draw it: LAVIS keeps it in eval
+    cfg["task"] = {"name": "frozen_randomness_probe", "num_beams": 1, "max_new_tokens": 3, "min_length": 1}
+    shapes = cfg["datasets"].pop("shapes_retrieval")
+    shapes["num_images"] = {"train": 16, "val": 4}
+    cfg["datasets"]["shapes_caption"] = shapes
+    cfg["run"]["batch_size"] = 4
+    return write_yaml(tmp / f"probe_{frozen_dropout}_{len(run)}.yaml", cfg)
+

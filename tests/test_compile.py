@@ -27,7 +27,6 @@ def fresh_dynamo() -> Iterator[None]:
 
 
 def _stage1_losses_and_grads(tmp_path: Path, backend: str | None) -> Dict[str, torch.Tensor]:
-    from framework.checkpoint import train_mode
     from framework.cli import load_experiment
     from framework.models.build import build_model, compile_parts
 
@@ -37,7 +36,7 @@ def _stage1_losses_and_grads(tmp_path: Path, backend: str | None) -> Dict[str, t
     model = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", cfg))).model)
     if backend:
         compile_parts(model, backend)
-    train_mode(model)
+    model.train()
     texts = ["a red circle on the left", "two shapes", "a blue square", "three shapes",
              "a green triangle in the middle", "one shape"]
     out: Dict[str, torch.Tensor] = {}

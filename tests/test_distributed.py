@@ -121,3 +121,13 @@ def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path: Path) 
     assert "error: rank 0 waited more than run.dist_timeout_s=4 s for another rank" in err and "Traceback" not in err
     assert waited < 4 + 20  # the timeout, plus the step in flight and the process's exit (not torch's 30 minutes)
     assert err.count("INFO model toy_captioner") == 1  # one console line per event (rank 1 prints none of it)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_keep_the_frozen_llm_dropout(tmp_path: Path) -> None:
+    from stage1_helpers import probe_config
+
+    cfg = probe_config(tmp_path, tmp_path / "two", True, max_iters=2)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+          "framework.train", "--cfg", str(cfg)], tmp_path)
+    assert [r["second_pass_differs"] for r in read_log(tmp_path / "two")] == [1.0, 1.0]  # mean over both ranks

@@ -13,13 +13,12 @@ from stage1_helpers import stage1_config, stage2_config
 
 
 def _loss_and_grads(cfg: dict, tmp_path: Path, name: str) -> Dict[str, torch.Tensor]:
-    from framework.checkpoint import train_mode
     from framework.cli import load_experiment
     from framework.models.build import build_model
 
     torch.manual_seed(0)
     model = build_model(load_experiment(str(write_yaml(tmp_path / f"{name}.yaml", cfg))).model)
-    train_mode(model)
+    model.train()
     g = torch.Generator().manual_seed(1)
     batch = {"image": torch.randn(6, 3, 32, 32, generator=g), "prompt": [""] * 6,
              "text_input": ["a red circle on the left", "two shapes", "a blue square", "three shapes",

@@ -5,6 +5,7 @@ VQA answers, as strings."""
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from framework.cli import load_model_file
 from framework.convert import main as convert_main
 from framework.models.build import build_model
+from framework.train import main as train_main
 
 from lavis_oracle import lavis_bert, run_lavis
 from tiny_llms import make_tiny_opt_bpe
@@ -109,3 +111,63 @@ def test_flant5_loss_captions_and_answers_equal_lavis(tmp_path: Path) -> None:
                             length_penalty=v["length_penalty"])
     assert answers == lavis["answers"] and all(answers)
     print("LAVIS and ours:", captions, answers)
+
+
+def _reseed(seed: int, module: torch.nn.Module, args: tuple) -> None:
+    torch.manual_seed(seed)  # a forward pre-hook: returns None, so the layer's inputs stay as they are
+
+
+def test_a_training_step_through_our_runner_equals_lavis_model_train(tmp_path: Path, monkeypatch) -> None:
+    """Not the model alone: ``framework.train``'s own first step (the mode its runner puts the model in, the batch
+    its loader makes) against LAVIS's ``model.train()`` step on that batch, with the frozen OPT's dropout (0.1)
+    active on both sides. Each OPT decoder layer is re-seeded on entry on both sides, so the masks line up; a
+    runner that froze the LLM into eval mode gives LAVIS's eval-mode loss instead, which the test tells apart."""
+    import framework.runner
+
+    from conftest import read_log, write_yaml
+
+    work = tmp_path / "lavis"
+    work.mkdir()
+    lavis_bert(work)
+    opt = make_tiny_opt_bpe(tmp_path / "opt", dropout=0.1)
+    shutil.copytree(opt, work / "opt")
+    spec = {**SPEC, "layer_seed": 1234}
+    torch.save({"model": run_lavis("opt_step", work, spec)["state_dict"]}, tmp_path / "lavis.pth")
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis.pth"), "--out",
+                         str(tmp_path / "conv"), "--options", "model.image_encoder.heads=4", "model.qformer.num_heads=4",
+                         "model.image_encoder.precision=fp32", f"model.llm.path={opt}",
+                         "model.llm.precision=fp32"]) == 0
+
+    seen = {}
+    build = framework.runner.build_model
+
+    def keep_first_batch(module: torch.nn.Module, args: tuple) -> None:
+        batch = args[0]
+        seen.setdefault("batch", {"image": batch["image"].clone(), "text_input": list(batch["text_input"]),
+                                  "prompt": batch["prompt"][0]})
+
+    def build_and_watch(model_spec):
+        model = build(model_spec)
+        model.register_forward_pre_hook(keep_first_batch)
+        for i, layer in enumerate(model.llm.model.model.decoder.layers):
+            layer.register_forward_pre_hook(partial(_reseed, spec["layer_seed"] + i))
+        return model
+
+    monkeypatch.setattr(framework.runner, "build_model", build_and_watch)
+    processing = {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}
+    cfg = {"_base_": str(tmp_path / "conv" / "model.yaml"),
+           # LAVIS's tiny BERT has no dropout (lavis_bert): the only randomness left is the frozen OPT's
+           "model": {"qformer": {"dropout": 0.0, "attention_dropout": 0.0}},
+           "task": {"name": "captioning", "prompt": "a photo of"},
+           "datasets": {"shapes_caption": {"image_size": 32, "num_images": {"train": 4},
+                                           "processors": {"train": processing, "eval": processing}}},
+           "run": {"output_dir": str(tmp_path / "run"), "device": "cpu", "batch_size": 4, "max_iters": 1,
+                   "eval_splits": [], "log_every": 1, "tensorboard": False}}
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "run.yaml", cfg))]) == 0
+    ours = read_log(tmp_path / "run")[0]["loss"]
+    lavis = run_lavis("opt_step", work, {**spec, "batch": seen["batch"]})
+    print(f"training step: ours {ours:.7f}, LAVIS model.train() {float(lavis['loss_train']):.7f}, "
+          f"LAVIS with the OPT in eval mode {float(lavis['loss_llm_eval']):.7f}")
+    # fp32, the same masks: the two implementations' rounding (the model-level comparison above holds 1e-4)
+    assert abs(ours - float(lavis["loss_train"])) < 1e-4
+    assert abs(float(lavis["loss_train"]) - float(lavis["loss_llm_eval"])) > 1e-2  # the dropout shows

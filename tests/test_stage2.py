@@ -14,7 +14,7 @@ from framework.models.build import build_model
 from framework.train import main as train_main
 
 from conftest import toy_config, write_yaml
-from stage1_helpers import stage1_config, stage2_config
+from stage1_helpers import probe_config, stage1_config, stage2_config
 
 IMAGES = torch.randn(2, 3, 32, 32)
 BATCH = {"image": IMAGES, "text_input": ["a red circle", "two shapes"]}
@@ -268,3 +268,64 @@ def test_okvqa_answers_are_lemmatised_as_lavis_evaluates_them() -> None:
     assert [lemmatize(a) for a in ("dogs", "skiing", "two buses", "it is wood", "")] == \
         ["dog", "ski", "two bus", "it is wood", ""]
     assert VQA(lemmatize=True).lemmatize and not VQA().lemmatize
+
+
+@pytest.mark.parametrize("frozen_dropout", [True, False])
+def test_a_real_run_keeps_the_frozen_llm_dropout_as_frozen_dropout_says(tmp_path: Path, frozen_dropout: bool) -> None:
+    """Through ``framework.train``: every step, before and after an evaluation and after a resume, the frozen LLM
+    is in training mode (dropout active, as LAVIS) with ``frozen_dropout: true`` and in eval mode with false; the
+    frozen image encoder is in eval mode either way (its drop path 0.5 would make the second pass differ)."""
+    from conftest import read_log
+
+    out = tmp_path / "run"
+    assert train_main(["--cfg", str(probe_config(tmp_path, out, frozen_dropout, max_iters=2, eval_every=1))]) == 0
+    longer = probe_config(tmp_path, out, frozen_dropout, max_iters=4, eval_every=1)
+    assert train_main(["--cfg", str(longer), "--resume", "auto"]) == 0
+    log = read_log(out)
+    assert [r["iter"] for r in log] == [1, 2, 3, 4]
+    assert [r["second_pass_differs"] for r in log] == [float(frozen_dropout)] * 4
+
+
+def test_a_compiled_run_keeps_the_frozen_llm_dropout(tmp_path: Path) -> None:
+    from conftest import read_log
+
+    cfg = probe_config(tmp_path, tmp_path / "run", True, max_iters=2, compile=True, compile_backend="eager")
+    assert train_main(["--cfg", str(cfg)]) == 0
+    assert [r["second_pass_differs"] for r in read_log(tmp_path / "run")] == [1.0, 1.0]
+
+
+def test_a_real_run_keeps_frozen_parts_in_their_precision_under_autocast(tmp_path: Path, monkeypatch) -> None:
+    """LAVIS stores the frozen ViT and LLM in half precision and trains the Q-Former, ``ln_vision`` and the
+    projection in fp32 under autocast. Through ``framework.train`` with ``run.amp: bf16`` and bf16 frozen parts:
+    the frozen weights stay bf16 (nothing in the runner casts the model), the trained ones fp32, and the LLM runs
+    under autocast."""
+    import framework.runner
+
+    models, seen = [], {}
+    build = framework.runner.build_model
+
+    def note_autocast(module: torch.nn.Module, args: tuple) -> None:
+        seen.setdefault("autocast", torch.is_autocast_enabled("cpu"))
+
+    def build_and_keep(spec):
+        model = build(spec)
+        models.append(model)
+        model.llm.model.register_forward_pre_hook(note_autocast)
+        return model
+
+    monkeypatch.setattr(framework.runner, "build_model", build_and_keep)
+    cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=2, amp="bf16", eval_splits=[])
+    cfg["model"] = stage2_config(tmp_path, tmp_path / "run")["model"]
+    cfg["model"]["image_encoder"]["precision"] = "bf16"
+    cfg["model"]["llm"]["precision"] = "bf16"
+    cfg["task"] = {"name": "captioning"}
+    shapes = cfg["datasets"].pop("shapes_retrieval")
+    shapes["num_images"] = {"train": 16}
+    cfg["datasets"]["shapes_caption"] = shapes
+    cfg["run"]["batch_size"] = 8
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "amp.yaml", cfg))]) == 0
+    (model,) = models
+    dtypes = {name: {p.dtype for p in part.parameters()} for name, part in model.named_children()}
+    assert dtypes == {"image_encoder": {torch.bfloat16}, "llm": {torch.bfloat16}, "ln_vision": {torch.float32},
+                      "qformer": {torch.float32}, "llm_proj": {torch.float32}}
+    assert seen["autocast"] is True

@@ -112,11 +112,12 @@ def opt_bpe_tokenizer(folder: Path) -> List[str]:
     return texts
 
 
-def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
+def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150, dropout: float = 0.0) -> Path:
     """An OPT as the released ones are: a byte-level BPE tokenizer (GPT-2's, the start token </s> added) and texts
     that end with a newline, which the model has learnt to produce (``steps`` of training on shapes captions and
     VQA lines after a random 4-vector visual prefix), so generation really stops there. Weights are exact fp16
-    values, so LAVIS, which loads OPT in fp16, and an fp32 load hold the same numbers."""
+    values, so LAVIS, which loads OPT in fp16, and an fp32 load hold the same numbers. ``dropout``: the saved
+    config's hidden-state dropout (trained without)."""
     import torch
     from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
 
@@ -131,6 +132,7 @@ def make_tiny_opt_bpe(folder: Path, seed: int = 0, steps: int = 150) -> Path:
     labels = torch.cat([torch.full((len(texts), 4), -100), enc["input_ids"].masked_fill(enc["attention_mask"] == 0,
                                                                                        -100)], 1)
     fit_after_visual_prefix(model, enc["input_ids"], enc["attention_mask"], labels, seed, steps, torch.float16)
+    model.config.dropout = dropout
     model.save_pretrained(str(folder))
     return folder
 

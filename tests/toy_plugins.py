@@ -17,6 +17,7 @@ from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.registry import DATASETS, MODELS, TASKS, Part, build
 from framework.task import Task
 from plugins.models.dual_encoder import hash_tokens
+from plugins.tasks.captioning import Captioning
 
 
 @MODELS.register("toy_captioner")
@@ -94,3 +95,17 @@ class ToyFiles(DatasetBuilder):
 
     def build(self, split: str) -> Dataset:
         return _Files()
+
+
+@TASKS.register("frozen_randomness_probe")
+class FrozenRandomnessProbe(Captioning):
+    """Captioning's training step, plus ``second_pass_differs``: 1 when running the model a second time on the
+    same batch, in the mode the runner put it in, gives another loss. With the Q-Former's dropout off and the
+    image encoder frozen (eval), only the frozen LLM's dropout can make it differ; logged as a loss term, so it
+    reaches ``log.jsonl`` from every real run (DDP, compile, resume)."""
+
+    def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
+        out = super().train_step(model, batch)
+        with torch.no_grad():  # the unwrapped model: a DDP wrapper expects one forward per backward
+            again = super().train_step(getattr(model, "module", model), batch)["loss"]
+        return {**out, "second_pass_differs": (again != out["loss"].detach()).float()}

@@ -17,6 +17,7 @@ from framework.data.builder import DataFile
 from framework.errors import CheckpointError, ConfigError, WeightLoadError
 from framework.logs import logger
 from framework.models.build import building_on_meta
+from framework.models.frozen import FreezablePart
 from framework.models.interfaces import ImageEncoderPart, missing
 from framework.registry import Range, build
 
@@ -68,7 +69,7 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
     return state
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(FreezablePart):
     """A timm vision transformer whose final norm is removed: the tokens of its last kept block.
 
     Subclasses (the registered plugins) give ``PRESETS`` (architecture sizes by preset name), ``build_vit``
@@ -134,7 +135,7 @@ class ImageEncoder(nn.Module):
         if freeze:
             self.requires_grad_(False)
             self.to(DTYPES[precision])
-            super().train(False)
+            self.eval()
 
     def build_vit(self, image_size: int, drop_path: float, patch_size: int, width: int, depth: int, heads: int,
                   mlp_dim: int) -> nn.Module:
@@ -142,9 +143,6 @@ class ImageEncoder(nn.Module):
 
     def key_map(self, depth: int) -> KeyMap:
         raise NotImplementedError
-
-    def train(self, mode: bool = True) -> "ImageEncoder":
-        return super().train(mode and not self.frozen)
 
     def fingerprint(self, image_processors: Any) -> Dict[str, Any]:
         """What a cache of this encoder's tokens depends on: architecture, weights file, precision, and the image

@@ -24,10 +24,11 @@ from torch import nn
 from framework.data.builder import DataFile
 from framework.errors import ConfigError
 from framework.models.build import building_on_meta
+from framework.models.frozen import FreezablePart
 from framework.models.image_encoder import DTYPES, Precision
 
 
-class LLMAdapter(nn.Module):
+class LLMAdapter(FreezablePart):
     """Base class. Args:
         path: a local Hugging Face model folder (config.json, tokenizer files, weights).
         arch: the architecture the folder must hold, by name (e.g. ``opt-2.7b``; the plugin's ``archs``). Its
@@ -60,7 +61,7 @@ class LLMAdapter(nn.Module):
             if self.tokenizer.pad_token is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model = self.load(str(folder), DTYPES[precision])
-        self.max_txt_len, self.frozen, self.frozen_dropout = max_txt_len, freeze, frozen_dropout
+        self.max_txt_len, self.frozen, self.frozen_follows_training = max_txt_len, freeze, frozen_dropout
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -125,9 +126,6 @@ class LLMAdapter(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
-
-    def train(self, mode: bool = True) -> "LLMAdapter":
-        return super().train(mode and (self.frozen_dropout or not self.frozen))
 
     def ids(self, texts: List[str], special: bool, truncate: bool = True) -> List[List[int]]:
         """Token ids; ``truncate``: cut to ``max_txt_len`` (training text; LAVIS never cuts a generation prompt,

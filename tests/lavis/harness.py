@@ -153,6 +153,35 @@ def opt(work: Path, spec: dict) -> dict:
     return {"state_dict": state, "losses": losses, "captions": captions, "answers": answers, "prefix": prefix}
 
 
+def _reseed(seed: int, module: nn.Module, args: tuple) -> None:
+    torch.manual_seed(seed)  # a forward pre-hook: returns None, so the layer's inputs stay as they are
+
+
+def opt_step(work: Path, spec: dict) -> dict:
+    """Blip2OPT's training step as LAVIS's runner takes it: ``model.train()``, then the loss of ``spec["batch"]``
+    (images, captions, prompt) with the frozen OPT's dropout active, and the same loss with the OPT in eval mode
+    (so a comparison can tell the two apart). Without a batch: the state_dict only (our side converts it first)."""
+    model = opt_model(work, spec)
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("opt_model.")}
+    if "batch" not in spec:
+        return {"state_dict": state}
+    for i, layer in enumerate(model.opt_model.model.decoder.layers):
+        layer.register_forward_pre_hook(partial(_reseed, spec["layer_seed"] + i))
+    patch("each OPT decoder layer re-seeded on entry (the test's side does the same): transformers 4.33 draws an "
+          "unused random number per layer for LayerDrop, later versions none, so the dropout masks line up only "
+          "per layer")
+    batch = spec["batch"]
+    model.prompt = batch["prompt"]
+    model.prompt_length = model.opt_tokenizer(batch["prompt"], return_tensors="pt").attention_mask.sum(1)
+    samples = {"image": batch["image"],
+               "text_input": [f"{batch['prompt']} {c}" if batch["prompt"] else c for c in batch["text_input"]]}
+    model.train()  # what LAVIS's runner calls before each training epoch
+    loss_train = model(samples)["loss"].detach()
+    model.opt_model.eval()
+    loss_llm_eval = model(samples)["loss"].detach()
+    return {"state_dict": state, "loss_train": loss_train, "loss_llm_eval": loss_llm_eval}
+
+
 def t5(work: Path, spec: dict) -> dict:
     """Blip2T5: the LM loss (train mode; encoder text ``text_input``, decoder target ``text_output``), captions
     (``generate``) and VQA answers (``predict_answers``, LAVIS's own settings)."""
@@ -179,7 +208,7 @@ def t5(work: Path, spec: dict) -> dict:
             "dense_act_fn": model.t5_model.config.dense_act_fn}
 
 
-JOBS = {"stage1": stage1, "opt": opt, "t5": t5}
+JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])

@@ -1,0 +1,22 @@
+"""The one owner of a part's training mode. A BLIP-2 model holds parts that may be frozen (the image encoder, the
+LLM); whether a frozen part follows the model's ``train()`` is a fact of the reference, so each part states it
+here and nothing else (the runner, the cost estimate, a test) second-guesses it: they call ``model.train()``.
+
+LAVIS, which produced the paper's numbers: the frozen image encoder is put in eval mode for good
+(``disabled_train``: no dropout or drop path, fixed norm statistics); the frozen LLM is only stripped of gradients,
+so it follows the model into training mode and its dropout is active while the Q-Former trains."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class FreezablePart(nn.Module):
+    """Base of the parts that may be frozen. ``frozen``: no gradients, weights from their own file;
+    ``frozen_follows_training``: whether a frozen part still enters training mode with the model (a trained part
+    always does)."""
+
+    frozen: bool = False
+    frozen_follows_training: bool = False
+
+    def train(self, mode: bool = True) -> "FreezablePart":
+        return super().train(mode and (not self.frozen or self.frozen_follows_training))
