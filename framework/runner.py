@@ -171,8 +171,11 @@ class Runner:
         set_lr(self.optimizer, lr)
         sums: Dict[str, torch.Tensor] = {}
         n_samples = 0
+        data_time = 0.0  # waiting for the loader: a slow data pipeline shows here, not in step_time
         for micro in range(self.cfg.accum_steps):
+            t_data = time.perf_counter()
             batch = next(batches)
+            data_time += time.perf_counter() - t_data
             for slot, position in batch.pop("_stream", []):  # in order: a slot's last sample is its position
                 self.stream_positions[slot] = position
             batch = _to_device(batch, self.device)
@@ -207,8 +210,8 @@ class Runner:
         bar.update(1)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
         if self.it % self.cfg.log_every == 0 or self.it == 1:
-            record = {"epoch": epoch, "lr": lr, **values, "sec_per_iter": dt,
-                      "samples_per_sec": n_samples * dist.world_size() / dt}
+            record = {"epoch": epoch, "lr": lr, **values, "sec_per_iter": dt, "data_time": data_time,
+                      "step_time": dt - data_time, "samples_per_sec": n_samples * dist.world_size() / dt}
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
             if self.stream_positions:  # this rank's readers: samples and shards skipped as unreadable

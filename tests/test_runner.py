@@ -112,7 +112,8 @@ def test_logs_tensorboard_and_profiler_trace(tmp_path: Path) -> None:
     assert _train(tmp_path, cfg) == 0
     out = tmp_path / "out"
     record = read_log(out)[0]
-    assert {"iter", "epoch", "lr", "loss", "loss_words", "loss_l2", "sec_per_iter", "samples_per_sec"} <= set(record)
+    assert {"iter", "epoch", "lr", "loss", "loss_words", "loss_l2", "sec_per_iter", "data_time", "step_time",
+            "samples_per_sec"} <= set(record)
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     traces = list((out / "profile").glob("*.pt.trace.json"))
     assert traces and json.loads(traces[0].read_text())["traceEvents"]
@@ -178,3 +179,19 @@ def test_tensorboard_shows_the_parameter_table_and_sample_predictions(tmp_path: 
     events.Reload()
     tags = events.Tags()["tensors"]
     assert {"model/parameters/text_summary", "predictions/shapes_caption/val/text_summary"} <= set(tags)
+
+
+def test_the_log_tells_a_slow_loader_from_a_slow_model(tmp_path: Path) -> None:
+    """``data_time``: seconds an iteration waited for its batches; ``step_time``: the rest (forward, backward,
+    optimizer). A processor sleeping 20 ms per image (8 per batch) against a model sleeping 0.2 s per step."""
+    slow_data = toy_config(tmp_path / "data", max_iters=3, num_workers=0)
+    slow_data["datasets"]["shapes_caption"]["processors"]["train"]["image"].insert(0, {"name": "slow",
+                                                                                       "sleep_s": 0.02})
+    slow_model = toy_config(tmp_path / "model", max_iters=3, num_workers=0)
+    slow_model["model"]["sleep_s"] = 0.2
+    for cfg in (slow_data, slow_model):
+        assert _train(tmp_path, cfg) == 0
+    for r in read_log(tmp_path / "data"):
+        assert r["data_time"] >= 8 * 0.02 and r["data_time"] + r["step_time"] == pytest.approx(r["sec_per_iter"])
+    for r in read_log(tmp_path / "model"):
+        assert r["step_time"] >= 0.2 > r["data_time"]

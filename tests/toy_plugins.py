@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework import dist
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
-from framework.registry import DATASETS, MODELS, TASKS, Part, build
+from framework.registry import DATASETS, MODELS, PROCESSORS, TASKS, Part, build
 from framework.task import Task
 from plugins.models.dual_encoder import hash_tokens
 from plugins.tasks.captioning import Captioning
@@ -109,3 +109,15 @@ class FrozenRandomnessProbe(Captioning):
         with torch.no_grad():  # the unwrapped model: a DDP wrapper expects one forward per backward
             again = super().train_step(getattr(model, "module", model), batch)["loss"]
         return {**out, "second_pass_differs": (again != out["loss"].detach()).float()}
+
+
+@PROCESSORS.register("slow")
+class Slow:
+    """Passes the image through after ``sleep_s`` seconds: a data pipeline slower than the model."""
+
+    def __init__(self, sleep_s: float = 0.05) -> None:
+        self.sleep_s = sleep_s
+
+    def __call__(self, img: Any) -> Any:
+        time.sleep(self.sleep_s)
+        return img
