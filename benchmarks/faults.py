@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
 from benchmarks.output import write_results  # noqa: E402
+from framework.logs import TIMING_KEYS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "projects" / "blip2" / "demo" / "stage1_shapes.yaml"
-TIMING = ("sec_per_iter", "samples_per_sec")
 
 
 def child(cfg: str, marker: str) -> int:
@@ -86,7 +86,7 @@ def _config(work: Path, out: Path, iters: int) -> Path:
 
 def _losses(out: Path) -> List[Dict[str, Any]]:
     lines = (out / "log.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
 def _leftovers(out: Path) -> List[str]:

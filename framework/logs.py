@@ -39,6 +39,8 @@ class _OncePerJob(logging.Filter):
 
 
 EVERY_RANK = {"every_rank": True}
+# training-record keys that measure the machine, not the computation: runs compared for repeatability leave them out
+TIMING_KEYS = ("sec_per_iter", "data_time", "step_time", "samples_per_sec")
 
 
 def setup_console() -> None:

@@ -13,11 +13,11 @@ from framework.cli import load_experiment
 from framework.models.build import build_model
 from framework.data.loader import train_loader
 from framework.experiment import builders, mkl_reproducible
+from framework.logs import TIMING_KEYS
 from framework.runner import Runner
 from framework.train import main as train_main
 from stage1_helpers import stage1_config
 
-TIMING = ("sec_per_iter", "samples_per_sec")
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_the_same_config_and_seed_log_the_same_losses(tmp_path: Path) -> None:
         cfg = stage1_config(tmp_path, tmp_path / name, max_iters=12, log_every=1, eval_every=6, batch_size=24)
         assert train_main(["--cfg", str(write_yaml(tmp_path / f"{name}.yaml", cfg))]) == 0
         records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
-        logs.append([{k: v for k, v in r.items() if k not in TIMING} for r in records])
+        logs.append([{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records])
     assert len(logs[0]) == 14 and logs[0] == logs[1]  # 12 training and 2 evaluation records, bit for bit
 
 
