@@ -12,11 +12,16 @@ The keyword arguments of the registered callable (with their type hints and defa
 config schema: a YAML section ``{name: my_vit, width: 1024}`` builds ``MyViT(width=1024)``, and a key the
 signature does not have is an error before any work starts (see :mod:`framework.config`).
 
-Parts are found in three ways, and ``framework`` never imports a concrete part by name:
+Parts are found in two ways, and ``framework`` never imports a concrete part by name:
 
-* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module to import; the
-  built-in ``plugins`` package is one of them (``pyproject.toml``), and imports every module below it;
+* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module to import, and
+  where it is a package, every module below it, each on its own; the built-in ``plugins`` package is one of them
+  (``pyproject.toml``);
 * a config's ``plugins:`` list of extra module paths.
+
+A discovered module that raises while importing costs only the parts it registers: the others stay usable, a
+warning names it at discovery, and asking for a part nobody registered shows its traceback (the likely culprit)
+to whoever wrote it. A module the config lists under ``plugins:`` is the config's own: its failure is an error.
 """
 from __future__ import annotations
 
@@ -24,7 +29,11 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
+import logging
 import math
+import pkgutil
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
@@ -86,9 +95,12 @@ class Registry:
         known = sorted(self._entries)
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        broken = "".join(f"\n--- plugin module {module} failed to import (the {self.kind} you name may be one of "
+                         f"its parts):\n{tb}"
+                         for module, tb in _broken.items())
         return (f"unknown {self.kind} {name!r}{hint} Registered {self.kind} names: "
                 f"{', '.join(known) or '(none)'}. A part in your own package registers itself through the "
-                f"entry-point group {ENTRY_POINT_GROUP!r} or is listed under 'plugins:' in the config.")
+                f"entry-point group {ENTRY_POINT_GROUP!r} or is listed under 'plugins:' in the config.{broken}")
 
     def names(self) -> List[str]:
         discover_plugins()
@@ -135,32 +147,64 @@ REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (
     IMAGE_ENCODERS, LLMS, MODELS, TASKS, DATASETS, PROCESSORS, LR_SCHEDULERS, FORMATS)}
 
 _discovered = False
+# discovered plugin modules that raised while importing: module name -> its traceback
+_broken: Dict[str, str] = {}
 
 
 def discover_plugins() -> None:
-    """Import every entry point of :data:`ENTRY_POINT_GROUP` (once): the built-in ``plugins`` package is one of
-    them, a user's package another."""
+    """Import every entry point of :data:`ENTRY_POINT_GROUP` (once), a package module by module: the built-in
+    ``plugins`` package is one of them, a user's package another."""
     global _discovered
     if _discovered:
         return
     _discovered = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as e:  # name the package so a user knows whose plugin broke
-            raise ImportError(f"plugin entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP!r}) "
-                              f"failed to import: {e}") from e
+        if _import_isolated(ep.value):
+            package = importlib.import_module(ep.value)
+            for info in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=f"{ep.value}.",
+                                              onerror=_record_broken):
+                _import_isolated(info.name)
+
+
+def _import_isolated(module: str) -> bool:
+    """Import ``module``; a failure is recorded (:data:`_broken`) and warned about, not raised."""
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001 - any error in a plugin's own code: its parts are missing, the rest work
+        _record_broken(module)
+        return False
+
+
+def _record_broken(module: str) -> None:
+    _broken[module] = _plugin_traceback()
+    logging.getLogger("framework").warning(
+        "plugin module %s failed to import; the parts it registers are unavailable (the traceback is shown "
+        "when a config names one of them): %s", module, _broken[module].strip().splitlines()[-1])
+
+
+def _plugin_traceback() -> str:
+    """The traceback of the exception being handled, without the import machinery's frames: what a plugin's
+    author needs is where their code raised."""
+    exc = traceback.TracebackException(*sys.exc_info())
+    exc.stack = traceback.StackSummary.from_list(
+        [f for f in exc.stack if "importlib" not in f.filename and f.filename != __file__])
+    return "".join(exc.format())
 
 
 def load_plugin_modules(modules: Iterable[str]) -> None:
-    """Import the extra plugin modules a config lists under ``plugins:``."""
+    """Import the extra plugin modules a config lists under ``plugins:``: the config depends on them, so one
+    that cannot be imported is an error, with the module's traceback where its own code raised."""
     discover_plugins()
     for name in modules:
         try:
             importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            raise ImportError(f"config 'plugins:' lists module {name!r}, which cannot be imported ({e}); "
-                              f"install its package or put it on PYTHONPATH") from e
+        except Exception as e:
+            missing = isinstance(e, ModuleNotFoundError) and e.name is not None and name.startswith(e.name)
+            if missing:  # the module itself (or its package) is not there
+                raise ImportError(f"config 'plugins:' lists module {name!r}, which cannot be imported ({e}); "
+                                  f"install its package or put it on PYTHONPATH") from e
+            raise ImportError(f"config 'plugins:' module {name!r} failed to import:\n{_plugin_traceback()}") from e
 
 
 class PartOf:
@@ -298,8 +342,6 @@ def _type_text(tp: Any) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m framework.registry [kind]``."""
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         print(describe(argv[0] if argv else None))
@@ -310,8 +352,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     from framework import registry  # the module the plugins register into, not this __main__ copy of it
 
     sys.exit(registry.main())

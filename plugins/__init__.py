@@ -1,10 +1,6 @@
-"""Built-in parts. Importing this package imports every module below it, and so registers every built-in part.
+"""Built-in parts, one module per part (or family), each registering itself with a decorator.
 
-``framework`` never imports it by name: the package is an entry point of the group ``blip2_framework.plugins``
-(``pyproject.toml``), found by ``framework.registry.discover_plugins`` exactly as a user's own plugin package is.
+``framework`` never imports this package by name: it is an entry point of the group ``blip2_framework.plugins``
+(``pyproject.toml``), and ``framework.registry.discover_plugins`` imports every module below it, each on its own,
+exactly as it does a user's own plugin package.
 """
-import importlib
-import pkgutil
-
-for _module in pkgutil.walk_packages(__path__, prefix=f"{__name__}."):
-    importlib.import_module(_module.name)

@@ -131,3 +131,31 @@ def test_mlp_widths_that_are_not_round_multiples_build_exactly_and_load(tmp_path
     loaded = IMAGE_ENCODERS.get(name)(**sizes, checkpoint=str(tmp_path / "w.pth"))
     x = torch.randn(1, 3, 16, 16)
     assert torch.equal(loaded(x), src(x))  # the same weights through the same code: bit-equal
+
+
+def test_a_plugins_frozen_encoder_of_its_own_class_is_held_in_eval_mode_too(monkeypatch) -> None:
+    """An encoder that is a plain ``nn.Module`` with ``frozen = True`` (not the framework's base class): built
+    through the framework, it gets no gradients and a model's ``train()`` leaves it in eval mode (its dropout
+    off), as LAVIS's frozen ViT."""
+    from torch import nn
+
+    import framework.models.image_encoder as image_encoder
+
+    class OwnFrozenEncoder(nn.Module):
+        frozen, num_features = True, 8
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.drop = nn.Linear(3, 8), nn.Dropout(0.5)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.drop(self.proj(images.flatten(2).transpose(1, 2)))
+
+    # what the registry would return for a plugin registering OwnFrozenEncoder (the global registry stays as is)
+    monkeypatch.setattr(image_encoder, "build", lambda kind, spec: OwnFrozenEncoder())
+    enc = image_encoder.build_image_encoder({"name": "own_frozen_encoder"})
+    model = nn.ModuleDict({"image_encoder": enc, "head": nn.Linear(8, 2)}).train()
+    assert model["head"].training and not enc.training and not enc.drop.training
+    assert not any(p.requires_grad for p in enc.parameters())
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(enc(x), enc(x))  # no dropout in training

@@ -41,9 +41,17 @@ def test_duplicate_name_names_both_definitions() -> None:
     assert len(lines) == 2 and int(lines[0]) < int(lines[1])  # both definitions, by file and line
 
 
-def test_plugins_list_error_names_module() -> None:
+def test_plugins_list_error_names_module(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ImportError, match="config 'plugins:' lists module 'no_such_plugin_mod'"):
         load_plugin_modules(["no_such_plugin_mod"])
+    # a listed module whose own code fails: its traceback, not "cannot be imported"
+    (tmp_path / "my_listed_plugin.py").write_text("import os\nimport no_such_dependency_of_mine\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError) as e:
+        load_plugin_modules(["my_listed_plugin"])
+    assert "config 'plugins:' module 'my_listed_plugin' failed to import" in str(e.value)
+    assert f'{tmp_path / "my_listed_plugin.py"}", line 2' in str(e.value)
+    assert "No module named 'no_such_dependency_of_mine'" in str(e.value)
 
 
 def test_framework_imports_no_concrete_plugin() -> None:
@@ -92,3 +100,40 @@ def test_entry_point_package_outside_the_repo_adds_an_image_encoder(tmp_path: Pa
         "name": "ext_patch_encoder", "width": 12, "patch": 8}
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log if r["event"] == "train"] == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_plugin_module_that_raises_fails_only_a_config_that_names_its_parts(tmp_path: Path) -> None:
+    """An installed plugin package with a good module and one whose code raises at import: a config that uses
+    the good one trains (with a warning naming the broken module); one that names the broken module's part
+    fails before any work with an error that holds the module's traceback, its file and line."""
+    site = tmp_path / "site"
+    pkg = site / "ext_parts"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(ENCODER_PKG)
+    (pkg / "broken.py").write_text(ENCODER_PKG.replace("ext_patch_encoder", "ext_broken_encoder").replace(
+        "from framework.registry import IMAGE_ENCODERS", "from framework.registry import IMAGE_ENCODERS\n"
+        "raise RuntimeError('the plugin author made a mistake here')"))
+    info = site / "ext_parts-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ext-parts\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\next = ext_parts\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "tests")])}
+    runs = {}
+    for encoder in ("ext_patch_encoder", "ext_broken_encoder"):
+        cfg = toy_config(tmp_path / encoder, max_iters=1)
+        cfg["model"]["image_encoder"] = {"name": encoder}
+        runs[encoder] = subprocess.run([sys.executable, "-m", "framework.train", "--cfg",
+                                        str(write_yaml(tmp_path / f"{encoder}.yaml", cfg))], cwd=tmp_path, env=env,
+                                       capture_output=True, text=True, timeout=300)
+    good, bad = runs["ext_patch_encoder"], runs["ext_broken_encoder"]
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "plugin module ext_parts.broken failed to import" in good.stderr
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "unknown image_encoder 'ext_broken_encoder'" in bad.stderr
+    assert "plugin module ext_parts.broken failed to import" in bad.stderr and "Traceback" in bad.stderr
+    assert "importlib" not in bad.stderr  # the author's frames, not the import machinery's
+    assert f'{pkg / "broken.py"}", line 5' in bad.stderr  # where the author's code raised
+    assert "RuntimeError: the plugin author made a mistake here" in bad.stderr
+    assert not (tmp_path / "ext_broken_encoder").exists()  # failed before any work

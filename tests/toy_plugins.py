@@ -121,3 +121,4 @@ class Slow:
     def __call__(self, img: Any) -> Any:
         time.sleep(self.sleep_s)
         return img
+

@@ -7,6 +7,8 @@ LAVIS, which produced the paper's numbers: the frozen image encoder is put in ev
 so it follows the model into training mode and its dropout is active while the Q-Former trains."""
 from __future__ import annotations
 
+import types
+
 from torch import nn
 
 
@@ -20,3 +22,16 @@ class FreezablePart(nn.Module):
 
     def train(self, mode: bool = True) -> "FreezablePart":
         return super().train(mode and (not self.frozen or self.frozen_follows_training))
+
+
+def hold_in_eval(module: nn.Module) -> nn.Module:
+    """The same rule for a frozen part whose class is not a :class:`FreezablePart` (a plugin's own module): eval
+    mode now, and its ``train()`` made a no-op (LAVIS's ``disabled_train``), so a model's ``train()`` leaves it
+    there."""
+    module.eval()
+    module.train = types.MethodType(_stay, module)
+    return module
+
+
+def _stay(self: nn.Module, mode: bool = True) -> nn.Module:
+    return self

@@ -17,7 +17,7 @@ from framework.data.builder import DataFile
 from framework.errors import CheckpointError, ConfigError, WeightLoadError
 from framework.logs import logger
 from framework.models.build import building_on_meta
-from framework.models.frozen import FreezablePart
+from framework.models.frozen import FreezablePart, hold_in_eval
 from framework.models.interfaces import ImageEncoderPart, missing
 from framework.registry import Range, build
 
@@ -35,8 +35,10 @@ def build_image_encoder(spec: Dict[str, Any]) -> nn.Module:
         raise ConfigError(f"image encoder {spec.get('name')!r} ({type(encoder).__name__}) lacks {', '.join(lacks)}: "
                           f"every image encoder sets num_features (its token width) and frozen (whether its weights "
                           f"stay fixed); see framework/models/interfaces.py")
-    if encoder.frozen:  # whatever the plugin did itself: no gradients (the runner then keeps it in eval mode)
+    if encoder.frozen:  # whatever the plugin did itself: no gradients, and in eval mode for good
         encoder.requires_grad_(False)
+        if not isinstance(encoder, FreezablePart):
+            hold_in_eval(encoder)
     return encoder
 
 
