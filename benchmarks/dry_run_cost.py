@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from framework.cli import load_experiment  # noqa: E402
+from framework.experiment import load_experiment  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402
 from framework.cost import step_cost  # noqa: E402
 

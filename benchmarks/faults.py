@@ -76,7 +76,7 @@ def _options(out: Path, iters: int) -> List[str]:
 
 def _config(work: Path, out: Path, iters: int) -> Path:
     """The demo config with this trial's options, written out (the child gets one file)."""
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.config import to_yaml
 
     path = work / f"{out.name}.yaml"

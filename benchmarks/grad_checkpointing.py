@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.output import write_results  # noqa: E402
 from benchmarks.peak_memory import run_child  # noqa: E402
-from framework.cli import load_experiment  # noqa: E402
+from framework.experiment import load_experiment  # noqa: E402
 from framework.cost import step_cost  # noqa: E402
 
 SETTINGS = {"neither": (False, False), "vit": (True, False), "qformer": (False, True), "both": (True, True)}

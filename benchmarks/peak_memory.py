@@ -46,7 +46,7 @@ def _child(cfg: str, batch_size: int, options: List[str]) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model
     from framework.optim import build_optimizer
     from framework.registry import build
@@ -93,7 +93,7 @@ def main() -> None:
     if args.child:
         return _child(args.cfg, args.batch, args.options)
     sys.path.insert(0, str(REPO))
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.cost import step_cost
 
     exp = load_experiment(args.cfg, args.options)

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
-from framework.cli import load_experiment  # noqa: E402
+from framework.experiment import load_experiment  # noqa: E402
 from framework.convert import read  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402

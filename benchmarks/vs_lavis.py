@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from framework.cli import load_model_file  # noqa: E402
+from framework.experiment import load_model_file  # noqa: E402
 from framework.convert import main as convert_main  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
 from lavis_oracle import lavis_bert  # noqa: E402  (a BERT folder LAVIS finds as bert-base-uncased)

@@ -98,9 +98,8 @@ class Model:
 def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Optional[Callable], int]:
     """(model section, the data set's evaluation processing or None, the run's seed) of a run folder, folder or
     config file, with the ``--options`` overrides applied."""
-    from framework.cli import load_experiment, load_model_file
     from framework.config import load_config
-    from framework.experiment import builders
+    from framework.experiment import builders, load_experiment, load_model_file
 
     if source.is_dir():
         if (source / "config.yaml").is_file():  # a run folder

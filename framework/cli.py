@@ -1,22 +1,21 @@
-"""What ``framework.train`` and ``framework.evaluate`` share: arguments, config loading, error reporting."""
+"""What the commands share: arguments (``--options`` anywhere), a run folder as ``--cfg``, the dry run, the output
+folder a command writes, and error reporting."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from framework import dist
-from framework.config import load_config, validate
 from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
-from framework.registry import Part, load_plugin_modules
 from framework.cost import describe as describe_cost
-from framework.experiment import ExperimentConfig, builders
+from framework.experiment import ExperimentConfig, builders, load_experiment
 
 
 def pull_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -47,29 +46,6 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="validate, build the model on the meta device, list data files (training: and estimate an "
                         "iteration's FLOPs and memory), and exit")
     return p
-
-
-def load_experiment(path: str, options: Sequence[str] = (), schema: type = ExperimentConfig) -> Any:
-    """Load, override and validate a config; import the plugins it lists first so their names resolve."""
-    raw, origins = load_config(path, options)
-    plugins = raw.get("plugins", [])
-    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} "
-                          f"(set in {origins.get('plugins')})")
-    load_plugin_modules(plugins)
-    return validate(raw, schema, origins)
-
-
-@dataclass
-class ModelFile:
-    """A file that holds a ``model:`` section alone: a converter's ``model.yaml``, a ``_base_`` to inherit."""
-    model: Part("model")
-    plugins: List[str] = field(default_factory=list)
-
-
-def load_model_file(path: str | Path, options: Sequence[str] = ()) -> Dict[str, Any]:
-    """The validated ``model:`` section of a model-only file."""
-    return load_experiment(str(path), options, ModelFile).model
 
 
 # parameters from which a model is a real one, not a CPU-sized test or demo (the demo's: under 10M; BLIP-2's
@@ -160,4 +136,21 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
               f"legitimately that slow",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def into_new_folder(out: Path, overwrite: bool, work: Callable[[], None]) -> int:
+    """Run ``work``, which writes into ``out``, as a command: ``out`` must be new or empty (else ``overwrite``);
+    a user error is printed (exit status 2) and the folder it created removed, so nothing half-done is left."""
+    fresh = not out.exists()
+    try:
+        if not fresh and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ConfigError(f"--out {out} exists and is not an empty folder: its files would be overwritten; "
+                              f"choose a new folder or pass --overwrite")
+        work()
+    except USER_ERRORS as e:
+        if fresh and out.exists():
+            shutil.rmtree(out)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -13,7 +13,7 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from framework import checkpoint, dist
-from framework.config import DatasetsOf, config_changes, to_yaml
+from framework.config import DatasetsOf, config_changes, load_config, to_yaml, validate
 from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
 from framework.data.loader import IterableMixture, Mixture, eval_loader, is_stream, stream_loader, train_loader
@@ -29,7 +29,7 @@ from framework.errors import ConfigError
 from framework.models.interfaces import CachesFeatures, ReadsFeatureCache
 from framework.logs import logger
 from framework.optim import OptimConfig
-from framework.registry import DATASETS, Length, Part, Range, build
+from framework.registry import DATASETS, Length, Part, Range, build, load_plugin_modules
 
 
 @dataclass
@@ -324,3 +324,25 @@ class ExperimentData:
         return {f"{entry}/{s}": eval_loader(self.build(entry, s), bs, self.cfg.num_workers, self.pin)
                 for entry, b in self.builders.items() for s in splits if b.has_split(s)}
 
+
+def load_experiment(path: str, options: Sequence[str] = (), schema: type = ExperimentConfig) -> Any:
+    """Load, override and validate a config; import the plugins it lists first so their names resolve."""
+    raw, origins = load_config(path, options)
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins: expected a list of module paths, got {plugins!r} "
+                          f"(set in {origins.get('plugins')})")
+    load_plugin_modules(plugins)
+    return validate(raw, schema, origins)
+
+
+@dataclass
+class ModelFile:
+    """A file that holds a ``model:`` section alone: a converter's ``model.yaml``, a ``_base_`` to inherit."""
+    model: Part("model")
+    plugins: List[str] = field(default_factory=list)
+
+
+def load_model_file(path: str | Path, options: Sequence[str] = ()) -> Dict[str, Any]:
+    """The validated ``model:`` section of a model-only file."""
+    return load_experiment(str(path), options, ModelFile).model

@@ -21,9 +21,9 @@ import torch
 
 from framework.api import load
 from framework.cli import pull_options
+from framework.data.images import batches, image_paths
 from framework.errors import USER_ERRORS, ConfigError
 from framework.logs import setup_console
-from framework.predict import batches, image_paths
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -11,9 +11,14 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+import yaml
+from omegaconf import OmegaConf
 from torch import nn
 
 from framework import checkpoint
+from framework.config import apply_options, resolve
+from framework.experiment import load_experiment, load_model_file
+from framework.registry import FORMATS
 from framework.models.build import build_model
 from framework.models.image_encoder import ImageEncoder
 
@@ -63,3 +68,37 @@ def check_builds(spec: Dict[str, Any]) -> nn.Module:
         if isinstance(module, ImageEncoder) and module.checkpoint:
             module.fitting_weights(module.checkpoint)
     return model
+
+
+def read_into_ours(source: str, src: Path, out: Path, options: List[str]) -> Path:
+    """``--from source --to ours``: convert, write ``model.yaml`` (``options`` applied), check it builds."""
+    converted: Converted = FORMATS.get(source)().read(src, out)
+    origins = {}
+    cfg = resolve(apply_options(OmegaConf.create({"model": converted.model}), options, origins), origins)
+    model_yaml = out / "model.yaml"
+    model_yaml.write_text(f"# converted from {src} by python -m framework.convert --from {source}\n"
+                          + yaml.safe_dump(cfg, sort_keys=False))
+    print(f"converted {src} -> {out}")
+    for part, n in converted.counts.items():
+        print(f"  {part:12s} {n:6d} tensors")
+    for reason in sorted(set(converted.left_out.values())):
+        keys = [k for k, r in converted.left_out.items() if r == reason]
+        print(f"  left out, {reason}: {len(keys)} keys ({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''})")
+    given = {o.split("=", 1)[0] for o in options}
+    needs = [n for n in converted.needs if n.split(":", 1)[0] not in given]
+    if any(n.startswith("model.llm.path") for n in needs):  # the model cannot be built without it
+        print(f"written, not yet checked: {model_yaml} needs\n  " + "\n  ".join(needs)
+              + "\nrerun with --options KEY=VALUE for each, or set them in your config")
+        return model_yaml
+    check_builds(load_model_file(model_yaml))
+    print(f"checked: {model_yaml} builds and every written file fits it")
+    for n in needs:
+        print(f"before use, set {n}")
+    print(f"use it: _base_: {model_yaml}")
+    return model_yaml
+
+
+def write_from_ours(target: str, experiment: str, out: Path, options: List[str]) -> None:
+    """``--from ours --to target``: build the experiment's model (``model.checkpoint`` loaded) and write it."""
+    exp = load_experiment(experiment, options)
+    FORMATS.get(target)().write(build_model(exp.model), exp.model, out)

@@ -17,51 +17,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from framework.api import Model, load
 from framework.cli import pull_options
-from framework.data.images import load_image
-from framework.errors import USER_ERRORS, ConfigError
+from framework.data.images import batches, image_paths
+from framework.errors import USER_ERRORS
 from framework.logs import setup_console
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-
-
-def image_paths(items: List[str]) -> List[Path]:
-    """Files as given; folders expanded to their image files, sorted. A folder with none is an error."""
-    out = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ConfigError(f"{p}: no image files in this folder (looked for "
-                                  f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-            out += found
-        else:
-            out.append(p)
-    return out
-
-
-def batches(paths: List[Path], processor: Callable, size: int, report: Callable[[Path, str], None]
-            ) -> Iterator[Tuple[List[Path], torch.Tensor]]:
-    """Processed images in batches of ``size``; an unreadable file is reported and skipped."""
-    done: List[Tuple[Path, torch.Tensor]] = []
-    for path in paths:
-        try:
-            done.append((path, processor(load_image(path))))
-        except Exception as e:  # PIL raises many types for unreadable files
-            report(path, f"cannot read image ({type(e).__name__}: {e})")
-            continue
-        if len(done) == size:
-            yield [p for p, _ in done], torch.stack([t for _, t in done])
-            done = []
-    if done:
-        yield [p for p, _ in done], torch.stack([t for _, t in done])
-
 
 class Predictor:
     """The commands over :func:`framework.load`'s model: images read and batched here, unreadable ones named."""

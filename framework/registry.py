@@ -138,7 +138,7 @@ DATASETS = Registry("dataset", injected=("entry",), reserved={"sample_ratio": (O
 PROCESSORS = Registry("processor")
 # foreign weight formats (LAVIS, transformers): python -m framework.convert --from NAME / --to NAME
 FORMATS = Registry("format")
-# released models by name (python -m framework.zoo): framework.zoo.ZooModel entries, data rather than callables,
+# released models by name (python -m framework.zoo): framework.released.ZooModel entries, data rather than callables,
 # so not among REGISTRIES (whose parts are built from config sections)
 ZOO = Registry("zoo model")
 LR_SCHEDULERS = Registry("lr_scheduler", injected=("base_lr", "total_iters", "iters_per_epoch"))
@@ -282,76 +282,3 @@ def build(kind: str, spec: Dict[str, Any], **extra: Any) -> Any:
         raise RegistryError(f"a {kind} section needs a 'name:' key; registered names: "
                             f"{', '.join(REGISTRIES[kind].names())}")
     return REGISTRIES[kind].get(name)(**args, **extra)
-
-
-def describe(kind: Optional[str] = None) -> str:
-    """Every registered part (of ``kind``, or of every kind) with its config keys, types and defaults: what
-    ``python -m framework.registry [kind]`` prints."""
-    from framework.config import signature_fields  # the config schema of a part, as validation reads it
-
-    discover_plugins()
-    if kind is not None and kind not in REGISTRIES:
-        raise RegistryError(f"no registry {kind!r}; the kinds: {', '.join(REGISTRIES)}")
-    lines = []
-    for k in [kind] if kind else list(REGISTRIES):
-        registry = REGISTRIES[k]
-        lines.append(f"{k} ({len(registry.names())} registered)")
-        for name in registry.names():
-            target = registry.get(name)
-            lines.append(f"  {name}    [{target.__module__.replace('.', '/')}.py]")
-            lines += _key_lines(signature_fields(target, registry.injected), "      ")
-    return "\n".join(lines)
-
-
-def _key_lines(fields: Dict[str, Any], indent: str) -> List[str]:
-    """``key: type = default`` per field; a section given by a dataclass (``qformer: QFormerArgs``) key by key."""
-    import dataclasses
-
-    from framework.config import dataclass_fields
-
-    out = []
-    for key, f in fields.items():
-        if dataclasses.is_dataclass(f.type):
-            out.append(f"{indent}{key}:")
-            out += _key_lines(dataclass_fields(f.type), indent + "  ")
-            continue
-        default = "required" if f.default is dataclasses.MISSING else f"= {f.default!r}"
-        out.append(f"{indent}{key}: {_type_text(f.type)} {default}")
-    return out
-
-
-def _type_text(tp: Any) -> str:
-    """A config key's type as a person reads it: ``int >= 1``, ``float in [0, 1) | None``, ``Part(llm)``."""
-    import typing
-
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Annotated:
-        marks = [m for m in args[1:] if isinstance(m, (Range, Length, PartOf))]
-        for m in marks:
-            if isinstance(m, PartOf):
-                return f"Part({m.kind})"
-        return " ".join([_type_text(args[0])] + [m.describe() for m in marks])
-    if origin is typing.Literal:
-        return "one of " + ", ".join(map(repr, args))
-    if origin is typing.Union or type(tp).__name__ == "UnionType":
-        return " | ".join("None" if a is type(None) else _type_text(a) for a in args)
-    if origin is not None:
-        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(a) for a in args)}]"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m framework.registry [kind]``."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        print(describe(argv[0] if argv else None))
-    except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    from framework import registry  # the module the plugins register into, not this __main__ copy of it
-
-    sys.exit(registry.main())

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 import torch
 from safetensors.torch import save_file
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.experiment import builders
 from framework.models.qformer import read_bert_folder
 

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.models.qformer import CrossAttention
 
 

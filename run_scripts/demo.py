@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.evaluate import main as evaluate_main
 from framework.experiment import builders
 from framework.train import main as train_main

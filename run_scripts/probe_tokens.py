@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.experiment import builders, seed_everything
 from framework.models.image_encoder import build_image_encoder
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.experiment import builders
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2; </s> starts (as OPT's tokenizer does) and ends a text

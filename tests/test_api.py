@@ -60,7 +60,7 @@ def test_a_run_folder_loads_its_best_weights_and_ranks(tmp_path: Path) -> None:
     trained = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
     k = "vision_proj.weight"
     assert torch.equal(model.module.state_dict()[k], trained[k])  # the run's weights, not a fresh build
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.experiment import seed_everything
     from framework.models.build import build_model
 

@@ -94,14 +94,14 @@ def test_a_mismatch_met_at_the_first_step_is_an_error_not_a_traceback(tmp_path: 
 
 
 def test_indexed_options_set_one_item_of_a_list(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
 
     cfg = write_yaml(tmp_path / "c.yaml", toy_config(tmp_path / "out", eval_splits=["val", "test"]))
     assert load_experiment(str(cfg), ["run.eval_splits[1]=train"]).run.eval_splits == ["val", "train"]
 
 
 def test_an_interpolation_resolves_across_base_files(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
 
     base = toy_config(tmp_path / "unused")
     base["run"]["output_dir"] = str(tmp_path / "runs") + "/${model.name}_${run.seed}"

@@ -27,7 +27,7 @@ def fresh_dynamo() -> Iterator[None]:
 
 
 def _stage1_losses_and_grads(tmp_path: Path, backend: str | None) -> Dict[str, torch.Tensor]:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model, compile_parts
 
     cfg = stage1_config(tmp_path, tmp_path / "out")

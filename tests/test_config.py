@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.config import load_config, to_plain
 from framework.errors import ConfigError
 from framework.train import main as train_main

@@ -36,7 +36,7 @@ SIZES = {"small": (256, 2, 128, 2, 64, 24), "mid": (384, 2, 192, 2, 64, 48)}
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_the_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak(size: str, tmp_path: Path) -> None:
     from benchmarks.peak_memory import measure
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.cost import step_cost
 
     cfg = _stage1(tmp_path, *SIZES[size])
@@ -49,7 +49,7 @@ def test_the_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak(size:
 
 
 def test_the_largest_batch_reproduces_the_estimate_at_that_batch(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.cost import step_cost
 
     exp = load_experiment(str(_stage1(tmp_path, *SIZES["small"])))
@@ -99,7 +99,7 @@ def test_the_dry_run_gives_flops_and_memory_of_a_real_size_config(cfg: str, vit:
 
 
 def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.cost import step_cost
 
     cfg = _stage1(tmp_path, *SIZES["small"])

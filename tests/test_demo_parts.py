@@ -83,7 +83,7 @@ def test_cross_attention_diagnosis_records_every_step_of_every_cross_attention(t
 def test_bert_vocab_keeps_the_tokens_the_shapes_text_uses_and_embeds_them_as_the_source(tmp_path: Path) -> None:
     """run_scripts/bert_vocab: an ordinary BERT folder the Q-Former loads, with only the tokens of the set's text;
     a text of the set embeds exactly as through the full vocabulary (the same rows, the same computation)."""
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model
     from run_scripts.bert_vocab import main as bert_vocab_main
     from stage1_helpers import stage1_config

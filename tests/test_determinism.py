@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import write_yaml
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.models.build import build_model
 from framework.data.loader import train_loader
 from framework.experiment import builders, mkl_reproducible

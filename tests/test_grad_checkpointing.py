@@ -13,7 +13,7 @@ from stage1_helpers import stage1_config, stage2_config
 
 
 def _loss_and_grads(cfg: dict, tmp_path: Path, name: str) -> Dict[str, torch.Tensor]:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model
 
     torch.manual_seed(0)

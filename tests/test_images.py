@@ -10,7 +10,7 @@ from PIL import Image
 from framework.data.datasets import CocoCaptionDataset
 from framework.data.images import load_image
 from framework.data.shards import open_image
-from framework.predict import batches
+from framework.data.images import batches
 
 
 def _awkward_files(folder: Path) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.errors import CheckpointError
 from framework.keys import KeyTable, fused
 from framework.models.build import build_model

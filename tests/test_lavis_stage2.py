@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from framework.cli import load_model_file
+from framework.experiment import load_model_file
 from framework.convert import main as convert_main
 from framework.models.build import build_model
 from framework.train import main as train_main

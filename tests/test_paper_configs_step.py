@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from framework import checkpoint
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.evaluate import main as evaluate_main
 from framework.models.build import build_model
 from framework.train import main as train_main

@@ -96,7 +96,7 @@ def _photo(path: Path, seed: int) -> None:
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny versions of every file the documents name, made once."""
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model
     from plugins.formats.lavis import ours_to_lavis
 

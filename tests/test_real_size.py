@@ -72,7 +72,7 @@ PAPER_DATA = ["coco_caption_shards", "vg_caption_shards", "cc3m", "cc12m", "sbu"
 
 @pytest.mark.parametrize("cfg", ["stage1_vitg.yaml", "stage1_vitl.yaml"] + [c for c, _, _ in TABLE2])
 def test_pretraining_configs_train_on_the_papers_data_in_proportion_to_size(cfg: str) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
 
     exp = load_experiment(str(REPO / "projects" / "blip2" / cfg))
     assert list(exp.datasets) == PAPER_DATA  # COCO, VG, CC3M, CC12M, SBU, LAION-115M; never the shapes

@@ -85,7 +85,7 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path: Path) -> None:
     other["model"]["image_encoder"]["width"] = 8
     other["model"]["checkpoint"] = str(out / "checkpoints" / "last.pt")
     with pytest.raises(CheckpointError) as e:
-        from framework.cli import load_experiment
+        from framework.experiment import load_experiment
         from framework.runner import Runner
 
         Runner(load_experiment(str(write_yaml(tmp_path / "b.yaml", other))))
@@ -125,7 +125,7 @@ def test_resume_from_another_models_checkpoint_fails_before_writing(tmp_path: Pa
 
 
 def test_frozen_parts_stay_in_eval_mode_and_out_of_the_checkpoint(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.runner import Runner
 
     cfg = toy_config(tmp_path / "out", max_iters=2)

@@ -10,7 +10,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.errors import ConfigError
 from framework.models.build import build_model
 from framework.train import main as train_main

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framework import checkpoint
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.config import to_plain
 from framework.errors import CheckpointError, ConfigError
 from framework.models.build import build_model

@@ -63,7 +63,7 @@ def test_an_unreadable_video_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_zero_shot_video_qa_runs_on_a_tiny_fixture(tmp_path: Path) -> None:
-    from framework.cli import load_experiment
+    from framework.experiment import load_experiment
     from framework.models.build import build_model
 
     root = _fixture(tmp_path / "clips")

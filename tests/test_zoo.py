@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.cli import load_experiment
+from framework.experiment import load_experiment
 from framework.convert import main as convert_main
 from framework.evaluate import main as evaluate_main
 from framework.models.build import build_model
 from framework.predict import main as predict_main
 from framework.registry import ZOO
-from framework.zoo import REPO
+from framework.released import REPO
 from framework.zoo import main as zoo_main
 
 from conftest import write_yaml

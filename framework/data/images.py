@@ -9,15 +9,19 @@ the same pixels in all of them.
 * grayscale, palette and CMYK images become RGB.
 
 LAVIS reads ``Image.open(path).convert("RGB")``: the same pixels for 8-bit RGB files without an EXIF orientation
-(all of COCO's annotated images as stored); see ``docs/fidelity.md``.
+(all of COCO's annotated images as stored); see ``docs/fidelity.md``. Also here: a command's image arguments
+(files and folders) as a list of files, and those files read and batched.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, Iterator, List, Tuple, Union
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+
+from framework.errors import ConfigError
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -34,3 +38,39 @@ def load_image(source: Union[str, Path, BinaryIO]) -> Image.Image:
         img = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
     return img.convert("RGB")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def image_paths(items: List[str]) -> List[Path]:
+    """Files as given; folders expanded to their image files, sorted. A folder with none is an error."""
+    out = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(f"{p}: no image files in this folder (looked for "
+                                  f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def batches(paths: List[Path], processor: Callable, size: int, report: Callable[[Path, str], None]
+            ) -> Iterator[Tuple[List[Path], torch.Tensor]]:
+    """Processed images in batches of ``size``; an unreadable file is reported and skipped."""
+    done: List[Tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            done.append((path, processor(load_image(path))))
+        except Exception as e:  # PIL raises many types for unreadable files
+            report(path, f"cannot read image ({type(e).__name__}: {e})")
+            continue
+        if len(done) == size:
+            yield [p for p, _ in done], torch.stack([t for _, t in done])
+            done = []
+    if done:
+        yield [p for p, _ in done], torch.stack([t for _, t in done])

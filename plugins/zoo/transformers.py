@@ -5,7 +5,7 @@ transformers runs them with no prompt, as they are prepared here."""
 from __future__ import annotations
 
 from framework.registry import ZOO
-from framework.zoo import Source, ZooModel
+from framework.released import Source, ZooModel
 from plugins.zoo.lavis import EVALUATIONS, HF_NAMES, PAPER
 
 for _lavis_name, _hf_name in HF_NAMES.items():
