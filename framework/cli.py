@@ -10,7 +10,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from framework import dist
+from framework import dist, resources
 from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
@@ -77,8 +77,8 @@ def dry_run(exp: ExperimentConfig, cost: bool = False) -> None:
     if generated and size >= REAL_SIZE:
         print(f"WARNING: a real-size model ({size / 1e6:,.0f}M parameters) with generated data: "
               f"{', '.join(f'datasets.{e}' for e in generated)}. Synthetic images teach a model of this size "
-              f"nothing useful; the paper's data is in projects/blip2/pretrain_data.yaml, your own in a "
-              f"records entry (docs/recipes/)")
+              f"nothing useful; name real data sets (the entries of {resources.root() / 'datasets_cfg'}) or your "
+              f"own (docs/recipes/)")
 
 
 
@@ -114,11 +114,12 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
     args.options = options
     setup_console()
     try:
+        args.cfg = str(resources.find_config(args.cfg))
         if Path(args.cfg).is_dir():
             args.cfg, args.options = run_folder(Path(args.cfg), args.options, weights_from_run)
         if not Path(args.cfg).is_file():
-            raise ConfigError(f"--cfg {args.cfg}: no such file (give the path of an experiment YAML, "
-                              f"e.g. projects/blip2/demo/stage1.yaml, or a run folder)")
+            raise ConfigError(f"--cfg {args.cfg}: no such file (give the path of an experiment YAML or a run "
+                              f"folder; the shipped experiments are under {resources.root() / 'projects'})")
         exp = load_experiment(args.cfg, args.options)
         if args.dry_run:
             dry_run(exp, cost=not getattr(args, "no_cost", True))

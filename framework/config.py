@@ -28,12 +28,9 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework import resources
 from framework.errors import ConfigError, RegistryError
 from framework.registry import REGISTRIES, Length, PartOf, Range
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATASETS_CFG_DIR = REPO_ROOT / "datasets_cfg"
-
 
 def _package_dir(name: str) -> str:
     """``${pkg:name}``: the folder of an installed Python package (for files shipped inside packages)."""
@@ -324,7 +321,7 @@ class _Validator:
         return {name: self.dataset_entry(name, entry or {}, f"{path}.{name}") for name, entry in value.items()}
 
     def dataset_entry(self, name: str, entry: Dict[str, Any], path: str) -> Dict[str, Any]:
-        cfg_file = DATASETS_CFG_DIR / f"{name}.yaml"
+        cfg_file = resources.root() / "datasets_cfg" / f"{name}.yaml"
         if cfg_file.is_file():
             sub_origins: Origins = {}
             defaults = resolve(load_file(cfg_file, sub_origins), sub_origins)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from framework import checkpoint, dist
+from framework import checkpoint, dist, resources
 from framework.config import DatasetsOf, config_changes, load_config, to_yaml, validate
 from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
@@ -240,8 +240,9 @@ class ExperimentData:
 
     def __init__(self, exp: ExperimentConfig, pin_memory: bool = False) -> None:
         if not exp.datasets:
-            raise ConfigError("datasets: no data set is named; add an entry of datasets_cfg/ (e.g. datasets: "
-                              "{shapes_caption: {}}) or your own (builder: records)")
+            raise ConfigError(f"datasets: no data set is named; add an entry named after a file of "
+                              f"{resources.root() / 'datasets_cfg'} (datasets: {{NAME: {{}}}}) or your own "
+                              f"(docs/recipes/)")
         self.exp, self.cfg, self.pin = exp, exp.run, pin_memory
         self.builders = builders(exp)
         self.splits = list(dict.fromkeys(self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits))

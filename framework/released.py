@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from framework import resources
 from framework.errors import ConfigError
 from framework.registry import ZOO
 
-# where an entry's evaluation config (a path under the repository, e.g. projects/blip2/eval/...) is found
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,8 @@ def prepare(name: str, sources: List[str], out: Path, options: List[str] = (),
 
     entry: ZooModel = ZOO.get(name)
     paths = _sources(entry, name, list(sources))
-    evaluation = evaluation or (str(REPO / entry.evaluation) if entry.evaluation else None)
+    # an entry names its evaluation config under the shipped projects/ (framework.resources)
+    evaluation = evaluation or (str(resources.root() / entry.evaluation) if entry.evaluation else None)
     if evaluation and not Path(evaluation).is_file():
         raise ConfigError(f"the evaluation config {evaluation} does not exist (it comes with the repository's "
                           f"projects/ folder); pass --evaluation CONFIG")

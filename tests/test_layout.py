@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 from framework.parts import main as parts_main
@@ -140,3 +143,57 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
         if v not in index:
             visit(v)
     assert cycles == []
+
+
+def test_every_shipped_config_is_installed_by_pyproject() -> None:
+    """A plain ``pip install .`` carries datasets_cfg/ and projects/ as data files (``framework/resources.py``
+    finds them): every file in them must match a ``[tool.setuptools.data-files]`` pattern of its folder."""
+    import fnmatch
+    import tomllib
+
+    data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    patterns = [p for ps in data_files.values() for p in ps]
+    shipped = [f.relative_to(REPO).as_posix() for d in ("datasets_cfg", "projects") for f in (REPO / d).rglob("*")
+               if f.is_file()]
+    assert shipped and [f for f in shipped if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/")
+                                                      for p in patterns)] == []
+    for target, ps in data_files.items():  # each pattern lands in the same folder under share/blip2-framework
+        assert all(target == "share/blip2-framework/" + p.rsplit("/", 1)[0] for p in ps), target
+
+
+@pytest.mark.slow
+def test_a_plain_pip_install_runs_the_readme_dry_run_from_another_folder(tmp_path: Path) -> None:
+    """``pip install .`` (not editable) into a fresh venv, then ``python -m framework.train --cfg
+    projects/blip2/stage1_vitg.yaml --dry-run`` in an empty folder: the package, its plugins and the shipped
+    configs all come from the install, none from this checkout. The venv reaches this one's site-packages for
+    torch and the rest (a .pth line), so nothing is downloaded but the build backend."""
+    import shutil
+    import sysconfig
+
+    src = tmp_path / "src"  # a copy: pip builds in the source tree and would leave build/ in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "framework", "plugins", "datasets_cfg", "projects"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    python = str(venv / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BLIP2_ROOT")}
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(src)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert install.returncode == 0, install.stderr[-3000:]
+    shutil.rmtree(src)  # nothing may be read from the source tree any more
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([python, "-c", "import framework, plugins; print(framework.__file__, plugins.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout
+    assert where.count(str(site)) == 2, where
+    dry = subprocess.run([python, "-m", "framework.train", "--cfg", "projects/blip2/stage1_vitg.yaml", "--dry-run",
+                          "--no-cost"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "config OK. model 'blip2_qformer'" in dry.stdout and "total            1,172,599,998" in dry.stdout
+    assert "coco_caption_shards: train shards (114 files" in dry.stdout  # datasets_cfg/ read from the install

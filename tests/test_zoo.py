@@ -15,10 +15,9 @@ from framework.evaluate import main as evaluate_main
 from framework.models.build import build_model
 from framework.predict import main as predict_main
 from framework.registry import ZOO
-from framework.released import REPO
 from framework.zoo import main as zoo_main
 
-from conftest import write_yaml
+from conftest import REPO, write_yaml
 from stage1_helpers import stage2_config
 from test_api import _photo
 from test_convert import _tiny_hf_blip2
