@@ -159,3 +159,17 @@ def test_a_plugins_frozen_encoder_of_its_own_class_is_held_in_eval_mode_too(monk
     assert not any(p.requires_grad for p in enc.parameters())
     x = torch.randn(2, 3, 4, 4)
     assert torch.equal(enc(x), enc(x))  # no dropout in training
+
+
+@pytest.mark.parametrize("name", ["eva_vit_g", "clip_vit_l"])
+def test_layer_ids_for_layer_decay_come_from_the_encoder(name: str) -> None:
+    """Layer-wise lr decay reads each parameter's layer from the encoder part (timm's ``group_matcher``, as its
+    own optimisers do): 0 the embeddings (with CLIP's pre-norm), i + 1 block i; the BLIP-2 model puts everything
+    outside the encoder above the last block."""
+    enc = IMAGE_ENCODERS.get(name)(**TINY, freeze=False)
+    assert enc.num_layers == TINY["depth"]
+    ids = {n: enc.layer_id(n) for n, _ in enc.named_parameters()}
+    assert {n for n, i in ids.items() if i == 0} == {n for n in ids if n.split(".")[1] in (
+        "cls_token", "pos_embed", "patch_embed", "norm_pre")}
+    assert all(i == int(n.split(".")[2]) + 1 for n, i in ids.items() if n.startswith("vit.blocks."))
+    assert set(ids.values()) == set(range(TINY["depth"] + 1))  # nothing after the blocks: the final norm is gone

@@ -1,7 +1,6 @@
 """What stage 1 and stage 2 BLIP-2 share: frozen image encoder -> ``ln_vision`` -> Q-Former, and its tokenizer."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -104,16 +103,14 @@ class Blip2Base(nn.Module):
     def num_layers(self) -> int:
         """Blocks of the image encoder: ``run.optimizer.layer_decay`` decays their lr (LAVIS's lr_layer_decay
         when the ViT is fine-tuned); the Q-Former and heads train at the full lr."""
-        return len(getattr(getattr(self.image_encoder, "vit", None), "blocks", []))
+        return getattr(self.image_encoder, "num_layers", 0)
 
     def layer_id(self, name: str) -> int:
-        """0: the encoder's embeddings; i + 1: its block i; ``num_layers`` + 1: everything else."""
-        if not name.startswith("image_encoder."):
-            return self.num_layers + 1
-        m = re.match(r"image_encoder\.vit\.blocks\.(\d+)\.", name)
-        if m:
-            return int(m.group(1)) + 1
-        return 0 if re.match(r"image_encoder\.vit\.(cls_token|pos_embed|patch_embed)", name) else self.num_layers + 1
+        """The image encoder's own layer of its parameters (its ``layer_id``); ``num_layers`` + 1: the rest."""
+        prefix = "image_encoder."
+        if name.startswith(prefix) and hasattr(self.image_encoder, "layer_id"):
+            return self.image_encoder.layer_id(name[len(prefix):])
+        return self.num_layers + 1
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""

@@ -115,6 +115,7 @@ class ImageEncoder(FreezablePart):
                               f"{sizes['patch_size']}")
         self.image_size, self.num_features, self.frozen, self.cached = image_size, sizes["width"], freeze, cached
         self.checkpoint, self.depth = None if cached else checkpoint, sizes["depth"]
+        self._layer_ids: Optional[Dict[str, int]] = None  # parameter name -> layer, made on first use
         self.cache_dir = Path(cache_dir or os.environ.get("BLIP2_CACHE", "~/.cache/blip2_framework")).expanduser() \
             / "features"
         self.num_tokens = (image_size // sizes["patch_size"]) ** 2 + 1
@@ -145,6 +146,21 @@ class ImageEncoder(FreezablePart):
 
     def key_map(self, depth: int) -> KeyMap:
         raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer blocks, for layer-wise lr decay (``run.optimizer.layer_decay``); none when cached."""
+        return 0 if self.vit is None else len(self.vit.blocks)
+
+    def layer_id(self, name: str) -> int:
+        """The layer of parameter ``name`` (relative to this encoder) for layer-wise lr decay, by timm's own
+        grouping of the ViT (``group_matcher``): 0 the embeddings, i + 1 block i, ``num_layers`` + 1 the rest."""
+        if self._layer_ids is None:
+            from timm.models import group_parameters
+
+            groups = group_parameters(self.vit, self.vit.group_matcher(coarse=False))
+            self._layer_ids = {f"vit.{n}": min(i, self.num_layers + 1) for i, names in groups.items() for n in names}
+        return self._layer_ids.get(name, self.num_layers + 1)
 
     def fingerprint(self, image_processors: Any) -> Dict[str, Any]:
         """What a cache of this encoder's tokens depends on: architecture, weights file, precision, and the image
