@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
 from framework.experiment import ExperimentConfig
+from framework.models.interfaces import HasExampleBatch, require
 from framework.models.build import build_model
 from framework.optim import build_optimizer
 from framework.registry import build
@@ -91,20 +92,6 @@ def _fake_parameters(model: nn.Module, mode) -> None:
                         fake = torch.empty(t.shape, dtype=dtype)
                         made[id(t)] = nn.Parameter(fake, t.requires_grad) if isinstance(t, nn.Parameter) else fake
                     store[name] = made[id(t)]
-
-
-def _batch(model: nn.Module, batch_size: int, text_tokens: int, mode) -> Dict[str, Any]:
-    encoder = getattr(model, "image_encoder", None)
-    size = getattr(encoder, "image_size", 224)
-    with mode:
-        if getattr(encoder, "cached", False):  # the frozen-feature cache: the batch holds the encoder's tokens
-            images = torch.empty(batch_size, encoder.num_tokens, encoder.num_features, dtype=torch.bfloat16)
-        else:
-            images = torch.empty(batch_size, 3, size, size)
-        image_ids = torch.arange(batch_size)  # every sample its own image (use_image_ids)
-    text = " ".join(["w"] * text_tokens)
-    # a batch as the collate function gives it (what the tasks and models read)
-    return dict(image=images, text_input=[text] * batch_size, prompt=[""] * batch_size, image_id=image_ids)
 
 
 class Meter(TorchDispatchMode):
@@ -177,6 +164,7 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
     batch_size = batch_size or exp.run.batch_size
     with torch.device("meta"):
         model = build_model(exp.model)
+    require(model, HasExampleBatch, "the cost estimate (--dry-run)", "or pass --no-cost")
     text_tokens = max(1, getattr(model, "max_txt_len", 32) - 2)
     tokenizer = _stand_in_tokenizer(text_tokens)
     for module in model.modules():  # on meta nothing was read: give every part a tokenizer, decoder-only an end
@@ -195,7 +183,7 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
     with mode:
         model.train()
         optimizer = build_optimizer(model, exp.run.optimizer)
-        batch = _batch(model, batch_size, text_tokens, mode)
+        batch = model.example_batch(batch_size, text_tokens)
         meter = Meter()
         for t in list(model.parameters()) + list(model.buffers()) + [batch["image"]]:
             meter.add(t)

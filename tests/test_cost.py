@@ -107,3 +107,19 @@ def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) 
     cached = step_cost(load_experiment(str(cfg), ["model.image_encoder.cached=true"]))
     assert cached.weights_bytes < images.weights_bytes  # the ViT is not built
     assert cached.flops < images.flops and cached.trainable_bytes == images.trainable_bytes
+
+
+def test_a_model_that_does_not_say_what_its_batch_holds_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The cost estimate runs a training step on the batch the model describes (``example_batch``): the framework
+    names no batch key. A model without it gets a clear error, and ``--no-cost`` still dry-runs it."""
+    import toy_plugins
+    from framework.train import main as train_main
+
+    from conftest import toy_config, write_yaml
+
+    monkeypatch.delattr(toy_plugins.ToyCaptioner, "example_batch")
+    cfg = write_yaml(tmp_path / "c.yaml", toy_config(tmp_path / "out"))
+    assert train_main(["--cfg", str(cfg), "--dry-run"]) == 2
+    assert ("the cost estimate (--dry-run) needs a model with example_batch() (or pass --no-cost); ToyCaptioner "
+            "has none") in capsys.readouterr().err
+    assert train_main(["--cfg", str(cfg), "--dry-run", "--no-cost"]) == 0

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework import dist
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
+from framework.models.image_encoder import example_images
 from framework.registry import DATASETS, MODELS, PROCESSORS, TASKS, Part, build
 from framework.task import Task
 from plugins.models.dual_encoder import hash_tokens
@@ -37,6 +38,10 @@ class ToyCaptioner(nn.Module):
         self.vocab, self.nan_at_step, self.sleep_s, self.log_keys = vocab, nan_at_step, sleep_s, log_keys
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.stop_rank_at_step = stop_rank_at_step  # [rank, step]: that rank stops itself (SIGSTOP), as a hung one
+
+    def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        return dict(image=example_images(self.image_encoder, batch_size),
+                    text_input=[" ".join(["w"] * text_tokens)] * batch_size)
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         if self.sleep_s:

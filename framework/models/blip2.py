@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from framework.errors import NotABertCheckpoint
 from framework.logs import logger
 from framework.models.build import building_on_meta
 from framework.models.qformer import QFormer, QFormerSizes, load_bert
-from framework.models.image_encoder import build_image_encoder
+from framework.models.image_encoder import build_image_encoder, example_images
 from framework.registry import Part
 
 
@@ -111,6 +111,13 @@ class Blip2Base(nn.Module):
         if name.startswith(prefix) and hasattr(self.image_encoder, "layer_id"):
             return self.image_encoder.layer_id(name[len(prefix):])
         return self.num_layers + 1
+
+    def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        """What the BLIP-2 tasks' training batches hold (:class:`framework.models.interfaces.HasExampleBatch`):
+        images (or, with the feature cache, the encoder's tokens), captions, prompts, one image id per sample."""
+        text = " ".join(["w"] * text_tokens)
+        return dict(image=example_images(self.image_encoder, batch_size), text_input=[text] * batch_size,
+                    prompt=[""] * batch_size, image_id=torch.arange(batch_size))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""

@@ -42,6 +42,15 @@ def build_image_encoder(spec: Dict[str, Any]) -> nn.Module:
     return encoder
 
 
+def example_images(encoder: nn.Module, batch_size: int) -> torch.Tensor:
+    """What a batch's ``image`` holds for ``encoder`` (a model's ``example_batch``): images of its size (224 if it
+    declares none) or, from the feature cache, its tokens."""
+    if getattr(encoder, "cached", False):
+        return torch.empty(batch_size, encoder.num_tokens, encoder.num_features, dtype=torch.bfloat16)
+    size = getattr(encoder, "image_size", 224)
+    return torch.empty(batch_size, 3, size, size)
+
+
 def exact_mlp_ratio(mlp_dim: int, width: int) -> float:
     """The ``mlp_ratio`` for timm that builds exactly ``mlp_dim`` hidden units: timm takes ``int(width * ratio)``,
     and ``mlp_dim / width`` can land a hair below (44 x (120 / 44) = 119.99...: 119 units, and a checkpoint of 120

@@ -107,6 +107,17 @@ class Matchable(Protocol):
         ``image_tokens`` of batch 1: that image against each of the B texts (re-ranking groups pairs by image)."""
 
 
+@runtime_checkable
+class HasExampleBatch(Protocol):
+    """A model that says what its training batch holds: the dry run's cost estimate (:mod:`framework.cost`) runs
+    one training step on it, so the framework names no batch key itself."""
+
+    def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        """A batch as the collate function gives it, of ``batch_size`` samples with texts of ``text_tokens`` tokens:
+        the tensors of the right shapes (values unimportant), the strings as lists. Called under the estimate's
+        fake-tensor mode, so tensors made here cost nothing."""
+
+
 def missing(obj: Any, contract: type) -> List[str]:
     """The members of ``contract`` that ``obj`` lacks (empty: it fulfils it)."""
     if isinstance(obj, contract):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.models.image_encoder import build_image_encoder
+from framework.models.image_encoder import build_image_encoder, example_images
 from framework.registry import MODELS, Part
 
 
@@ -34,6 +34,11 @@ class AttributeClassifier(nn.Module):
         """[B, num_slots, num_classes]"""
         pooled = self.norm(self.image_encoder(images).float())[:, 0]
         return self.head(pooled).view(-1, self.num_slots, self.num_classes)
+
+    def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        """A training batch's shape, for the dry run's cost estimate."""
+        return dict(image=example_images(self.image_encoder, batch_size),
+                    labels=torch.zeros(batch_size, self.num_slots, dtype=torch.long))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return {"loss": F.cross_entropy(self.logits(batch["image"]).flatten(0, 1), batch["labels"].flatten())}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.models.image_encoder import build_image_encoder
+from framework.models.image_encoder import build_image_encoder, example_images
 from framework.registry import MODELS, Part
 
 
@@ -59,6 +59,11 @@ class DualEncoder(nn.Module):
         mask = (ids > 0).unsqueeze(-1).float()
         pooled = (self.word_embed(ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        """A training batch's shape, for the dry run's cost estimate."""
+        return dict(image=example_images(self.image_encoder, batch_size),
+                    text_input=[" ".join(["w"] * text_tokens)] * batch_size, image_id=torch.arange(batch_size))
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         img = self.image_features(batch["image"])
