@@ -42,7 +42,11 @@ def _json(source: Any) -> Any:
     return json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source
 
 
-class _Base(Dataset):
+class ImageTextDataset(Dataset):
+    """The base of the map-style data sets (a plugin's own included): ``samples`` (one dict each), images read
+    from ``image_root`` with :func:`framework.data.images.load_image` and the image processors, or, where a frozen
+    encoder's features are cached, its tokens; texts through the text processors."""
+
     feature_cache: Any = None  # a FeatureCache: image() gives the frozen encoder's cached tokens instead
 
     def __init__(self, image_root: Path, image_proc: Optional[Pipeline], text_proc: Optional[Pipeline]) -> None:
@@ -64,7 +68,7 @@ class _Base(Dataset):
         return self.text_proc(s) if self.text_proc else s
 
 
-class CocoCaptionDataset(_Base):
+class CocoCaptionDataset(ImageTextDataset):
     """COCO caption JSON (``images`` + ``annotations``). Training: one sample per caption; evaluation: one per
     image with every reference caption."""
 
@@ -92,7 +96,7 @@ class CocoCaptionDataset(_Base):
         return out
 
 
-class VQADataset(_Base):
+class VQADataset(ImageTextDataset):
     """VQAv2 question + annotation JSON; ``image_file(image_id)`` names an image relative to ``image_root``."""
 
     def __init__(self, question_file: Source, ann_file: Optional[Source], image_root: Path,
@@ -115,7 +119,7 @@ class VQADataset(_Base):
                 "answer_type": s["answer_type"]}
 
 
-class RetrievalDataset(_Base):
+class RetrievalDataset(ImageTextDataset):
     """Karpathy-style retrieval JSON: a list of ``{image, image_id, caption: [..]}``. Training: one sample per
     caption; evaluation: the images here, the texts in ``self.texts`` with ``txt2img`` / ``img2txt`` maps."""
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from framework import dist
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
-from framework.data.datasets import _Base
+from framework.data.datasets import ImageTextDataset
 from framework.errors import BadDataError, MissingDataError
 from framework.logs import logger
 from framework.registry import DATASETS, Range
@@ -138,7 +138,7 @@ def _image_problem(path: Path) -> Optional[str]:
     return None
 
 
-class RecordDataset(_Base):
+class RecordDataset(ImageTextDataset):
     """Samples as the COCO caption / VQAv2 datasets give them (``text_input`` or ``captions``; ``question``,
     ``answers``), so every task reads them unchanged."""
 
