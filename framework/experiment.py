@@ -233,31 +233,45 @@ def claim_evaluation(out: Path, model_checkpoint: Optional[str], overwrite: bool
     return target
 
 
+def prepare_data(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
+    """A builder per ``datasets:`` entry, its files checked (or generated) for the run's splits: done before any
+    model is built, so missing data fails in seconds, not after loading an LLM."""
+    if not exp.datasets:
+        raise ConfigError(f"datasets: no data set is named; add an entry named after a file of "
+                          f"{resources.root() / 'datasets_cfg'} (datasets: {{NAME: {{}}}}) or your own "
+                          f"(docs/recipes/)")
+    found = builders(exp)
+    for b in found.values():
+        b.prepare(run_splits(exp.run))
+    return found
+
+
+def run_splits(cfg: RunConfig) -> List[str]:
+    """The splits a run reads: training, evaluation and test, each once."""
+    return list(dict.fromkeys(cfg.train_splits + cfg.eval_splits + cfg.test_splits))
+
+
 class ExperimentData:
-    """The experiment's data: a builder per ``datasets:`` entry, its files checked (or generated) on construction,
-    before any model is built; then the data sets per split, reading the frozen-feature caches once the model is
-    known (:meth:`read_caches`), and the training and evaluation loaders."""
+    """The experiment's data for a built model: the data sets per split (reading the frozen-feature caches where
+    a part of ``model`` reads cached features), the training and evaluation loaders. ``prepared``: the checked
+    builders of :func:`prepare_data`."""
 
-    def __init__(self, exp: ExperimentConfig, pin_memory: bool = False) -> None:
-        if not exp.datasets:
-            raise ConfigError(f"datasets: no data set is named; add an entry named after a file of "
-                              f"{resources.root() / 'datasets_cfg'} (datasets: {{NAME: {{}}}}) or your own "
-                              f"(docs/recipes/)")
+    def __init__(self, exp: ExperimentConfig, prepared: Dict[str, DatasetBuilder], model: nn.Module,
+                 pin_memory: bool = False) -> None:
         self.exp, self.cfg, self.pin = exp, exp.run, pin_memory
-        self.builders = builders(exp)
-        self.splits = list(dict.fromkeys(self.cfg.train_splits + self.cfg.eval_splits + self.cfg.test_splits))
-        for b in self.builders.values():
-            b.prepare(self.splits)
-        self.caches: Dict[tuple, Any] = {}
+        self.builders = prepared
+        self.splits = run_splits(exp.run)
+        self.caches: Dict[tuple, Any] = self._open_caches(model)
 
-    def read_caches(self, model: nn.Module) -> None:
-        """Open, per (entry, split), the frozen-feature cache each data set reads, when a part of the model reads cached
+    def _open_caches(self, model: nn.Module) -> Dict[tuple, Any]:
+        """Per (entry, split), the frozen-feature cache its data set reads, when a part of the model reads cached
         features (``cached: true``); refused, with the reason, where a cache cannot stand in for the images."""
         readers = [m for m in model.modules() if isinstance(m, CachesFeatures) and m.cached]
         if not readers:
-            return
+            return {}
         enc = readers[0]
         make = "python -m framework.cache_features --cfg <this experiment's config>"
+        caches = {}
         for entry, b in self.builders.items():
             for split in self.splits:
                 if not b.has_split(split):
@@ -270,7 +284,8 @@ class ExperimentData:
                                       f"image. Give it fixed processing (datasets.{entry}.processors.train.image: "
                                       f"[resize, normalize]) or set model.image_encoder.cached: false")
                 fp = enc.fingerprint(b.image_processor_specs(split))
-                self.caches[(entry, split)] = open_cache(cache_folder(enc.cache_dir, entry, split), fp, where, make)
+                caches[(entry, split)] = open_cache(cache_folder(enc.cache_dir, entry, split), fp, where, make)
+        return caches
 
     def build(self, entry: str, split: str) -> Dataset:
         """The data set of ``entry``/``split``, reading its feature cache when the model reads cached features."""

@@ -19,7 +19,7 @@ from framework.config import to_yaml
 from framework.data.loader import is_stream, set_position, set_stream_position
 from framework.errors import ConfigError, NonFiniteLossError
 from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
-                                  run_device, seed_everything, set_determinism)
+                                  prepare_data, run_device, seed_everything, set_determinism)
 from framework.logs import RunLog, console_has_bar, logger, truncate_after
 from framework.models.build import build_model, compile_parts, parameter_table
 from framework.optim import build_optimizer, build_schedule, set_lr
@@ -43,11 +43,12 @@ class Runner:
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
         self.out = Path(self.cfg.output_dir)
         check_writable(self.out)
-        self.data = ExperimentData(exp, pin_memory=self.device.type == "cuda")  # pinned: the copy overlaps the step
+        prepared = prepare_data(exp)  # data files checked before the model is built
         seed_everything(self.cfg.seed)  # same init on every rank
         self.task: Task = build("task", exp.task)
         self.model: nn.Module = build_model(exp.model).to(self.device)
-        self.data.read_caches(self.model)
+        # pinned: the copy overlaps the step
+        self.data = ExperimentData(exp, prepared, self.model, pin_memory=self.device.type == "cuda")
         if self.cfg.compile:
             compile_parts(self.model, self.cfg.compile_backend)
         seed_everything(self.cfg.seed + dist.rank())
@@ -247,11 +248,10 @@ class Runner:
         self.model.eval()
         metrics: Dict[str, float] = {}
         for name, loader in loaders.items():
-            self.task.prediction_file = self.out / "predictions" / f"{name.replace('/', '_')}_iter{self.it}.json"
+            written = self.out / "predictions" / f"{name.replace('/', '_')}_iter{self.it}.json"
             with self._autocast():
-                result = self.task.evaluate(self.model, loader)
+                result = self.task.evaluate(self.model, loader, written)
             metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})
-            written = self.task.prediction_file
             if dist.is_main() and written.is_file():  # a few predictions beside the curves, to read
                 samples = json.loads(written.read_text())[:5]
                 self.log.text(f"predictions/{name}", "\n".join(json.dumps(r) for r in samples), self.it)

@@ -22,27 +22,28 @@ class Task:
 
     best_metric: str = "loss"
     best_mode: str = "min"
-    # where evaluate() writes its predictions; set by the runner before each evaluation (None: not written)
-    prediction_file: Optional[Path] = None
 
     def require(self, model: nn.Module, contract: type, kind: str) -> None:
         """Fail clearly when ``model`` lacks what this task calls (a contract of
         :mod:`framework.models.interfaces`, e.g. ``Generative`` of a stage-1 model)."""
         require(model, contract, f"task {type(self).__name__}", kind)
 
-    def save_predictions(self, records: List[Dict[str, Any]]) -> None:
-        """Write predictions (official result format) to ``prediction_file``, once, from rank 0."""
-        if self.prediction_file is None or not dist.is_main():
+    @staticmethod
+    def save_predictions(records: List[Dict[str, Any]], path: Optional[Path]) -> None:
+        """Write predictions (official result format) to ``path``, once, from rank 0 (None: not written)."""
+        if path is None or not dist.is_main():
             return
-        self.prediction_file.parent.mkdir(parents=True, exist_ok=True)
-        self.prediction_file.write_text(json.dumps(records, indent=1) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=1) + "\n")
 
     def train_step(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss terms of one micro-batch; ``loss`` is the one back-propagated, the others are logged."""
         return model(batch)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
-        """Metrics over the whole split. Under torchrun every rank calls this on its share of ``loader`` and
-        must return the same, gathered, numbers (see :func:`framework.dist.all_gather_objects`)."""
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
+        """Metrics over the whole split; a task that predicts writes its predictions to ``predictions`` (the
+        runner gives one file per split and evaluation; None: not written). Under torchrun every rank calls this on
+        its share of ``loader`` and must return the same, gathered, numbers (see
+        :func:`framework.dist.all_gather_objects`)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")

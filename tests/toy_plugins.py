@@ -70,7 +70,7 @@ class ToyTask(Task):
     best_metric, best_mode = "loss", "min"
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         total, n = 0.0, 0
         for batch in loader:
             batch = {**batch, "text_input": [c[0] for c in batch["captions"]]}

@@ -7,6 +7,7 @@ Predictions are written in the official result format (``[{"image_id", "caption"
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -72,7 +73,7 @@ class Captioning(Task):
         return model({**batch, "prompt": [self.prompt] * len(batch["image"])})
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         self.require(model, Generative, "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local_preds, local_refs, local_domains = {}, {}, {}
@@ -83,7 +84,7 @@ class Captioning(Task):
             local_refs.update(zip(ids, batch["captions"]))
             local_domains.update(zip(ids, batch.get("domain") or [""] * len(ids)))
         preds, refs, domains = (dist.gather_dict(d) for d in (local_preds, local_refs, local_domains))
-        self.save_predictions([{"image_id": i, "caption": c} for i, c in sorted(preds.items())])
+        self.save_predictions([{"image_id": i, "caption": c} for i, c in sorted(preds.items())], predictions)
         metrics = caption_metrics(refs, preds)
         for domain in sorted({d for d in domains.values() if d}):  # NoCaps: in-, near-, out-domain CIDEr
             mine = {i: r for i, r in refs.items() if domains[i] == domain}

@@ -2,7 +2,8 @@
 each objective and the ITC retrieval recall; the best checkpoint is chosen by the ITC mean recall."""
 from __future__ import annotations
 
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class Pretrain(Retrieval):
         self.eval_seed = eval_seed
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         metrics = super().evaluate(model, loader)
         data = loader.dataset
         device = next(model.parameters()).device

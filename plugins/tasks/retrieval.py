@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -156,7 +157,7 @@ class Retrieval(Task):
         self.itm_batch_size, self.chunk_size = itm_batch_size, chunk_size
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         data = loader.dataset
         lacks = missing(data, RetrievalSplit)
         if lacks:

@@ -1,7 +1,8 @@
 """``slot_classification``: several labelled slots per image, one class each (the data's ``labels``)."""
 from __future__ import annotations
 
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ class SlotClassification(Task):
     best_mode = "max"
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         device = next(model.parameters()).device
         local = {}
         for batch in loader:

@@ -10,6 +10,7 @@ after the same normalisation. Predictions go to ``<output_dir>/predictions`` as 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
@@ -132,7 +133,7 @@ class VQA(Task):
         return model({**batch, "prompt": [self.prompt_template.format(q) for q in batch["question"]], "text_input": answers})
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> Dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
         self.require(model, Generative, "a generative model such as blip2_generative")
         device = next(model.parameters()).device
         local = {}
@@ -145,7 +146,7 @@ class VQA(Task):
             for qid, ans, gts, kind in zip(batch["question_id"].tolist(), answers, batch["answers"], types):
                 local[qid] = (ans, gts, kind)
         merged = dist.gather_dict(local)
-        self.save_predictions([{"question_id": q, "answer": a} for q, (a, _, _) in sorted(merged.items())])
+        self.save_predictions([{"question_id": q, "answer": a} for q, (a, _, _) in sorted(merged.items())], predictions)
         return self.score(list(merged.values()))
 
     def score(self, results: List[Tuple[str, List[str], str]]) -> Dict[str, float]:
