@@ -7,7 +7,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -140,6 +140,13 @@ class Runner:
         bar = tqdm(total=total, initial=self.it, desc="train", disable=not (dist.is_main() and console_has_bar()),
                    dynamic_ncols=True, mininterval=0.5)
         profiler = self._profiler()
+        # what follows each step, in order, given the step's record: progress and log, the profiler, evaluation
+        # and checkpoints
+        after_step: List[Callable[[Dict[str, Any]], None]] = [lambda record: self._log_step(record, bar)]
+        if profiler is not None:
+            after_step.append(lambda record: profiler.step())
+        after_step.append(lambda record: self._maybe_eval_and_save(evals, self.it % iters_per_epoch == 0,
+                                                                   self.it == total))
         self.model.train()  # each part owns its mode when frozen: framework.models.frozen
         try:
             while self.it < total:
@@ -151,11 +158,9 @@ class Runner:
                     set_position(loader, epoch, done * self.cfg.accum_steps)
                 batches = iter(loader)
                 for _ in range(done, iters_per_epoch):
-                    self._step(batches, epoch, bar)
-                    if profiler is not None:
-                        profiler.step()
-                    end_of_epoch = self.it % iters_per_epoch == 0
-                    self._maybe_eval_and_save(evals, end_of_epoch, self.it == total)
+                    record = {"epoch": epoch, **self._step(batches)}
+                    for hook in after_step:
+                        hook(record)
                     if self.it >= total:
                         break
         finally:
@@ -166,13 +171,27 @@ class Runner:
         self.log.close()
         return metrics
 
-    def _step(self, batches, epoch: int, bar: tqdm) -> None:
+    def _step(self, batches: Iterator[Dict[str, Any]]) -> Dict[str, Any]:
+        """One optimizer step; returns its record (lr, every loss term, grad_norm, timings)."""
         t0 = time.perf_counter()
         lr = self.schedule(self.it)
         set_lr(self.optimizer, lr)
+        losses, n_samples, data_time = self._forward_backward(batches)
+        self._stop_if_not_finite(losses)
+        grad_norm = self._update()
+        self.it += 1
+        dt = time.perf_counter() - t0
+        record = {"lr": lr, **losses, "sec_per_iter": dt, "data_time": data_time, "step_time": dt - data_time,
+                  "samples_per_sec": n_samples * dist.world_size() / dt}
+        return record if grad_norm is None else {**record, "grad_norm": grad_norm}
+
+    def _forward_backward(self, batches: Iterator[Dict[str, Any]]) -> Tuple[Dict[str, float], int, float]:
+        """``accum_steps`` micro-batches through the task's training step and backward: (every loss term averaged
+        over micro-batches and ranks, samples seen here, seconds spent waiting for the loader)."""
         sums: Dict[str, torch.Tensor] = {}
         n_samples = 0
         data_time = 0.0  # waiting for the loader: a slow data pipeline shows here, not in step_time
+        ddp = isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
         for micro in range(self.cfg.accum_steps):
             t_data = time.perf_counter()
             batch = next(batches)
@@ -181,7 +200,7 @@ class Runner:
                 self.stream_positions[slot] = position
             batch = _to_device(batch, self.device)
             n_samples += _batch_len(batch)
-            sync = micro == self.cfg.accum_steps - 1 or not isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
+            sync = micro == self.cfg.accum_steps - 1 or not ddp  # DDP all-reduces on the last micro-batch only
             with (nullcontext() if sync else self.ddp_model.no_sync()), self._autocast():
                 losses = self.task.train_step(self.ddp_model, batch)
             self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
@@ -189,15 +208,20 @@ class Runner:
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / self.cfg.accum_steps
         names = sorted(sums)
         reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names])).cpu()
-        values = dict(zip(names, reduced.tolist()))
-        # the term that went non-finite, not their sum
-        bad = sorted((k for k, v in values.items() if not math.isfinite(v)), key=lambda k: (k == "loss", k))
+        return dict(zip(names, reduced.tolist())), n_samples, data_time
+
+    def _stop_if_not_finite(self, losses: Dict[str, float]) -> None:
+        """Stop before the optimizer step, naming the term that went non-finite (not their sum)."""
+        bad = sorted((k for k, v in losses.items() if not math.isfinite(v)), key=lambda k: (k == "loss", k))
         if bad:
             last = self.ckpt_dir / "last.pt"
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            raise NonFiniteLossError(f"iteration {self.it + 1}: loss term {bad[0]!r} is {values[bad[0]]} "
-                                     f"(all terms: {values}); stopped before the optimizer step, {kept}. "
+            raise NonFiniteLossError(f"iteration {self.it + 1}: loss term {bad[0]!r} is {losses[bad[0]]} "
+                                     f"(all terms: {losses}); stopped before the optimizer step, {kept}. "
                                      f"Lower run.optimizer.lr, set run.grad_clip, or check the data.")
+
+    def _update(self) -> Optional[float]:
+        """Clip (``run.grad_clip``; returns the norm before clipping), step the optimizer, clear the gradients."""
         grad_norm = None
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
@@ -206,17 +230,15 @@ class Runner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.it += 1
-        dt = time.perf_counter() - t0
+        return grad_norm
+
+    def _log_step(self, record: Dict[str, Any], bar: tqdm) -> None:
+        """The progress bar every step; ``log.jsonl`` (and the plain log lines) every ``log_every`` and the first."""
         bar.update(1)
-        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
         if self.it % self.cfg.log_every == 0 or self.it == 1:
-            record = {"epoch": epoch, "lr": lr, **values, "sec_per_iter": dt, "data_time": data_time,
-                      "step_time": dt - data_time, "samples_per_sec": n_samples * dist.world_size() / dt}
-            if grad_norm is not None:
-                record["grad_norm"] = grad_norm
             if self.stream_positions:  # this rank's readers: samples and shards skipped as unreadable
-                record |= _bad_data(self.stream_positions)
+                record = record | _bad_data(self.stream_positions)
             self.log.write("train", self.it, record)
 
     def _maybe_eval_and_save(self, evals: Dict[str, DataLoader], end_of_epoch: bool, last: bool) -> None:

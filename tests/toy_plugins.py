@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from framework import dist
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
+from framework.models.frozen import hold_in_eval
 from framework.models.image_encoder import example_images
 from framework.registry import DATASETS, MODELS, PROCESSORS, TASKS, Part, build
 from framework.task import Task
@@ -31,6 +32,8 @@ class ToyCaptioner(nn.Module):
                  log_keys: bool = False, stop_rank_at_step: Optional[List[int]] = None) -> None:
         super().__init__()
         self.image_encoder = build("image_encoder", image_encoder).requires_grad_(not freeze_encoder)
+        if freeze_encoder:  # a part frozen by the model itself: the framework's rule keeps it in eval mode
+            hold_in_eval(self.image_encoder)
         self.modes_seen: set = set()
         self.norm = nn.LayerNorm(self.image_encoder.num_features)
         self.drop = nn.Dropout(dropout)
