@@ -30,7 +30,7 @@ from framework.models.build import build_model, compile_parts  # noqa: E402
 
 
 def _config(work: Path, stage: str) -> Dict[str, Any]:
-    from stage1_helpers import stage1_config, stage2_config
+    from helpers import stage1_config, stage2_config
     from tiny_bert import make_tiny_bert, vocab_size
 
     bert = work / "bert384"
@@ -47,7 +47,7 @@ def _config(work: Path, stage: str) -> Dict[str, Any]:
 
 
 def _stage(work: Path, stage: str, steps: int) -> Dict[str, Any]:
-    from conftest import write_yaml
+    from helpers import write_yaml
 
     spec = load_experiment(str(write_yaml(work / f"{stage}.yaml", _config(work, stage)))).model
     models, optims = {}, {}

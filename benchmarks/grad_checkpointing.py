@@ -32,7 +32,7 @@ SETTINGS = {"neither": (False, False), "vit": (True, False), "qformer": (False, 
 def _config(work: Path) -> Path:
     import yaml
 
-    from stage1_helpers import stage2_config
+    from helpers import stage2_config
     from tiny_bert import make_tiny_bert, vocab_size
 
     bert = make_tiny_bert(work / "bert", hidden=384, layers=4, heads=6, intermediate=1536)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from framework import checkpoint
 from framework.data.builder import compose
 from framework.data.images import load_image
 from framework.errors import ConfigError
@@ -105,10 +106,9 @@ def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Opti
         if (source / "config.yaml").is_file():  # a run folder
             exp = load_experiment(str(source / "config.yaml"), options)
             spec = dict(exp.model)
-            for name in ("best.pt", "last.pt"):
-                if not spec.get("checkpoint") and (source / "checkpoints" / name).is_file():
-                    spec["checkpoint"] = str(source / "checkpoints" / name)
-                    break
+            weights = checkpoint.run_weights(source)
+            if not spec.get("checkpoint") and weights is not None:
+                spec["checkpoint"] = str(weights)
             entries = builders(exp)
             return spec, next(iter(entries.values())).processors("eval")["image"] if entries else None, exp.run.seed
         if (source / "model.yaml").is_file():  # converted / prepared

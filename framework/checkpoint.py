@@ -87,6 +87,14 @@ def restore(ckpt: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler: Any,
     return ckpt["iter"], ckpt["best"], positions
 
 
+def run_weights(run_folder: Path) -> Optional[Path]:
+    """The weights a finished or running run offers: ``checkpoints/best.pt``, else ``last.pt``, else None."""
+    for name in ("best.pt", "last.pt"):
+        if (run_folder / "checkpoints" / name).is_file():
+            return run_folder / "checkpoints" / name
+    return None
+
+
 def frozen_prefixes(model: nn.Module) -> List[str]:
     """Top-most submodules that hold parameters, none of them trainable (their buffers are frozen too)."""
     out: List[str] = []

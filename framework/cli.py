@@ -10,7 +10,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from framework import dist, resources
+from framework import checkpoint, dist, resources
 from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.logs import setup_console
 from framework.models.build import build_model, parameter_table, weight_files
@@ -36,12 +36,17 @@ def pull_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
     return rest, options
 
 
+def add_options(p: argparse.ArgumentParser, example: str) -> None:
+    """The ``--options KEY=VALUE ...`` argument every command takes (:func:`pull_options` reads it anywhere on
+    the line; declared here so ``--help`` shows it)."""
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=f"config overrides, anywhere on the command line; {example}")
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--cfg", required=True, help="experiment YAML, or a run folder (its config.yaml)")
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, anywhere on the command line, e.g. run.max_iters=100 "
-                        "model.checkpoint=out/checkpoints/best.pt")
+    add_options(p, "e.g. run.max_iters=100 model.checkpoint=out/checkpoints/best.pt")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, build the model on the meta device, list data files (training: and estimate an "
                         "iteration's FLOPs and memory), and exit")
@@ -95,10 +100,10 @@ def run_folder(folder: Path, options: List[str], with_weights: bool) -> Tuple[st
         raise ConfigError(f"--cfg {folder}: a folder, but not a run's (no config.yaml) nor a prepared model's "
                           f"(eval.yaml); give a run folder or a config")
     if with_weights and not any(o.startswith("model.checkpoint=") for o in options):
-        found = [folder / "checkpoints" / n for n in ("best.pt", "last.pt") if (folder / "checkpoints" / n).is_file()]
-        if not found:
+        weights = checkpoint.run_weights(folder)
+        if weights is None:
             raise ConfigError(f"--cfg {folder}: the run has no checkpoints/best.pt or last.pt to evaluate")
-        options = options + [f"model.checkpoint={found[0]}"]
+        options = options + [f"model.checkpoint={weights}"]
     return str(folder / "config.yaml"), options
 
 
@@ -126,8 +131,7 @@ def main(prog: str, description: str, run: Callable[[ExperimentConfig, argparse.
             return 0
         run(exp, args)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NonFiniteLossError) else 2
+        return report(e)
     except RuntimeError as e:
         if not dist.timed_out(e):
             raise
@@ -152,6 +156,20 @@ def into_new_folder(out: Path, overwrite: bool, work: Callable[[], None]) -> int
     except USER_ERRORS as e:
         if fresh and out.exists():
             shutil.rmtree(out)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     return 0
+
+
+def report(error: Exception) -> int:
+    """Show a user error (a bad config, file, checkpoint...) as ``error: ...``, no traceback; its exit status:
+    1 for a loss that went non-finite, 2 for any other."""
+    print(f"error: {error}", file=sys.stderr)
+    return 1 if isinstance(error, NonFiniteLossError) else 2
+
+
+def exit_status(work: Callable[[], int]) -> int:
+    """Run a command's ``work`` (which returns its exit status) and report a user error it raises."""
+    try:
+        return work()
+    except USER_ERRORS as e:
+        return report(e)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from framework.cli import into_new_folder
+from framework.cli import add_options, into_new_folder
 from framework.errors import ConfigError
 from framework.formats import read_into_ours, write_from_ours
 from framework.registry import FORMATS
@@ -35,8 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                 "model (with model.checkpoint) is exported. "
                    + "; ".join(f"--from {n}: {FORMATS.get(n).reads}" for n in formats if FORMATS.get(n).reads))
     p.add_argument("--out", required=True, help="the folder to write")
-    p.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides: of the written model.yaml (--to ours) or of the experiment (--from ours)")
+    add_options(p, "of the written model.yaml (--to ours) or of the experiment (--from ours)")
     p.add_argument("--overwrite", action="store_true", help="write into an --out folder that is not empty")
     args = p.parse_args(argv)
 

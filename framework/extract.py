@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from framework.api import load
-from framework.cli import pull_options
+from framework.cli import add_options, exit_status, pull_options
 from framework.data.images import batches, image_paths
-from framework.errors import USER_ERRORS, ConfigError
+from framework.errors import ConfigError
 from framework.logs import setup_console
 
 
@@ -34,12 +34,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--texts", help="a file of texts, one per line")
     p.add_argument("--out", required=True, help="a new .safetensors or .npz file")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, anywhere on the line")
+    add_options(p, "e.g. model.image_encoder.precision=fp32")
     p.add_argument("--allow-random-weights", action="store_true")
     args = p.parse_args(argv)
     setup_console()
     failed: List[str] = []
-    try:
+
+    def run() -> int:
         out = Path(args.out)
         if out.suffix not in (".safetensors", ".npz"):
             raise ConfigError(f"--out {out}: give a .safetensors or .npz file")
@@ -73,10 +74,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for problem in failed:
             print(f"error: {problem}", file=sys.stderr)
         print(f"wrote {out}: {len(ids)} images, {len(texts)} texts")
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
+        return 1 if failed else 0  # an unreadable image was named and skipped
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

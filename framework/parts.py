@@ -8,6 +8,7 @@ import sys
 import typing
 from typing import Any, Dict, List, Optional
 
+from framework.cli import exit_status
 from framework.config import dataclass_fields, signature_fields
 from framework.errors import RegistryError
 from framework.registry import REGISTRIES, Length, PartOf, Range, discover_plugins
@@ -64,12 +65,12 @@ def _type_text(tp: Any) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m framework.parts [kind]``."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def listing() -> int:
         print(describe(argv[0] if argv else None))
-    except RegistryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_status(listing)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from framework.api import Model, load
-from framework.cli import pull_options
+from framework.cli import add_options, exit_status, pull_options
 from framework.data.images import batches, image_paths
-from framework.errors import USER_ERRORS
 from framework.logs import setup_console
 
 class Predictor:
@@ -80,8 +79,7 @@ class Predictor:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framework.predict", description=__doc__.splitlines()[0])
     p.add_argument("--cfg", required=True, help="a run folder, a converted folder (model.yaml) or a config")
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides, anywhere on the command line")
+    add_options(p, "e.g. model.llm.precision=fp32")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="predict with a model whose config names no trained weights (model.checkpoint)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of tab-separated text")
@@ -106,14 +104,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv, options = pull_options(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     setup_console()
-    try:
+
+    def run() -> int:
         model, _ = load(args.cfg, allow_random_weights=args.allow_random_weights, options=options)
         predictor = Predictor(model, args)
         getattr(predictor, args.command)()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 1 if predictor.failed else 0
+        return 1 if predictor.failed else 0  # an unreadable image was named and skipped
+
+    return exit_status(run)
 
 
 if __name__ == "__main__":

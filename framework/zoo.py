@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from framework.cli import into_new_folder, pull_options
-from framework.errors import USER_ERRORS
+from framework.cli import add_options, exit_status, into_new_folder, pull_options
 from framework.registry import ZOO
 from framework.released import prepare, show
 
@@ -39,24 +38,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     pp.add_argument("--out", required=True, help="the folder to write (new or empty)")
     pp.add_argument("--evaluation", help="the experiment config eval.yaml is based on (default: the paper's)")
     pp.add_argument("--overwrite", action="store_true", help="write into an --out folder that is not empty")
-    pp.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="model settings over the entry's (e.g. model.llm.precision=fp32 on a CPU)")
+    add_options(pp, "model settings over the entry's, e.g. model.llm.precision=fp32 on a CPU")
     argv, options = pull_options(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.command == "prepare":
         return into_new_folder(Path(args.out), args.overwrite,
                                lambda: prepare(args.name, args.src, Path(args.out), options, args.evaluation))
-    try:
+
+    def listing() -> int:
         if args.command == "list":
             for name in ZOO.names():
                 entry = ZOO.get(name)
                 print(f"{name:34s} {entry.format:6s} {entry.summary}\n{'':41s} reproduces: {entry.reproduces}")
         else:
             print(show(args.name))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return exit_status(listing)
 
 
 if __name__ == "__main__":

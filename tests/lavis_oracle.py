@@ -12,7 +12,7 @@ from typing import Any, Dict
 import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from tiny_bert import make_tiny_bert
 
 LAVIS_PY = REPO / ".venv-lavis" / "bin" / "python"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, toy_config, write_yaml
+from helpers import REPO, toy_config, write_yaml
 from run_scripts.ablate import main as ablate_main
 
 METRIC = "shapes_caption/val/loss"

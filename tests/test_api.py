@@ -8,28 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from framework.convert import main as convert_main
 from framework.errors import ConfigError
 from framework.train import main as train_main
 
-from conftest import write_yaml
-from stage1_helpers import stage1_config
-
-
-def _photo(path: Path, seed: int = 0) -> Path:
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
-    return path
+from helpers import random_photo, stage1_config, write_yaml
 
 
 def test_three_lines_caption_a_photo_with_a_converted_model(tmp_path: Path) -> None:
-    from test_convert import _tiny_hf_blip2
+    from tiny_llms import make_tiny_hf_blip2
 
-    src = _tiny_hf_blip2(tmp_path / "hf", "opt")
+    src = make_tiny_hf_blip2(tmp_path / "hf", "opt")
     assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv"),
                          "--options", "model.image_encoder.precision=fp32", "model.llm.precision=fp32"]) == 0
-    photo = _photo(tmp_path / "cat.jpg")
+    photo = random_photo(tmp_path / "cat.jpg")
 
     from framework import load
     model, preprocess = load(tmp_path / "conv")
@@ -52,7 +45,7 @@ def test_a_run_folder_loads_its_best_weights_and_ranks(tmp_path: Path) -> None:
     cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=2)
     assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
     model, preprocess = load(tmp_path / "run")
-    photos = [preprocess(_photo(tmp_path / f"{i}.png", i)) for i in range(2)]
+    photos = [preprocess(random_photo(tmp_path / f"{i}.png", i)) for i in range(2)]
     sims = model.rank(photos, ["a red circle", "two shapes", "a blue square"])
     assert sims.shape == (2, 3)
     feats = model.embed(images=photos, texts=["a red circle"])
@@ -78,7 +71,7 @@ def test_no_trained_weights_is_refused_unless_asked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no trained weights"):
         load(cfg)
     model, preprocess = load(cfg, allow_random_weights=True)
-    assert model.rank([preprocess(_photo(tmp_path / "a.png"))], ["a red circle"]).shape == (1, 1)
+    assert model.rank([preprocess(random_photo(tmp_path / "a.png"))], ["a red circle"]).shape == (1, 1)
     with pytest.raises(ConfigError, match="neither a run folder"):
         load(tmp_path)
 
@@ -88,7 +81,7 @@ def test_a_model_only_file_loads_with_its_encoders_processing(tmp_path: Path) ->
 
     spec = stage1_config(tmp_path, tmp_path / "out")["model"]
     model, preprocess = load(write_yaml(tmp_path / "model.yaml", {"model": spec}), allow_random_weights=True)
-    assert preprocess(_photo(tmp_path / "a.png")).shape == (3, 32, 32)
+    assert preprocess(random_photo(tmp_path / "a.png")).shape == (3, 32, 32)
 
 
 def test_extract_writes_the_embeddings_with_their_ids(tmp_path: Path, capsys) -> None:
@@ -100,7 +93,7 @@ def test_extract_writes_the_embeddings_with_their_ids(tmp_path: Path, capsys) ->
     cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=1)
     assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
     (tmp_path / "photos").mkdir()
-    photos = [_photo(tmp_path / "photos" / f"{i}.png", i) for i in range(3)]
+    photos = [random_photo(tmp_path / "photos" / f"{i}.png", i) for i in range(3)]
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"not an image")
     (tmp_path / "texts.txt").write_text("a red circle\ntwo shapes\n")
     out = tmp_path / "feats.safetensors"

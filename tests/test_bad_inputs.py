@@ -13,8 +13,7 @@ import torch
 from framework.convert import main as convert_main
 from framework.train import main as train_main
 
-from conftest import toy_config, write_yaml
-from stage1_helpers import stage1_config
+from helpers import stage1_config, toy_config, write_yaml
 
 
 def _refused(tmp_path: Path, capsys, options: List[str], cfg=None) -> str:
@@ -175,7 +174,7 @@ def test_corrupt_converter_sources_are_named(tmp_path: Path, capsys) -> None:
 def test_a_converter_never_overwrites_a_folder_and_leaves_nothing_half_done(tmp_path: Path, capsys) -> None:
     from framework import checkpoint
 
-    from stage1_helpers import stage1_config
+    from helpers import stage1_config
 
     model = tmp_path / "model.pth"
     torch.save({"model": {"query_tokens": torch.zeros(1, 4, 32), "bogus.weight": torch.zeros(2)}}, model)

@@ -155,7 +155,7 @@ def test_a_missing_file_names_file_entry_and_source(tmp_path: Path) -> None:
 def test_datasets_cfg_entries_validate_and_list_their_files(tmp_path: Path, entry: str, split: str, capsys) -> None:
     from framework.train import main as train_main
 
-    from conftest import toy_config, write_yaml
+    from helpers import toy_config, write_yaml
 
     cfg = toy_config(tmp_path / "out")
     cfg["datasets"] = {entry: {"root": str(tmp_path / "nothing")}}

@@ -10,8 +10,7 @@ from typing import Dict, Iterator
 import pytest
 import torch
 
-from conftest import read_log, toy_config, write_yaml
-from stage1_helpers import stage1_config
+from helpers import read_log, stage1_config, toy_config, write_yaml
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from framework.config import load_config, to_plain
 from framework.errors import ConfigError
 from framework.train import main as train_main
 
-from conftest import toy_config, write_yaml
+from helpers import toy_config, write_yaml
 
 
 def test_three_level_base_chain_and_list_bases(tmp_path: Path) -> None:

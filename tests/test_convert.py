@@ -11,55 +11,10 @@ from framework.experiment import load_experiment, load_model_file
 from framework.convert import main as convert_main
 from framework.models.build import build_model
 
-from conftest import implementation_atol, write_yaml
-from stage1_helpers import stage1_config
-from tiny_llms import _tokenizer, opt_bpe_tokenizer
+from helpers import implementation_atol, stage1_config, write_yaml
+from tiny_llms import make_tiny_hf_blip2
 
 PROMPT = "question : what color is the circle ? answer :"
-
-
-def _tiny_hf_blip2(folder: Path, llm: str) -> Path:
-    """``opt_released``: OPT configured as transformers' released blip2-opt checkpoints are: byte-level BPE, its text
-    ending at a newline (``text_config.eos_token_id`` = the newline's id), made likely so that generation does
-    stop there."""
-    from transformers import (AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig,
-                              Blip2VisionConfig, OPTConfig, T5Config)
-
-    released = llm == "opt_released"
-    llm = "opt" if released else llm
-    folder.mkdir(parents=True)
-    if released:  # as the released blip2-opt: OPT's byte-level BPE, text ending at a newline
-        opt_bpe_tokenizer(folder)
-    else:
-        _tokenizer(folder, bos=llm == "opt")
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})  # where the queries go in the input
-    tok.save_pretrained(str(folder))
-    vocab = len(tok)
-    newline = tok("\n", add_special_tokens=False)["input_ids"][0]
-    vision = Blip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=32, patch_size=8)
-    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                 encoder_hidden_size=48, vocab_size=100)
-    if llm == "opt":
-        text = OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                         max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=tok.pad_token_id,
-                         bos_token_id=tok.bos_token_id, eos_token_id=newline if released else tok.eos_token_id)
-    else:
-        text = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0,
-                        eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="gated-gelu",
-                        tie_word_embeddings=False)
-    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
-                         num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():  # no zero biases or unit norms: every weight must land in the right place
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-        if released:  # the tied output row of the newline, larger: some texts end before max_new_tokens
-            model.language_model.get_input_embeddings().weight[newline] *= 10
-    model.save_pretrained(str(folder))
-    return folder
 
 
 def _ours(tmp_path: Path, model_yaml: Path):
@@ -73,7 +28,7 @@ def _ours(tmp_path: Path, model_yaml: Path):
 def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, llm: str) -> None:
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
-    src = _tiny_hf_blip2(tmp_path / "hf", llm)
+    src = make_tiny_hf_blip2(tmp_path / "hf", llm)
     assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
     ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
     hf = Blip2ForConditionalGeneration.from_pretrained(str(src)).eval()
@@ -162,7 +117,7 @@ def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path, 
     from framework import checkpoint
     from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
 
-    from stage1_helpers import stage2_config
+    from helpers import stage2_config
 
     stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path)))).model)
     generative = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path))))
@@ -198,7 +153,7 @@ def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path, 
 def test_exported_back_transformers_loads_it_with_the_same_logits(tmp_path: Path, llm: str) -> None:
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
-    src = _tiny_hf_blip2(tmp_path / "hf", llm)
+    src = make_tiny_hf_blip2(tmp_path / "hf", llm)
     assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
     ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
     cfg = stage1_config(tmp_path, tmp_path / "out")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_yaml
+from helpers import stage1_config, write_yaml
 from framework.experiment import load_experiment
 from framework.models.build import build_model
 from framework.data.loader import train_loader
@@ -16,7 +16,6 @@ from framework.experiment import builders, mkl_reproducible
 from framework.logs import TIMING_KEYS
 from framework.runner import Runner
 from framework.train import main as train_main
-from stage1_helpers import stage1_config
 
 
 

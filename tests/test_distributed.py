@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, read_log, toy_config, write_yaml
+from helpers import REPO, read_log, toy_config, write_yaml
 from framework import checkpoint
 
 
@@ -52,7 +52,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path: P
 def test_retrieval_reranking_split_over_two_ranks_gives_the_one_process_metrics(tmp_path: Path) -> None:
     import json
 
-    from stage1_helpers import stage1_config
+    from helpers import stage1_config
 
     train = stage1_config(tmp_path, tmp_path / "s1", max_iters=3)
     _run([sys.executable, "-m", "framework.train", "--cfg", str(write_yaml(tmp_path / "s1.yaml", train))], tmp_path)
@@ -125,9 +125,9 @@ def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_keep_the_frozen_llm_dropout(tmp_path: Path) -> None:
-    from stage1_helpers import probe_config
+    from helpers import probe_config
 
-    cfg = probe_config(tmp_path, tmp_path / "two", True, max_iters=2)
+    cfg = probe_config(tmp_path, tmp_path / "two", True, max_iters=2, eval_splits=[])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
           "framework.train", "--cfg", str(cfg)], tmp_path)
     assert [r["second_pass_differs"] for r in read_log(tmp_path / "two")] == [1.0, 1.0]  # mean over both ranks

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_log, write_yaml
+from helpers import read_log, stage1_config, write_yaml
 from framework.cache_features import main as cache_main
 from framework.train import main as train_main
-from stage1_helpers import stage1_config
 
 
 def _config(tmp: Path, out: str, **model_encoder):
@@ -83,7 +82,7 @@ def test_a_cache_is_refused_with_the_reason(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_stage2_reads_the_same_cache(tmp_path: Path) -> None:
-    from stage1_helpers import stage2_config
+    from helpers import stage2_config
 
     def config(out: str, **encoder):
         cfg = stage2_config(tmp_path, tmp_path / out)

@@ -8,8 +8,7 @@ from typing import Dict
 import pytest
 import torch
 
-from conftest import write_yaml
-from stage1_helpers import stage1_config, stage2_config
+from helpers import stage1_config, stage2_config, write_yaml
 
 
 def _loss_and_grads(cfg: dict, tmp_path: Path, name: str) -> Dict[str, torch.Tensor]:

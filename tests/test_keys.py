@@ -13,8 +13,7 @@ from framework.keys import KeyTable, fused
 from framework.models.build import build_model
 from framework.models.qformer import QFormer, qformer_keys
 
-from conftest import write_yaml
-from stage1_helpers import stage1_config
+from helpers import stage1_config, write_yaml
 
 
 def _same(a: dict, b: dict) -> None:

@@ -124,7 +124,7 @@ def test_a_training_step_through_our_runner_equals_lavis_model_train(tmp_path: P
     runner that froze the LLM into eval mode gives LAVIS's eval-mode loss instead, which the test tells apart."""
     import framework.runner
 
-    from conftest import read_log, write_yaml
+    from helpers import read_log, write_yaml
 
     work = tmp_path / "lavis"
     work.mkdir()

@@ -52,19 +52,25 @@ def test_decoder_only_loss_as_lavis_computes_it(opt, prompts) -> None:
     (with the start token), the prompt's own tokens out of the loss, none out when the prompt is empty."""
     torch.manual_seed(0)
     prefix = torch.randn(2, 3, opt.hidden_size)
-    loss = opt.lm_loss(prefix, prompts, TARGETS)
-    tok = opt.tokenizer
+    assert opt.end_of_text == "\n" and opt.stop_token_id() == opt.tokenizer("\n", add_special_tokens=False)[
+        "input_ids"][0]
+    assert float(opt.lm_loss(prefix, prompts, TARGETS)) == pytest.approx(_written_out_loss(opt, prefix, prompts),
+                                                                         rel=1e-5)
+
+
+def _written_out_loss(adapter, prefix: torch.Tensor, prompts) -> float:
+    """A decoder-only LM loss by hand: per sample, [prefix, tokens of prompt + " " + target + end of text] through
+    the Hugging Face model, the prefix's and the prompt's own tokens out of the loss, averaged over the tokens."""
+    tok = adapter.tokenizer
     total, count = 0.0, 0
-    for i in range(2):
-        text = (prompts[i] + " " if prompts[i] else "") + TARGETS[i] + "\n"
-        ids = tok(text)["input_ids"]
+    for i in range(len(prompts)):
+        ids = tok((prompts[i] + " " if prompts[i] else "") + TARGETS[i] + adapter.end_of_text)["input_ids"]
         skip = len(tok(prompts[i])["input_ids"]) if prompts[i] else 0
-        logits = opt.model(inputs_embeds=torch.cat([prefix[i], opt.embed(torch.tensor(ids))])[None]).logits[0]
+        logits = adapter.model(inputs_embeds=torch.cat([prefix[i], adapter.embed(torch.tensor(ids))])[None]).logits[0]
         labels = torch.tensor([-100] * (prefix.shape[1] + skip) + ids[skip:])
-        total += F.cross_entropy(logits[:-1], labels[1:], reduction="sum")
+        total += float(F.cross_entropy(logits[:-1], labels[1:], reduction="sum"))
         count += len(ids) - skip
-    assert ids[-1] == tok("\n", add_special_tokens=False)["input_ids"][0] == opt.stop_token_id()
-    assert float(loss) == pytest.approx(float(total / count), rel=1e-5)
+    return total / count
 
 
 def test_encoder_decoder_loss_puts_prefix_and_prompt_in_the_encoder(t5) -> None:
@@ -134,7 +140,9 @@ def test_hf_causal_lm_reads_another_decoder_only_family(tmp_path: Path) -> None:
     adapter = LLMS.get("hf_causal_lm")(path=str(make_tiny_llama(tmp_path / "llama")), precision="fp32")
     assert adapter.model.config.model_type == "llama"
     prefix = torch.randn(2, 3, adapter.hidden_size)
-    assert torch.isfinite(adapter.lm_loss(prefix, PROMPTS, TARGETS))
+    # the same loss as written out by hand (LLaMA's end of text: its EOS token)
+    assert float(adapter.lm_loss(prefix, PROMPTS, TARGETS)) == pytest.approx(
+        _written_out_loss(adapter, prefix, PROMPTS), rel=1e-5)
     batched = adapter.generate(prefix, PROMPTS, num_beams=2, max_new_tokens=4)
     alone = [adapter.generate(prefix[i:i + 1], PROMPTS[i:i + 1], num_beams=2, max_new_tokens=4)[0] for i in range(2)]
     assert batched == alone

@@ -5,7 +5,7 @@ import copy
 from collections import Counter
 from pathlib import Path
 
-from conftest import SMALL_SHAPES, read_log, toy_config, write_yaml
+from helpers import SMALL_SHAPES, read_log, toy_config, write_yaml
 from framework.data.loader import Mixture
 from framework.train import main as train_main
 

@@ -13,7 +13,7 @@ from framework.optim import OptimConfig, param_groups
 from framework.registry import LR_SCHEDULERS
 from framework.train import main as train_main
 
-from conftest import read_log, toy_config, write_yaml
+from helpers import read_log, toy_config, write_yaml
 
 
 def expected_lr(step: int, base: float, min_lr: float, warmup: int, total: int, start: float = 0.0) -> float:

@@ -20,8 +20,7 @@ from framework.models.build import build_model
 from framework.registry import build
 from framework.train import main as train_main
 
-from conftest import REPO, read_log, write_yaml
-from stage1_helpers import stage1_config, stage2_config
+from helpers import REPO, read_log, stage1_config, stage2_config, write_yaml
 from tiny_bert import vocab_size
 
 CONFIGS = sorted(str(p.relative_to(REPO / "projects" / "blip2")) for p in (REPO / "projects" / "blip2").glob("[fe]*/*.yaml"))

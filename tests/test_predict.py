@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_yaml
+from helpers import stage1_config, stage2_config, write_yaml
 from framework.data.images import load_image
 from framework.predict import main as predict_main
-from stage1_helpers import stage1_config, stage2_config
 
 
 def _images(folder: Path) -> None:
@@ -84,7 +83,7 @@ def test_a_run_folder_and_a_converted_folder_are_accepted(tmp_path: Path, capsys
     from framework.convert import main as convert_main
     from framework.train import main as train_main
 
-    from test_convert import _tiny_hf_blip2
+    from tiny_llms import make_tiny_hf_blip2
 
     _images(tmp_path / "photos")
     image = str(tmp_path / "photos" / "gray.png")
@@ -93,7 +92,7 @@ def test_a_run_folder_and_a_converted_folder_are_accepted(tmp_path: Path, capsys
     capsys.readouterr()
     assert predict_main(["--cfg", str(tmp_path / "run"), "--json", "rank", "--texts", "a red circle", "--", image]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["image"] == image
-    src = _tiny_hf_blip2(tmp_path / "hf", "opt")
+    src = make_tiny_hf_blip2(tmp_path / "hf", "opt")
     assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
     capsys.readouterr()
     assert predict_main(["--cfg", str(tmp_path / "conv"), "--options", "model.image_encoder.precision=fp32",

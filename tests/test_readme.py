@@ -21,13 +21,10 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import REPO
-from stage1_helpers import TINY_VIT, stage1_config
+from helpers import REPO, TINY_VIT, random_photo, stage1_config
 from tiny_bert import make_tiny_bert, vocab_size
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -88,11 +85,6 @@ def commands(block: str) -> Iterator[List[str]]:
             yield argv
 
 
-def _photo(path: Path, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
-
-
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny versions of every file the documents name, made once."""
@@ -100,12 +92,12 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from framework.models.build import build_model
     from plugins.formats.lavis import ours_to_lavis
 
-    from conftest import write_yaml
-    from test_convert import _tiny_hf_blip2
+    from helpers import write_yaml
+    from tiny_llms import make_tiny_hf_blip2
     from tiny_llms import make_tiny_opt
 
     root = tmp_path_factory.mktemp("stand_ins")
-    _tiny_hf_blip2(root / "blip2-opt-2.7b", "opt_released")
+    make_tiny_hf_blip2(root / "blip2-opt-2.7b", "opt_released")
     weights = root / "weights"
     make_tiny_bert(weights / "bert-base-uncased")
     make_tiny_opt(weights / "opt-2.7b")
@@ -120,19 +112,50 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lavis = {k: v for k, v in ours_to_lavis(state, None).items() if not k.startswith("visual_encoder.")}
     torch.save({"model": lavis}, root / "blip2_pretrained.pth")
     for i in range(3):
-        _photo(root / "photos" / f"{i}.jpg", i)
-    _photo(root / "photo.jpg", 9)
+        random_photo(root / "photos" / f"{i}.jpg", i)
+    random_photo(root / "photo.jpg", 9)
     for split, n in (("train", 8), ("val", 4)):
         lines = []
         for i in range(n):
-            _photo(root / "my" / "photos" / f"{split}{i}.jpg", 100 + i)
+            random_photo(root / "my" / "photos" / f"{split}{i}.jpg", 100 + i)
             lines.append(json.dumps({"image": f"photos/{split}{i}.jpg", "caption": f"a photo number {i}"}))
         (root / "my" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
 
+# What each runnable command shows a reader, checked after it ran: (the command, matched against its line; the
+# stream; a pattern that must be found there, filled from the command's named groups). A runnable command that no
+# entry matches fails the test: a new command comes with what it prints.
+EXPECTED = [
+    (r"framework\.zoo prepare (?P<name>\S+) .*--out (?P<out>\S+)", "stdout",
+     r"prepared {name} in {out}: from framework"),
+    (r"framework\.zoo list", "stdout", r"Salesforce/blip2-opt-2\.7b .*\n +reproduces: "),
+    (r"framework\.zoo show (?P<name>\S+)", "stdout", r"^{name}: .*\n(.*\n)*  files \(--src ROLE=PATH\):\n    model "),
+    # every line: the image (of the folder), a tab, its caption (the random stand-in's may be empty or odd bytes)
+    (r"framework\.predict .* caption (?P<images>\S+)", "stdout", r"\A({images}\S*\t[^\n]*\n)+\Z"),
+    (r"framework\.train .*--dry-run", "stdout", r"config OK\. model '\w+' \(built on the meta device\)(.*\n)+"
+                                                r"data files:\n(.*\n)*  peak memory [\d.,]+ GiB"),
+    (r"framework\.train --cfg \S+(?!.*--dry-run)", "stderr", r"INFO iter 1: loss [\d.]+"),
+    (r"framework\.evaluate --cfg \S+", "stderr", r"INFO iteration \d+: [\w/-]+="),
+]
+
+
+# what each document's python block prints (README: a list of one caption and a list of one answer; the random
+# stand-in model may well end its text at once, so the strings may be empty)
+PYTHON_PRINTS = {"README.md": r"\['[^'\n]*'\] \['[^'\n]*'\]\n"}
+
+
+def _expected(line: str) -> Tuple[str, str]:
+    """(stream, pattern) the command ``line`` must print."""
+    found = [(stream, pattern.format(**{k: re.escape(v) for k, v in m.groupdict().items()}))
+             for command, stream, pattern in EXPECTED for m in [re.search(command, line)] if m]
+    assert len(found) == 1, f"runnable command {line!r}: {len(found)} entries of EXPECTED say what it prints"
+    return found[0]
+
+
 def _run(argv: List[str], cwd: Path, overrides: List[Tuple[str, List[str]]]) -> None:
     line = " ".join(argv)
+    stream, pattern = _expected(line)
     extra = [o for pattern, options in overrides if re.search(pattern, line) for o in options]
     if argv[0] == "torchrun":
         assert argv[1].startswith("--nproc_per_node=") and argv[2] == "-m", line
@@ -141,14 +164,17 @@ def _run(argv: List[str], cwd: Path, overrides: List[Tuple[str, List[str]]]) -> 
         env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{line}\n{proc.stderr[-4000:]}"
-        return
-    assert argv[:2] == ["python", "-m"] and argv[2].startswith("framework."), \
-        f"a runnable command this test cannot run: {line}"
-    main = importlib.import_module(argv[2]).main
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main(argv[3:] + (["--options", *extra] if extra else []))
-    assert rc == 0, f"{line}\n{out.getvalue()[-3000:]}"
+        shown = {"stdout": proc.stdout, "stderr": proc.stderr}
+    else:
+        assert argv[:2] == ["python", "-m"] and argv[2].startswith("framework."), \
+            f"a runnable command this test cannot run: {line}"
+        main = importlib.import_module(argv[2]).main
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(argv[3:] + (["--options", *extra] if extra else []))
+        assert rc == 0, f"{line}\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}"
+        shown = {"stdout": out.getvalue(), "stderr": err.getvalue()}
+    assert re.search(pattern, shown[stream], re.M), f"{line}: its {stream} lacks {pattern!r}:\n{shown[stream][-3000:]}"
 
 
 def _document_ids() -> List[str]:
@@ -174,7 +200,8 @@ def test_runnable_blocks_run(document: str, stand_ins: Path, tmp_path: Path, mon
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 exec(compile(block, f"{document} (python block)", "exec"), {})
-            assert out.getvalue().strip(), f"{document}: a python block printed nothing"
+            assert document in PYTHON_PRINTS, f"{document}: say in PYTHON_PRINTS what its python block prints"
+            assert re.fullmatch(PYTHON_PRINTS[document], out.getvalue()), out.getvalue()
             ran += 1
         elif lang == "yaml":
             name = block.splitlines()[0].removeprefix("#").strip()

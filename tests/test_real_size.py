@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from framework.train import main as train_main
 
 
@@ -81,7 +81,7 @@ def test_pretraining_configs_train_on_the_papers_data_in_proportion_to_size(cfg:
 
 
 def test_dry_run_names_generated_data_under_a_real_size_model(tmp_path, capsys) -> None:
-    from conftest import write_yaml
+    from helpers import write_yaml
 
     cfg = write_yaml(tmp_path / "shapes_vitg.yaml", {"_base_": str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"),
                                                      "datasets": {"_delete_": True,

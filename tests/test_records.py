@@ -14,8 +14,7 @@ from framework.errors import BadDataError
 from framework.registry import DATASETS
 from framework.train import main as train_main
 
-from conftest import read_log, write_yaml
-from stage1_helpers import stage2_config
+from helpers import read_log, stage2_config, write_yaml
 
 WORDS = ["red", "green", "blue", "circle", "square", "triangle"]
 

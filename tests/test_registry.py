@@ -13,7 +13,7 @@ import yaml
 from framework.errors import RegistryError
 from framework.registry import ENTRY_POINT_GROUP, IMAGE_ENCODERS, Registry, load_plugin_modules
 
-from conftest import REPO, toy_config, write_yaml
+from helpers import REPO, toy_config, write_yaml
 
 
 def test_unknown_name_lists_registered_names_and_closest_match() -> None:

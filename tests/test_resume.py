@@ -15,7 +15,7 @@ from framework import checkpoint
 from framework.errors import CheckpointError
 from framework.train import main as train_main
 
-from conftest import REPO, read_log, toy_config, write_yaml
+from helpers import REPO, read_log, toy_config, write_yaml
 
 
 def _wait_for(out: Path, min_iter: int, proc: subprocess.Popen, timeout: float = 240) -> None:

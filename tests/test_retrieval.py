@@ -89,8 +89,8 @@ def test_grouped_reranking_ranks_exactly_as_scoring_every_pair_apart(tmp_path) -
     from framework.experiment import load_experiment
     from framework.models.build import build_model
     from plugins.tasks.retrieval import rerank_both
-    from stage1_helpers import stage1_config
-    from conftest import implementation_atol, write_yaml
+    from helpers import stage1_config
+    from helpers import implementation_atol, write_yaml
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     model = build_model(load_experiment(str(write_yaml(tmp_path / "c.yaml", cfg))).model).eval()

@@ -20,7 +20,7 @@ from PIL import Image
 from framework.make_shards import main as make_shards
 from framework.train import main as train_main
 
-from conftest import REPO, read_log, toy_config, write_yaml
+from helpers import REPO, read_log, toy_config, write_yaml
 
 EVAL_PROC = {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}
 
@@ -59,7 +59,7 @@ def test_written_shards_hold_the_data_set_in_order(tmp_path: Path, capsys) -> No
 
 @pytest.mark.slow
 def test_shards_train_stage1_to_the_same_losses_as_the_map_style_loader(tmp_path: Path) -> None:
-    from stage1_helpers import stage1_config
+    from helpers import stage1_config
 
     cfg = write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path / "unused"))
     shards = tmp_path / "shards"

@@ -16,8 +16,7 @@ from framework.models.build import build_model
 from framework.train import main as train_main
 from plugins.models.blip2_qformer import itc_loss, sample_hard_negatives
 
-from conftest import read_log, toy_config, write_yaml
-from stage1_helpers import stage1_config
+from helpers import read_log, stage1_config, toy_config, write_yaml
 
 
 def reference_itc(img: torch.Tensor, txt: torch.Tensor, temp: float, smoothing: float) -> torch.Tensor:
@@ -240,7 +239,7 @@ def test_the_readme_encoder_plugin_trains_in_stage_1_frozen(tmp_path: Path) -> N
     """The plugin example of docs/plugins.md, word for word, as a user's module listed under plugins:."""
     import re
 
-    from conftest import REPO
+    from helpers import REPO
     from framework.train import main as train_main
 
     readme = (REPO / "docs" / "plugins.md").read_text()

@@ -13,8 +13,7 @@ from framework.errors import CheckpointError, ConfigError
 from framework.models.build import build_model
 from framework.train import main as train_main
 
-from conftest import toy_config, write_yaml
-from stage1_helpers import probe_config, stage1_config, stage2_config
+from helpers import probe_config, stage1_config, stage2_config, toy_config, write_yaml
 
 IMAGES = torch.randn(2, 3, 32, 32)
 BATCH = {"image": IMAGES, "text_input": ["a red circle", "two shapes"]}
@@ -275,11 +274,11 @@ def test_a_real_run_keeps_the_frozen_llm_dropout_as_frozen_dropout_says(tmp_path
     """Through ``framework.train``: every step, before and after an evaluation and after a resume, the frozen LLM
     is in training mode (dropout active, as LAVIS) with ``frozen_dropout: true`` and in eval mode with false; the
     frozen image encoder is in eval mode either way (its drop path 0.5 would make the second pass differ)."""
-    from conftest import read_log
+    from helpers import read_log
 
-    out = tmp_path / "run"
-    assert train_main(["--cfg", str(probe_config(tmp_path, out, frozen_dropout, max_iters=2, eval_every=1))]) == 0
-    longer = probe_config(tmp_path, out, frozen_dropout, max_iters=4, eval_every=1)
+    out = tmp_path / "run"  # evaluations after steps 2 and 4; steps 3 and 4 follow one and the resume
+    assert train_main(["--cfg", str(probe_config(tmp_path, out, frozen_dropout, max_iters=2, eval_every=2))]) == 0
+    longer = probe_config(tmp_path, out, frozen_dropout, max_iters=4, eval_every=2)
     assert train_main(["--cfg", str(longer), "--resume", "auto"]) == 0
     log = read_log(out)
     assert [r["iter"] for r in log] == [1, 2, 3, 4]
@@ -287,9 +286,10 @@ def test_a_real_run_keeps_the_frozen_llm_dropout_as_frozen_dropout_says(tmp_path
 
 
 def test_a_compiled_run_keeps_the_frozen_llm_dropout(tmp_path: Path) -> None:
-    from conftest import read_log
+    from helpers import read_log
 
-    cfg = probe_config(tmp_path, tmp_path / "run", True, max_iters=2, compile=True, compile_backend="eager")
+    cfg = probe_config(tmp_path, tmp_path / "run", True, max_iters=2, compile=True, compile_backend="eager",
+                       eval_splits=[])
     assert train_main(["--cfg", str(cfg)]) == 0
     assert [r["second_pass_differs"] for r in read_log(tmp_path / "run")] == [1.0, 1.0]
 

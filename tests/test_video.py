@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from avi import write_avi
-from conftest import write_yaml
+from helpers import stage2_config, write_yaml
 from framework.evaluate import main as evaluate_main
-from stage1_helpers import stage2_config
 
 COLORS = [(220, 30, 30), (30, 160, 50), (30, 60, 220), (235, 200, 20)]
 EVAL = {"image": [{"name": "resize", "size": 32}, {"name": "normalize", "stats": "none"}]}

@@ -17,10 +17,8 @@ from framework.predict import main as predict_main
 from framework.registry import ZOO
 from framework.zoo import main as zoo_main
 
-from conftest import REPO, write_yaml
-from stage1_helpers import stage2_config
-from test_api import _photo
-from test_convert import _tiny_hf_blip2
+from helpers import REPO, random_photo, stage2_config, write_yaml
+from tiny_llms import make_tiny_hf_blip2
 
 # the names LAVIS's load_model_and_preprocess and transformers' from_pretrained take
 LAVIS_NAMES = ["pretrain", "pretrain_vitL", "coco", "pretrain_opt2.7b", "pretrain_opt6.7b", "caption_coco_opt2.7b",
@@ -64,13 +62,13 @@ def test_prepared_from_a_transformers_folder_captions_as_transformers_and_runs_e
                                                                                          capsys) -> None:
     from transformers import AutoTokenizer, Blip2ForConditionalGeneration
 
-    src = _tiny_hf_blip2(tmp_path / "blip2-opt-2.7b", "opt_released")
+    src = make_tiny_hf_blip2(tmp_path / "blip2-opt-2.7b", "opt_released")
     prepared = tmp_path / "models" / "blip2-opt-2.7b"
     assert zoo_main(["prepare", "Salesforce/blip2-opt-2.7b", "--src", f"model={src}", "--out", str(prepared),
                      "--evaluation", str(_caption_eval_config(tmp_path)),
                      "--options", "model.image_encoder.precision=fp32", "model.llm.precision=fp32"]) == 0
     assert "builds and every written file fits it" in capsys.readouterr().out
-    photo = _photo(tmp_path / "cat.jpg")
+    photo = random_photo(tmp_path / "cat.jpg")
 
     from framework import load
     model, preprocess = load(prepared)
@@ -113,7 +111,7 @@ def test_prepared_from_a_lavis_checkpoint_captions_as_the_model_it_came_from(tmp
 
     from framework import load
     model, preprocess = load(prepared)
-    photo = preprocess(_photo(tmp_path / "dog.png", 1))
+    photo = preprocess(random_photo(tmp_path / "dog.png", 1))
     with torch.no_grad():
         expected = source.generate(photo[None], ["a photo of"], **DECODING)  # LAVIS's caption prompt
     assert model.caption([photo], **DECODING) == expected and expected[0]

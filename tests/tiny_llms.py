@@ -157,3 +157,49 @@ def make_tiny_t5_trained(folder: Path, seed: int = 0, steps: int = 150) -> Path:
     model.config.dropout_rate = 0.0  # a frozen LLM trains in training mode under LAVIS: no dropout, no randomness
     model.save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_hf_blip2(folder: Path, llm: str) -> Path:
+    """A transformers ``Blip2ForConditionalGeneration`` folder over a tiny OPT (``opt``, ``opt_released``) or T5,
+    random weights perturbed so none is zero or one. ``opt_released``: OPT configured as transformers' released
+    blip2-opt checkpoints are: byte-level BPE, its text ending at a newline (``text_config.eos_token_id`` = the
+    newline's id), made likely so that generation does stop there."""
+    import torch
+    from transformers import (AutoTokenizer, Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig,
+                              Blip2VisionConfig, OPTConfig, T5Config)
+
+    released = llm == "opt_released"
+    llm = "opt" if released else llm
+    folder.mkdir(parents=True)
+    if released:  # as the released blip2-opt: OPT's byte-level BPE, text ending at a newline
+        opt_bpe_tokenizer(folder)
+    else:
+        _tokenizer(folder, bos=llm == "opt")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})  # where the queries go in the input
+    tok.save_pretrained(str(folder))
+    vocab = len(tok)
+    newline = tok("\n", add_special_tokens=False)["input_ids"][0]
+    vision = Blip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=32, patch_size=8)
+    qformer = Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 encoder_hidden_size=48, vocab_size=100)
+    if llm == "opt":
+        text = OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+                         max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=newline if released else tok.eos_token_id)
+    else:
+        text = T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=0,
+                        eos_token_id=1, decoder_start_token_id=0, feed_forward_proj="gated-gelu",
+                        tie_word_embeddings=False)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config)
+    with torch.no_grad():  # no zero biases or unit norms: every weight must land in the right place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        if released:  # the tied output row of the newline, larger: some texts end before max_new_tokens
+            model.language_model.get_input_embeddings().weight[newline] *= 10
+    model.save_pretrained(str(folder))
+    return folder

@@ -1,11 +1,67 @@
-"""A CPU-seconds stage-1 experiment on shapes: tiny frozen ViT, tiny BERT made in the test."""
+"""What the tests share, in one module: the repository's paths, small configs (the toy experiment, CPU-second
+stage-1 / stage-2 experiments on shapes, the frozen-randomness probe), YAML and log helpers, a photo, and the
+tolerance between two implementations of one network. Tiny models are made by ``tiny_bert`` and ``tiny_llms``."""
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
-from conftest import write_yaml
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
 from tiny_bert import make_tiny_bert, vocab_size
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+SMALL_SHAPES = {"image_size": 32, "num_images": {"train": 48, "val": 16, "test": 16},
+                "processors": {"train": {"image": [{"name": "random_resized_crop", "size": 32, "scale": [0.7, 1.0]},
+                                                   {"name": "normalize"}]},
+                               "eval": {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}}}
+
+
+def toy_config(out: Path, **run: Any) -> Dict[str, Any]:
+    """A CPU-second experiment: the toy captioner on a small shapes set."""
+    return {
+        "plugins": ["toy_plugins"],
+        "model": {"name": "toy_captioner", "image_encoder": {"name": "conv_stem", "width": 16, "depth": 2}},
+        "task": {"name": "toy_task"},
+        "datasets": {"shapes_caption": copy.deepcopy(SMALL_SHAPES)},
+        "run": {"output_dir": str(out), "device": "cpu", "batch_size": 8, "log_every": 1, "tensorboard": False,
+                "optimizer": {"lr": 1e-2, "lr_schedule": {"name": "linear_warmup_cosine", "warmup_iters": 2}},
+                **run},
+    }
+
+
+def implementation_atol(reference: torch.Tensor, layers: int) -> float:
+    """Absolute tolerance between two implementations of one floating-point network (transformers' eager
+    attention against our fused one, another kernel or summation order): every layer on the path may round each
+    of its sums differently. We allow 64 units in the last place of the largest reference value per layer:
+    fp32, ``layers`` = 8, values up to 17 give 64 * 8 * 1.19e-7 * 17 = 1.0e-3. Bit-exactness is asserted only
+    between identical computations (resume, repeat runs)."""
+    eps = torch.finfo(reference.dtype).eps
+    return 64 * layers * eps * reference.abs().max().item()
+
+
+def write_yaml(path: Path, data: Dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def read_log(out: Path, event: str = "train") -> List[Dict[str, Any]]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["event"] == event]
+
+
+def random_photo(path: Path, seed: int = 0) -> Path:
+    """A 50x40 RGB JPEG or PNG of random pixels (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
 
 TINY_VIT = {"name": "eva_vit_g", "image_size": 32, "patch_size": 8, "width": 48, "depth": 2, "heads": 4,
             "mlp_dim": 96, "precision": "fp32"}
