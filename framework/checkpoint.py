@@ -33,15 +33,6 @@ def make(model_name: str, weights: Dict[str, torch.Tensor], frozen: Iterable[str
     return {"format": FORMAT, "model_name": model_name, "model": weights, "frozen": list(frozen), **state}
 
 
-def of_model(model: nn.Module, model_name: str, **state: Any) -> Dict[str, Any]:
-    """:func:`make` for a built model: its trainable weights, its frozen parts left out, the parts it deleted
-    named."""
-    from framework.models.interfaces import RemovesParts  # models import this module: import where used
-
-    absent = list(model.removed) if isinstance(model, RemovesParts) else []
-    return make(model_name, trainable_state_dict(model), frozen_prefixes(model), absent=absent, **state)
-
-
 def read_resume(resume: Optional[str], ckpt_dir: Path, model: nn.Module, model_name: str,
                 config_yaml: str) -> Optional[Dict[str, Any]]:
     """``--resume auto|PATH``: read the checkpoint and load its weights into ``model`` (checking they fit), or

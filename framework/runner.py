@@ -21,7 +21,7 @@ from framework.errors import ConfigError, NonFiniteLossError
 from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
                                   prepare_data, run_device, seed_everything, set_determinism)
 from framework.logs import RunLog, console_has_bar, logger, truncate_after
-from framework.models.build import build_model, compile_parts, parameter_table
+from framework.models.build import build_model, checkpoint_of, compile_parts, parameter_table
 from framework.optim import build_optimizer, build_schedule, set_lr
 from framework.registry import build
 from framework.task import Task
@@ -91,7 +91,7 @@ class Runner:
         return self.out / "checkpoints"
 
     def _state(self) -> Dict[str, Any]:
-        return checkpoint.of_model(
+        return checkpoint_of(
             self.model, self.exp.model["name"], optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(), rng=dist.all_gather_objects(checkpoint.rng_state()), iter=self.it,
             best=self.best, stream=dist.gather_dict(self.stream_positions),

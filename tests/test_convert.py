@@ -9,7 +9,7 @@ import torch
 
 from framework.experiment import load_experiment, load_model_file
 from framework.convert import main as convert_main
-from framework.models.build import build_model
+from framework.models.build import build_model, checkpoint_of
 
 from helpers import implementation_atol, stage1_config, write_yaml
 from tiny_llms import make_tiny_hf_blip2
@@ -238,7 +238,7 @@ def test_ours_to_lavis_and_back_through_the_command(tmp_path: Path) -> None:
     cfg = stage1_config(tmp_path, tmp_path / "out")
     torch.manual_seed(5)
     source = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", cfg))).model)
-    checkpoint.save_atomic(checkpoint.of_model(source, "blip2_qformer", iter=0), tmp_path / "trained.pt")
+    checkpoint.save_atomic(checkpoint_of(source, "blip2_qformer", iter=0), tmp_path / "trained.pt")
     torch.save({k.removeprefix("image_encoder.vit."): v for k, v in source.state_dict().items()
                 if k.startswith("image_encoder.")}, tmp_path / "eva.pth")  # the frozen encoder's own file
     cfg["model"]["checkpoint"] = str(tmp_path / "trained.pt")

@@ -197,3 +197,12 @@ def test_a_plain_pip_install_runs_the_readme_dry_run_from_another_folder(tmp_pat
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "config OK. model 'blip2_qformer'" in dry.stdout and "total            1,172,599,998" in dry.stdout
     assert "coco_caption_shards: train shards (114 files" in dry.stdout  # datasets_cfg/ read from the install
+
+
+def test_the_checkpoint_format_knows_no_model_and_the_registry_no_config() -> None:
+    """Checkpoint files and the registries sit below what uses them: ``framework.checkpoint`` imports nothing of
+    ``framework.models`` (a model's checkpoint is made by ``models.build.checkpoint_of``), ``framework.registry``
+    nothing of ``framework.config`` (the listing of parts is the command ``framework.parts``)."""
+    graph = _module_graph()
+    assert {m for m in graph["framework.checkpoint"] if m.startswith("framework.models")} == set()
+    assert "framework.config" not in graph["framework.registry"]

@@ -16,7 +16,7 @@ import yaml
 from framework import checkpoint
 from framework.experiment import load_experiment, prepare_data
 from framework.evaluate import main as evaluate_main
-from framework.models.build import build_model
+from framework.models.build import build_model, checkpoint_of
 from framework.registry import build
 from framework.train import main as train_main
 
@@ -38,7 +38,7 @@ def tiny(tmp_path_factory) -> Dict[str, Any]:
     for name, cfg in (("stage1", stage1_config(tmp, tmp)), ("opt_stage2", stage2_config(tmp, tmp, "opt")),
                       ("flant5_stage2", stage2_config(tmp, tmp, "t5"))):
         spec = load_experiment(str(write_yaml(tmp / f"{name}.yaml", cfg))).model
-        checkpoint.save_atomic(checkpoint.of_model(build_model(spec), spec["name"], iter=1), tmp / f"{name}.pt")
+        checkpoint.save_atomic(checkpoint_of(build_model(spec), spec["name"], iter=1), tmp / f"{name}.pt")
         out[name] = tmp / f"{name}.pt"
     return out
 

@@ -12,7 +12,7 @@ import torch
 from framework.experiment import load_experiment
 from framework.convert import main as convert_main
 from framework.evaluate import main as evaluate_main
-from framework.models.build import build_model
+from framework.models.build import build_model, checkpoint_of
 from framework.predict import main as predict_main
 from framework.registry import ZOO
 from framework.zoo import main as zoo_main
@@ -99,7 +99,7 @@ def test_prepared_from_a_lavis_checkpoint_captions_as_the_model_it_came_from(tmp
     source = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", cfg))).model).eval()
     from framework import checkpoint
 
-    checkpoint.save_atomic(checkpoint.of_model(source, "blip2_generative", iter=0), tmp_path / "trained.pt")
+    checkpoint.save_atomic(checkpoint_of(source, "blip2_generative", iter=0), tmp_path / "trained.pt")
     cfg["model"]["checkpoint"] = str(tmp_path / "trained.pt")
     assert convert_main(["--from", "ours", "--to", "lavis", "--src", str(write_yaml(tmp_path / "exp.yaml", cfg)),
                          "--out", str(tmp_path / "lavis")]) == 0

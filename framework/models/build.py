@@ -9,6 +9,7 @@ from torch import nn
 
 from framework import checkpoint
 from framework.data.builder import DataFile
+from framework.models.interfaces import RemovesParts
 from framework.registry import build
 
 
@@ -26,6 +27,14 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     if ckpt and not building_on_meta():
         checkpoint.load_model_weights(model, checkpoint.load(ckpt), ckpt)
     return model
+
+
+def checkpoint_of(model: nn.Module, model_name: str, **state: Any) -> Dict[str, Any]:
+    """:func:`framework.checkpoint.make` for a built model: its trainable weights, its frozen parts left out, the
+    parts it deleted named (:class:`framework.models.interfaces.RemovesParts`)."""
+    absent = list(model.removed) if isinstance(model, RemovesParts) else []
+    return checkpoint.make(model_name, checkpoint.trainable_state_dict(model), checkpoint.frozen_prefixes(model),
+                           absent=absent, **state)
 
 
 def compile_parts(model: nn.Module, backend: str) -> None:
