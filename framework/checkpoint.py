@@ -33,30 +33,6 @@ def make(model_name: str, weights: Dict[str, torch.Tensor], frozen: Iterable[str
     return {"format": FORMAT, "model_name": model_name, "model": weights, "frozen": list(frozen), **state}
 
 
-def read_resume(resume: Optional[str], ckpt_dir: Path, model: nn.Module, model_name: str,
-                config_yaml: str) -> Optional[Dict[str, Any]]:
-    """``--resume auto|PATH``: read the checkpoint and load its weights into ``model`` (checking they fit), or
-    None (no ``--resume``; ``auto`` before the first checkpoint). Config keys that changed since the checkpoint
-    was written are logged."""
-    from framework.config import config_changes  # the config loader, only where a run resumes
-
-    if resume is None:
-        return None
-    path = ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
-    if resume == "auto" and not path.exists():
-        logger.info("--resume auto: no %s yet, starting from scratch", path)
-        return None
-    ckpt = load(path)
-    if ckpt["model_name"] != model_name:
-        raise CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, this config builds "
-                              f"{model_name!r}")
-    load_model_weights(model, ckpt, str(path))
-    for k, (a, b) in config_changes(ckpt.get("config", ""), config_yaml).items() if "config" in ckpt else ():
-        logger.info("resuming %s: %s was %r, is %r", path, k, a, b)
-    ckpt["path"] = str(path)
-    return ckpt
-
-
 def restore(ckpt: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler: Any,
             readers: int) -> Tuple[int, Dict[str, Any], Dict[int, Any]]:
     """Put optimizer, scaler and this rank's RNG back where the checkpoint left them; returns the run's position:

@@ -25,7 +25,7 @@ from framework.config import DatasetsOf, config_changes, load_config, to_yaml, v
 from framework.data.builder import DatasetBuilder
 from framework.data.feature_cache import cache_folder, open_cache, random_processors
 from framework.data.loader import IterableMixture, Mixture, eval_loader, is_stream, stream_loader, train_loader
-from framework.errors import ConfigError
+from framework.errors import CheckpointError, ConfigError
 from framework.models.interfaces import CachesFeatures, ReadsFeatureCache
 from framework.logs import logger
 from framework.optim import OptimConfig
@@ -181,11 +181,15 @@ def builders(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
     return out
 
 
-def claim_output(out: Path, exp: ExperimentConfig, resume: Optional[str], overwrite: bool) -> None:
-    """Make ``output_dir`` this run's before anything is written: a folder holding another run's files is
-    refused unless this run continues it (``--resume``, with a config that differs only in keys a
-    continued run may change; ``checkpoint.read_resume`` logs them) or replaces it (``--overwrite`` deletes that run's files, nothing else).
-    Temporary checkpoint files of a killed process are removed."""
+def claim_output(out: Path, exp: ExperimentConfig, resume: Optional[str], overwrite: bool,
+                 model_name: str) -> Optional[Dict[str, Any]]:
+    """The one decision about a training run's ``output_dir`` and what the run continues, made before anything is
+    written. A folder holding another run's files is refused unless this run continues it (``--resume``) or
+    replaces it (``--overwrite`` deletes that run's files, nothing else). Returns the checkpoint the run continues
+    from (``--resume auto``: the folder's ``last.pt``, if there is one yet; ``--resume PATH``: that file), read and
+    checked to be of this model, or None. The config is compared once, with the checkpoint's (else the folder's
+    ``config.yaml``): continuing the folder's run, only :data:`RESUME_MAY_CHANGE` keys may differ; every change is
+    logged. Temporary checkpoint files of a killed process are removed."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     dist.barrier()  # every rank has looked before any rank deletes or writes: all decide alike
     if found and overwrite:
@@ -194,21 +198,44 @@ def claim_output(out: Path, exp: ExperimentConfig, resume: Optional[str], overwr
                 path = out / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         logger.warning("--overwrite: deleted the previous run's %s in %s", ", ".join(found), out)
+        found = []
     elif found and resume is None:
         raise ConfigError(f"run.output_dir {out} holds another run ({', '.join(found)}): continue it with "
                           f"--resume auto, replace it with --overwrite (deletes those files), or set "
                           f"run.output_dir to a new folder")
-    elif found and (out / "config.yaml").is_file():
-        changed = config_changes((out / "config.yaml").read_text(), to_yaml(exp))
-        blocked = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE)}
-        if blocked:
-            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocked.items())[:8])
-            raise ConfigError(f"--resume: run.output_dir {out} holds a run of another config ({shown}"
-                              f"{' ...' if len(blocked) > 8 else ''}); a continued run may change only "
-                              f"{', '.join(RESUME_MAY_CHANGE)}. Use another run.output_dir, or --overwrite")
+    ckpt = _resume_checkpoint(out, resume, model_name)
+    before = ckpt.get("config") if ckpt is not None else None
+    if before is None and found and (out / "config.yaml").is_file():  # a run killed before its first checkpoint
+        before = (out / "config.yaml").read_text()
+    changed = config_changes(before, to_yaml(exp)) if before is not None else {}
+    blocked = {k: v for k, v in changed.items() if not k.startswith(RESUME_MAY_CHANGE)} if found else {}
+    if blocked:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(blocked.items())[:8])
+        raise ConfigError(f"--resume: run.output_dir {out} holds a run of another config ({shown}"
+                          f"{' ...' if len(blocked) > 8 else ''}); a continued run may change only "
+                          f"{', '.join(RESUME_MAY_CHANGE)}. Use another run.output_dir, or --overwrite")
+    for k, (a, b) in changed.items():
+        logger.info("resuming %s: %s was %r, is %r", ckpt["path"] if ckpt else out / "config.yaml", k, a, b)
     if dist.is_main():
         checkpoint.remove_stale_temporaries(out / "checkpoints")
     dist.barrier()  # rank 0 writes config.yaml only once every rank has decided
+    return ckpt
+
+
+def _resume_checkpoint(out: Path, resume: Optional[str], model_name: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint ``--resume auto|PATH`` names, read, of ``model_name``; None without ``--resume`` or before
+    the folder's first checkpoint (``auto``)."""
+    if resume is None:
+        return None
+    path = out / "checkpoints" / "last.pt" if resume == "auto" else Path(resume)
+    if resume == "auto" and not path.exists():
+        logger.info("--resume auto: no %s yet, starting from scratch", path)
+        return None
+    ckpt = checkpoint.load(path)
+    if ckpt["model_name"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds model {ckpt['model_name']!r}, this config builds "
+                              f"{model_name!r}")
+    return {**ckpt, "path": str(path)}
 
 
 def claim_evaluation(out: Path, model_checkpoint: Optional[str], overwrite: bool) -> Path:

@@ -110,9 +110,10 @@ class Runner:
     # ---------------------------------------------------------------------------------------------- data
     # ---------------------------------------------------------------------------------------------- train
     def train(self, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
-        claim_output(self.out, self.exp, resume, overwrite)
-        # a bad or mismatched checkpoint fails before output is written
-        ckpt = checkpoint.read_resume(resume, self.ckpt_dir, self.model, self.exp.model["name"], to_yaml(self.exp))
+        # a bad or mismatched checkpoint or config fails before output is written
+        ckpt = claim_output(self.out, self.exp, resume, overwrite, self.exp.model["name"])
+        if ckpt is not None:
+            checkpoint.load_model_weights(self.model, ckpt, ckpt["path"])
         loader = self.data.training_loader()
         iters_per_epoch = self.data.iters_per_epoch(loader)
         stream = is_stream(loader.dataset)
