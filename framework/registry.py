@@ -14,28 +14,31 @@ signature does not have is an error before any work starts (see :mod:`framework.
 
 Parts are found in two ways, and ``framework`` never imports a concrete part by name:
 
-* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module to import, and
-  where it is a package, every module below it, each on its own; the built-in ``plugins`` package is one of them
-  (``pyproject.toml``);
-* a config's ``plugins:`` list of extra module paths.
+* installed packages: each entry point in the group :data:`ENTRY_POINT_GROUP` names a module, and where it is a
+  package every module below it; the built-in ``plugins`` package is one of them (``pyproject.toml``). Their
+  sources are read, not run: a module whose registrations are all ``@REGISTRY.register("name")`` decorators is
+  imported when one of its names is asked for, any other module at discovery;
+* a config's ``plugins:`` list of extra module paths, imported when the config is loaded.
 
-A discovered module that raises while importing costs only the parts it registers: the others stay usable, a
-warning names it at discovery, and asking for a part nobody registered shows its traceback (the likely culprit)
-to whoever wrote it. A module the config lists under ``plugins:`` is the config's own: its failure is an error.
+So a discovered module that raises while importing costs only the parts it registers: a config naming one of
+them gets the module's traceback (its own frames) for whoever wrote it; the others never run it. A module the
+config lists under ``plugins:`` is the config's own: its failure is an error.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import math
-import pkgutil
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 from framework.errors import RegistryError
 
@@ -88,10 +91,16 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         discover_plugins()
         if name not in self._entries:
+            failed = _load_declaring(self.kind, name)
+            if failed:
+                raise RegistryError(f"{self.kind} {name!r} is registered by plugin module {failed}, which failed "
+                                    f"to import:\n{_broken[failed]}")
+        if name not in self._entries:
             raise RegistryError(self.unknown_message(name))
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
+        _load_all()
         known = sorted(self._entries)
         close = difflib.get_close_matches(str(name), known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -104,6 +113,7 @@ class Registry:
 
     def names(self) -> List[str]:
         discover_plugins()
+        _load_all()
         return sorted(self._entries)
 
     def default_spec(self) -> Dict[str, Any]:
@@ -111,11 +121,15 @@ class Registry:
         declares it, so ``framework`` names no part."""
         discover_plugins()
         if self._default is None:
+            _load_declaring(self.kind, _DEFAULT)
+        if self._default is None:
             raise RegistryError(f"no {self.kind} is registered as the default; name one in the config")
         return {"name": self._default}
 
     def __contains__(self, name: object) -> bool:
         discover_plugins()
+        if name not in self._entries:
+            _load_declaring(self.kind, str(name))
         return name in self._entries
 
 
@@ -149,21 +163,93 @@ REGISTRIES: Dict[str, Registry] = {r.kind: r for r in (
 _discovered = False
 # discovered plugin modules that raised while importing: module name -> its traceback
 _broken: Dict[str, str] = {}
+# (registry kind, part name) -> the discovered module that registers it, read from its source, not yet imported
+_declared: Dict[Tuple[str, str], str] = {}
+_DEFAULT = "\0default"  # _declared's name for "the part registered with default=True"
 
 
 def discover_plugins() -> None:
-    """Import every entry point of :data:`ENTRY_POINT_GROUP` (once), a package module by module: the built-in
-    ``plugins`` package is one of them, a user's package another."""
+    """Find the parts of every entry point of :data:`ENTRY_POINT_GROUP` (once; the built-in ``plugins`` package is
+    one, a user's package another), module by module, without running them: a module whose registrations are
+    all ``@REGISTRY.register("name")`` (or ``register()`` on a class) is indexed by those names and imported when
+    one is asked for; any other module is imported now. So a module that raises costs only its own parts."""
     global _discovered
     if _discovered:
         return
     _discovered = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if _import_isolated(ep.value):
-            package = importlib.import_module(ep.value)
-            for info in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=f"{ep.value}.",
-                                              onerror=_record_broken):
-                _import_isolated(info.name)
+        spec = _find(ep.value)
+        if spec is None or spec.origin is None:
+            _import_isolated(ep.value)  # not a plain source module or package: import it, as before
+            continue
+        folders = list(spec.submodule_search_locations or [])
+        files = {ep.value: Path(spec.origin)}
+        for folder in folders:
+            for path in sorted(Path(folder).rglob("*.py")):
+                parts = path.relative_to(folder).with_suffix("").parts
+                files[".".join((ep.value,) + (parts[:-1] if parts[-1] == "__init__" else parts))] = path
+        for module, path in files.items():
+            names = _registrations(path)
+            if names is None:
+                _import_isolated(module)
+            for key in names or ():
+                _declared.setdefault(key, module)
+
+
+def _find(module: str) -> Any:
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+
+
+def _registrations(path: Path) -> Optional[List[Tuple[str, str]]]:
+    """The (kind, name) pairs a module's source registers, when every registration in it is a decorator naming
+    its part literally (or a class by its own name); None when it registers otherwise (it is then imported)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None  # importing it will say what is wrong
+    kinds = {name: r.kind for name, r in globals().items() if isinstance(r, Registry)}
+    found, decorated = [], set()
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            continue
+        for deco in node.decorator_list:
+            if isinstance(deco, ast.Call) and isinstance(deco.func, ast.Attribute) and deco.func.attr == "register":
+                decorated.add(id(deco))
+                base = deco.func.value
+                kind = kinds.get(base.id) if isinstance(base, ast.Name) else None
+                if kind is None or len(deco.args) > 1 or (deco.args and not (
+                        isinstance(deco.args[0], ast.Constant) and isinstance(deco.args[0].value, str))):
+                    return None
+                name = deco.args[0].value if deco.args else node.name
+                found.append((kind, name))
+                if any(k.arg == "default" for k in deco.keywords):
+                    found.append((kind, _DEFAULT))
+    for node in ast.walk(tree):  # a register call that is not one of those decorators: not indexable
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register" \
+                and id(node) not in decorated:
+            return None
+    return found
+
+
+def _load_declaring(kind: str, name: str) -> Optional[str]:
+    """Import the module that declares part ``name`` of ``kind``, if one does; returns it if it failed."""
+    module = _declared.pop((kind, name), None)
+    if module is None:
+        return None
+    if module not in _broken:
+        _import_isolated(module)
+    return module if module in _broken else None
+
+
+def _load_all() -> None:
+    """Import every indexed module (a listing of names, a name nobody declares)."""
+    for module in sorted(set(_declared.values())):
+        if module not in _broken:
+            _import_isolated(module)
+    _declared.clear()
 
 
 def _import_isolated(module: str) -> bool:

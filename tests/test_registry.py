@@ -105,8 +105,8 @@ def test_entry_point_package_outside_the_repo_adds_an_image_encoder(tmp_path: Pa
 @pytest.mark.slow
 def test_a_plugin_module_that_raises_fails_only_a_config_that_names_its_parts(tmp_path: Path) -> None:
     """An installed plugin package with a good module and one whose code raises at import: a config that uses
-    the good one trains (with a warning naming the broken module); one that names the broken module's part
-    fails before any work with an error that holds the module's traceback, its file and line."""
+    the good one trains (the broken module is never imported: parts load by name); one that names the broken
+    module's part fails before any work with an error that holds the module's traceback, its file and line."""
     site = tmp_path / "site"
     pkg = site / "ext_parts"
     pkg.mkdir(parents=True)
@@ -129,11 +129,22 @@ def test_a_plugin_module_that_raises_fails_only_a_config_that_names_its_parts(tm
                                        capture_output=True, text=True, timeout=300)
     good, bad = runs["ext_patch_encoder"], runs["ext_broken_encoder"]
     assert good.returncode == 0, good.stderr[-3000:]
-    assert "plugin module ext_parts.broken failed to import" in good.stderr
+    assert "ext_parts.broken" not in good.stderr  # parts load by name: the broken module was never run
     assert bad.returncode == 2, bad.stderr[-3000:]
-    assert "unknown image_encoder 'ext_broken_encoder'" in bad.stderr
-    assert "plugin module ext_parts.broken failed to import" in bad.stderr and "Traceback" in bad.stderr
+    assert ("image_encoder 'ext_broken_encoder' is registered by plugin module ext_parts.broken, which failed to "
+            "import") in bad.stderr and "Traceback" in bad.stderr
     assert "importlib" not in bad.stderr  # the author's frames, not the import machinery's
     assert f'{pkg / "broken.py"}", line 5' in bad.stderr  # where the author's code raised
     assert "RuntimeError: the plugin author made a mistake here" in bad.stderr
     assert not (tmp_path / "ext_broken_encoder").exists()  # failed before any work
+
+
+def test_a_part_is_imported_by_its_name_alone() -> None:
+    """Discovery reads the plugin modules' registrations without running them; asking for a part imports the
+    module that registers it (and what that module imports), not the others."""
+    code = ("import sys; from framework.registry import IMAGE_ENCODERS; IMAGE_ENCODERS.get('eva_vit_g'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('plugins.'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert "plugins.image_encoders.eva_vit" in loaded
+    assert not [m for m in loaded if m.startswith(("plugins.llms.", "plugins.tasks.", "plugins.models."))], loaded
