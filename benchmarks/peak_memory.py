@@ -1,10 +1,10 @@
-"""Measured peak memory of training iterations on the CPU, beside ``framework.cost``'s estimate.
+"""Measured peak memory of training iterations on the CPU, beside ``framework.engine.cost``'s estimate.
 
     python benchmarks/peak_memory.py --cfg CONFIG [--batch N] [--options KEY=VALUE ...]
 
 Each measurement runs in a fresh process: the resident set size before the model is built is subtracted from the
 process's peak (``ru_maxrss``) after two training iterations (forward, backward, AdamW's step) on the batch
-``framework.cost`` estimates for (texts of ``max_txt_len`` tokens). glibc's allocator is told to map every
+``framework.engine.cost`` estimates for (texts of ``max_txt_len`` tokens). glibc's allocator is told to map every
 block of 64 KiB or more on its own (``MALLOC_MMAP_THRESHOLD_``), so a freed tensor leaves the resident set at
 once, as it leaves a GPU's allocated memory.
 """
@@ -46,10 +46,10 @@ def _child(cfg: str, batch_size: int, options: List[str]) -> None:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from framework.experiment import load_experiment
+    from framework.core.registry import build
+    from framework.engine.experiment import load_experiment
+    from framework.engine.optim import build_optimizer
     from framework.models.build import build_model
-    from framework.optim import build_optimizer
-    from framework.registry import build
 
     exp = load_experiment(cfg, options)
     task = build("task", exp.task)
@@ -93,8 +93,8 @@ def main() -> None:
     if args.child:
         return _child(args.cfg, args.batch, args.options)
     sys.path.insert(0, str(REPO))
-    from framework.experiment import load_experiment
-    from framework.cost import step_cost
+    from framework.engine.cost import step_cost
+    from framework.engine.experiment import load_experiment
 
     exp = load_experiment(args.cfg, args.options)
     batch = args.batch or exp.run.batch_size

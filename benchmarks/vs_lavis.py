@@ -35,12 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from framework.experiment import load_model_file  # noqa: E402
-from framework.convert import main as convert_main  # noqa: E402
-from framework.models.build import build_model  # noqa: E402
 from lavis_oracle import lavis_bert  # noqa: E402  (a BERT folder LAVIS finds as bert-base-uncased)
 from tiny_bert import CORPUS  # noqa: E402
+
 from benchmarks.output import write_results  # noqa: E402
+from framework.commands.convert import main as convert_main  # noqa: E402
+from framework.engine.experiment import load_model_file  # noqa: E402
+from framework.models.build import build_model  # noqa: E402
 
 LAVIS_PY = REPO / ".venv-lavis" / "bin" / "python"
 
@@ -213,9 +214,8 @@ def stage1(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
 def _opt_folder(folder: Path) -> Path:
     """An OPT-125M-sized OPT (768 wide, 12 layers) with random weights held in exact fp16 values (LAVIS loads OPT
     in fp16) and the tests' byte-level BPE tokenizer."""
-    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
-
     from tiny_llms import opt_bpe_tokenizer
+    from transformers import GPT2Tokenizer, OPTConfig, OPTForCausalLM
 
     opt_bpe_tokenizer(folder)
     tok = GPT2Tokenizer.from_pretrained(str(folder))

@@ -20,12 +20,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from framework import checkpoint
+from framework.core import checkpoint
+from framework.core.errors import ConfigError
 from framework.data.builder import compose
 from framework.data.images import load_image
-from framework.errors import ConfigError
 from framework.models.build import build_model
-from framework.models.interfaces import DeclaresProcessing, Generative, Retrievable, require
+from framework.models.interfaces import (
+    DeclaresProcessing,
+    Generative,
+    Retrievable,
+    require,
+)
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
@@ -99,8 +104,9 @@ class Model:
 def _resolve(source: Path, options: Sequence[str]) -> Tuple[Dict[str, Any], Optional[Callable], int]:
     """(model section, the data set's evaluation processing or None, the run's seed) of a run folder, folder or
     config file, with the ``--options`` overrides applied."""
-    from framework.config import load_config
-    from framework.experiment import builders, load_experiment, load_model_file
+    from framework.core.config import load_config
+    from framework.engine.experiment import load_experiment, load_model_file
+    from framework.engine.experiment_data import builders
 
     if source.is_dir():
         if (source / "config.yaml").is_file():  # a run folder

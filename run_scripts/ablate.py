@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from framework.config import load_config, validate
-from framework.errors import ConfigError
-from framework.logs import setup_console
+from framework.core.config import load_config, validate
+from framework.core.errors import ConfigError
+from framework.core.logs import setup_console
 
 
 @dataclass

@@ -29,9 +29,9 @@ from typing import Dict, List, Optional
 import torch
 from safetensors.torch import save_file
 
-from framework.experiment import load_experiment
-from framework.experiment import builders
-from framework.models.qformer import read_bert_folder
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import builders
+from framework.models.bert import read_bert_folder
 
 # the rows indexed by token id, in a BERT checkpoint's (BertLMHeadModel's) naming as read_bert_folder gives it
 VOCAB_ROWS = ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias", "cls.predictions.decoder.weight",

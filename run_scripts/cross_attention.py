@@ -26,13 +26,13 @@ from typing import Dict, List, Optional
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from framework.experiment import load_experiment
+from framework.engine.experiment import load_experiment
 from framework.models.qformer import CrossAttention
 
 
 def record_run(cfg: str, options: List[str], out: Path, steps: int) -> Dict[str, Dict[str, List[float]]]:
     """Train ``steps`` iterations; per cross-attention layer, a value per step of each recorded quantity."""
-    from framework.runner import Runner
+    from framework.engine.runner import Runner
 
     exp = load_experiment(cfg, options + [f"run.output_dir={out}", f"run.max_iters={steps}", "run.eval_splits=[]",
                                           "run.test_splits=[]", "run.tensorboard=false"])

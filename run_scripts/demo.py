@@ -21,10 +21,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
-from framework.experiment import load_experiment
-from framework.evaluate import main as evaluate_main
-from framework.experiment import builders
-from framework.train import main as train_main
+from framework.commands.evaluate import main as evaluate_main
+from framework.commands.train import main as train_main
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import builders
 from run_scripts.bert_vocab import main as bert_vocab_main
 from run_scripts.tiny_llm import main as tiny_llm_main
 

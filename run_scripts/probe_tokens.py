@@ -19,8 +19,9 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from framework.experiment import load_experiment
-from framework.experiment import builders, seed_everything
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import builders
+from framework.engine.machine import seed_everything
 from framework.models.image_encoder import build_image_encoder
 
 

@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from framework.experiment import load_experiment
-from framework.experiment import builders
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import builders
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2; </s> starts (as OPT's tokenizer does) and ends a text
 
@@ -87,7 +87,12 @@ def encode(tokenizer, examples: List[Example], decoder_only: bool) -> List[Tuple
 
 
 def build_llm(decoder_only: bool, vocab: int, width: int, layers: int):
-    from transformers import OPTConfig, OPTForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        OPTConfig,
+        OPTForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     if decoder_only:
         return OPTForCausalLM(OPTConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers,

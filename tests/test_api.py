@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from framework.convert import main as convert_main
-from framework.errors import ConfigError
-from framework.train import main as train_main
-
 from helpers import random_photo, stage1_config, write_yaml
+
+from framework.commands.convert import main as convert_main
+from framework.commands.train import main as train_main
+from framework.core.errors import ConfigError
 
 
 def test_three_lines_caption_a_photo_with_a_converted_model(tmp_path: Path) -> None:
@@ -53,8 +52,8 @@ def test_a_run_folder_loads_its_best_weights_and_ranks(tmp_path: Path) -> None:
     trained = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["model"]
     k = "vision_proj.weight"
     assert torch.equal(model.module.state_dict()[k], trained[k])  # the run's weights, not a fresh build
-    from framework.experiment import load_experiment
-    from framework.experiment import seed_everything
+    from framework.engine.experiment import load_experiment
+    from framework.engine.machine import seed_everything
     from framework.models.build import build_model
 
     exp = load_experiment(str(tmp_path / "run" / "config.yaml"))
@@ -88,7 +87,7 @@ def test_extract_writes_the_embeddings_with_their_ids(tmp_path: Path, capsys) ->
     from safetensors import safe_open
 
     from framework import load
-    from framework.extract import main as extract_main
+    from framework.commands.extract import main as extract_main
 
     cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=1)
     assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0

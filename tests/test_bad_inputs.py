@@ -9,11 +9,10 @@ from typing import List
 
 import pytest
 import torch
-
-from framework.convert import main as convert_main
-from framework.train import main as train_main
-
 from helpers import stage1_config, toy_config, write_yaml
+
+from framework.commands.convert import main as convert_main
+from framework.commands.train import main as train_main
 
 
 def _refused(tmp_path: Path, capsys, options: List[str], cfg=None) -> str:
@@ -93,14 +92,14 @@ def test_a_mismatch_met_at_the_first_step_is_an_error_not_a_traceback(tmp_path: 
 
 
 def test_indexed_options_set_one_item_of_a_list(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
 
     cfg = write_yaml(tmp_path / "c.yaml", toy_config(tmp_path / "out", eval_splits=["val", "test"]))
     assert load_experiment(str(cfg), ["run.eval_splits[1]=train"]).run.eval_splits == ["val", "train"]
 
 
 def test_an_interpolation_resolves_across_base_files(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
 
     base = toy_config(tmp_path / "unused")
     base["run"]["output_dir"] = str(tmp_path / "runs") + "/${model.name}_${run.seed}"
@@ -128,7 +127,7 @@ def test_a_corrupt_image_encoder_checkpoint_is_named(tmp_path: Path, capsys) -> 
 
 def test_disk_full_while_checkpointing_stops_keeping_the_previous_checkpoint(tmp_path: Path, capsys,
                                                                            monkeypatch) -> None:
-    from framework import checkpoint
+    from framework.core import checkpoint
 
     real_save, calls = torch.save, []
 
@@ -172,9 +171,9 @@ def test_corrupt_converter_sources_are_named(tmp_path: Path, capsys) -> None:
 
 
 def test_a_converter_never_overwrites_a_folder_and_leaves_nothing_half_done(tmp_path: Path, capsys) -> None:
-    from framework import checkpoint
-
     from helpers import stage1_config
+
+    from framework.core import checkpoint
 
     model = tmp_path / "model.pth"
     torch.save({"model": {"query_tokens": torch.zeros(1, 4, 32), "bogus.weight": torch.zeros(2)}}, model)
@@ -206,7 +205,7 @@ def test_a_corrupt_feature_cache_is_refused_before_training(tmp_path: Path, caps
     assert open_cache(folder, {"encoder": "x"}, "where", "make it") is not None
     data = (folder / "features.npy").read_bytes()
     (folder / "features.npy").write_bytes(data[: len(data) - 10])  # an interrupted copy
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"where: the feature cache in .* cannot be read .*; remake it with: make it"):
         open_cache(folder, {"encoder": "x"}, "where", "make it")
@@ -256,7 +255,7 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path: Path, caplog) -> No
 def test_a_record_leaving_the_image_root_is_refused_unless_allowed(tmp_path: Path) -> None:
     from PIL import Image
 
-    from framework.errors import BadDataError
+    from framework.core.errors import BadDataError
 
     Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
     data = tmp_path / "data"

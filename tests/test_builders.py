@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.registry import DATASETS
+from framework.core.registry import DATASETS
 
 PROC = {"train": {"image": [{"name": "resize", "size": 16}, {"name": "normalize"}]},
         "eval": {"image": [{"name": "resize", "size": 16}, {"name": "normalize"}]}}
@@ -142,7 +142,7 @@ def test_visual_genome_region_captions(tmp_path: Path, shapes_keys) -> None:
 
 
 def test_a_missing_file_names_file_entry_and_source(tmp_path: Path) -> None:
-    from framework.errors import MissingDataError
+    from framework.core.errors import MissingDataError
 
     builder = DATASETS.get("vqav2")("vqav2", root=str(tmp_path))
     with pytest.raises(MissingDataError, match=r"v2_OpenEnded_mscoco_val2014_questions.json(.|\n)*visualqa.org"):
@@ -153,9 +153,9 @@ def test_a_missing_file_names_file_entry_and_source(tmp_path: Path) -> None:
                                           ("nocaps", "val"), ("vqav2", "val"), ("okvqa", "val"),
                                           ("gqa", "test-dev"), ("vg_caption", "train"), ("vg_vqa", "train")])
 def test_datasets_cfg_entries_validate_and_list_their_files(tmp_path: Path, entry: str, split: str, capsys) -> None:
-    from framework.train import main as train_main
-
     from helpers import toy_config, write_yaml
+
+    from framework.commands.train import main as train_main
 
     cfg = toy_config(tmp_path / "out")
     cfg["datasets"] = {entry: {"root": str(tmp_path / "nothing")}}

@@ -9,7 +9,6 @@ from typing import Dict, Iterator
 
 import pytest
 import torch
-
 from helpers import read_log, stage1_config, toy_config, write_yaml
 
 
@@ -26,7 +25,7 @@ def fresh_dynamo() -> Iterator[None]:
 
 
 def _stage1_losses_and_grads(tmp_path: Path, backend: str | None) -> Dict[str, torch.Tensor]:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model, compile_parts
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
@@ -68,7 +67,7 @@ def test_compiled_parts_give_eager_losses_and_gradients(tmp_path: Path) -> None:
 def test_a_compiled_run_logs_eager_losses_and_saves_checkpoints_eager_runs_read(tmp_path: Path) -> None:
     from torch._dynamo.utils import counters
 
-    from framework.train import main
+    from framework.commands.train import main
 
     runs, graphs = {}, {}
     for name, extra in (("eager", {}), ("compiled", {"compile": True, "compile_backend": "eager"})):

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from framework.experiment import load_experiment
-from framework.config import load_config, to_plain
-from framework.errors import ConfigError
-from framework.train import main as train_main
-
 from helpers import toy_config, write_yaml
+
+from framework.commands.train import main as train_main
+from framework.core.config import load_config, to_plain
+from framework.core.errors import ConfigError
+from framework.engine.experiment import load_experiment
 
 
 def test_three_level_base_chain_and_list_bases(tmp_path: Path) -> None:
@@ -138,7 +137,7 @@ def test_resolved_config_reproduces_the_run(tmp_path: Path) -> None:
 
 
 def test_options_are_found_anywhere_on_the_command_line() -> None:
-    from framework.cli import pull_options
+    from framework.commands.cli import pull_options
 
     assert pull_options(["--options", "a=1", "b.c=[1, 2]", "caption", "x.jpg", "--options", "d=e", "--json"]) == \
         (["caption", "x.jpg", "--json"], ["a=1", "b.c=[1, 2]", "d=e"])

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework.experiment import load_experiment, load_model_file
-from framework.convert import main as convert_main
-from framework.models.build import build_model, checkpoint_of
-
 from helpers import implementation_atol, stage1_config, write_yaml
 from tiny_llms import make_tiny_hf_blip2
+
+from framework.commands.convert import main as convert_main
+from framework.engine.experiment import load_experiment, load_model_file
+from framework.models.build import build_model, checkpoint_of
 
 PROMPT = "question : what color is the circle ? answer :"
 
@@ -61,10 +60,10 @@ def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, l
 
 
 def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
-    from framework.errors import ConfigError
-    from plugins.formats.hf_blip2 import HuggingFace
-
     from tiny_llms import make_tiny_opt
+
+    from framework.core.errors import ConfigError
+    from plugins.formats.hf_blip2 import HuggingFace
 
     with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
         HuggingFace().read(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
@@ -72,8 +71,8 @@ def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
 
 def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_is_named(tmp_path: Path,
                                                                                          capsys) -> None:
-    from framework import checkpoint
-    from framework.errors import ConfigError
+    from framework.core import checkpoint
+    from framework.core.errors import ConfigError
     from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
@@ -114,10 +113,10 @@ def test_a_lavis_stage1_checkpoint_converts_with_no_key_left_and_a_renamed_key_i
 
 
 def test_a_lavis_blip2_opt_checkpoint_fits_the_generative_model(tmp_path: Path, capsys) -> None:
-    from framework import checkpoint
-    from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
-
     from helpers import stage2_config
+
+    from framework.core import checkpoint
+    from plugins.formats.lavis import lavis_to_ours, ours_to_lavis
 
     stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path)))).model)
     generative = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path))))
@@ -176,10 +175,14 @@ def test_exported_back_transformers_loads_it_with_the_same_logits(tmp_path: Path
 
 
 def test_converted_retrieval_model_gives_the_same_itm_and_itc_scores(tmp_path: Path) -> None:
-    from transformers import (BertTokenizerFast, Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig,
-                              Blip2VisionConfig)
-
     from tiny_bert import make_tiny_bert
+    from transformers import (
+        BertTokenizerFast,
+        Blip2Config,
+        Blip2ForImageTextRetrieval,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+    )
 
     tok = BertTokenizerFast.from_pretrained(str(make_tiny_bert(tmp_path / "bert")))
     tok.add_special_tokens({"bos_token": "[DEC]"})  # as the released BLIP-2 tokenizers carry it
@@ -233,7 +236,7 @@ def test_converted_retrieval_model_gives_the_same_itm_and_itc_scores(tmp_path: P
 
 def test_ours_to_lavis_and_back_through_the_command(tmp_path: Path) -> None:
     """The README's ``--from ours --to lavis``: the file LAVIS's load_checkpoint reads converts back to our model."""
-    from framework import checkpoint
+    from framework.core import checkpoint
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     torch.manual_seed(5)

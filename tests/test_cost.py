@@ -1,4 +1,4 @@
-"""``--dry-run``'s cost of an iteration (``framework.cost``): memory against the measured CPU peak at two model
+"""``--dry-run``'s cost of an iteration (``framework.engine.cost``): memory against the measured CPU peak at two model
 sizes, FLOPs against a count from the parameters, the largest batch, and the real-size configs in seconds."""
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, stage1_config, write_yaml
 from tiny_bert import make_tiny_bert, vocab_size
 
@@ -36,8 +35,8 @@ SIZES = {"small": (256, 2, 128, 2, 64, 24), "mid": (384, 2, 192, 2, 64, 48)}
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_the_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak(size: str, tmp_path: Path) -> None:
     from benchmarks.peak_memory import measure
-    from framework.experiment import load_experiment
-    from framework.cost import step_cost
+    from framework.engine.cost import step_cost
+    from framework.engine.experiment import load_experiment
 
     cfg = _stage1(tmp_path, *SIZES[size])
     exp = load_experiment(str(cfg))
@@ -49,8 +48,8 @@ def test_the_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak(size:
 
 
 def test_the_largest_batch_reproduces_the_estimate_at_that_batch(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
-    from framework.cost import step_cost
+    from framework.engine.cost import step_cost
+    from framework.engine.experiment import load_experiment
 
     exp = load_experiment(str(_stage1(tmp_path, *SIZES["small"])))
     at_8, at_24 = step_cost(exp, 8), step_cost(exp, 24)
@@ -80,7 +79,7 @@ def _cost_lines(out: str) -> dict:
 ])
 def test_the_dry_run_gives_flops_and_memory_of_a_real_size_config(cfg: str, vit: int, llm: int, tokens: int,
                                                                    capsys) -> None:
-    from framework.train import main as train_main
+    from framework.commands.train import main as train_main
 
     assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -99,8 +98,8 @@ def test_the_dry_run_gives_flops_and_memory_of_a_real_size_config(cfg: str, vit:
 
 
 def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
-    from framework.cost import step_cost
+    from framework.engine.cost import step_cost
+    from framework.engine.experiment import load_experiment
 
     cfg = _stage1(tmp_path, *SIZES["small"])
     images = step_cost(load_experiment(str(cfg)))
@@ -112,17 +111,17 @@ def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) 
 def test_a_model_that_does_not_say_what_its_batch_holds_is_named(tmp_path: Path, monkeypatch, capsys) -> None:
     """The cost estimate runs a training step on the batch the model describes (``example_batch``): the framework
     names no batch key. A model without it gets a clear error, and ``--no-cost`` still dry-runs it."""
-    import framework.cost
-    from framework.train import main as train_main
-
     from helpers import toy_config
+
+    import framework.engine.cost
+    from framework.commands.train import main as train_main
 
     class NoBatchModel(torch.nn.Module):  # a class of its own: isinstance results of other classes are cached
         def __init__(self) -> None:
             super().__init__()
             self.head = torch.nn.Linear(2, 2)
 
-    monkeypatch.setattr(framework.cost, "build_model", lambda spec: NoBatchModel())
+    monkeypatch.setattr(framework.engine.cost, "build_model", lambda spec: NoBatchModel())
     cfg = write_yaml(tmp_path / "c.yaml", toy_config(tmp_path / "out"))
     assert train_main(["--cfg", str(cfg), "--dry-run"]) == 2
     assert ("the cost estimate (--dry-run) needs a model with example_batch() (or pass --no-cost); NoBatchModel "

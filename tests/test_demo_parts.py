@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO
-from framework.registry import LLMS
+
+from framework.core.registry import LLMS
 from run_scripts.tiny_llm import main as tiny_llm_main
 
 
@@ -66,9 +66,9 @@ def test_tiny_t5_puts_description_and_prompt_in_the_encoder(tmp_path: Path) -> N
 
 
 def test_cross_attention_diagnosis_records_every_step_of_every_cross_attention(tmp_path: Path) -> None:
-    from helpers import write_yaml
+    from helpers import stage1_config, write_yaml
+
     from run_scripts.cross_attention import main as diagnose
-    from helpers import stage1_config
 
     cfg = write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path / "unused"))
     out = tmp_path / "diag"
@@ -88,12 +88,12 @@ def test_cross_attention_diagnosis_records_every_step_of_every_cross_attention(t
 def test_bert_vocab_keeps_the_tokens_the_shapes_text_uses_and_embeds_them_as_the_source(tmp_path: Path) -> None:
     """run_scripts/bert_vocab: an ordinary BERT folder the Q-Former loads, with only the tokens of the set's text;
     a text of the set embeds exactly as through the full vocabulary (the same rows, the same computation)."""
-    from framework.experiment import load_experiment
+    from helpers import stage1_config, write_yaml
+    from tiny_bert import vocab_size
+
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
     from run_scripts.bert_vocab import main as bert_vocab_main
-    from helpers import stage1_config
-    from tiny_bert import vocab_size
-    from helpers import write_yaml
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     source, cut = tmp_path / "bert", tmp_path / "cut"

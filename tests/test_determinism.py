@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import stage1_config, write_yaml
-from framework.experiment import load_experiment
-from framework.models.build import build_model
-from framework.data.loader import train_loader
-from framework.experiment import builders, mkl_reproducible
-from framework.logs import TIMING_KEYS
-from framework.runner import Runner
-from framework.train import main as train_main
 
+from framework.commands.train import main as train_main
+from framework.core.logs import TIMING_KEYS
+from framework.data.loader import train_loader
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import builders
+from framework.engine.machine import mkl_reproducible
+from framework.engine.runner import Runner
+from framework.models.build import build_model
 
 
 @pytest.fixture

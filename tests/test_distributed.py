@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import REPO, read_log, toy_config, write_yaml
-from framework import checkpoint
+
+from framework.core import checkpoint
 
 
 def _run(cmd, tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import read_log, stage1_config, write_yaml
-from framework.cache_features import main as cache_main
-from framework.train import main as train_main
+
+from framework.commands.cache_features import main as cache_main
+from framework.commands.train import main as train_main
 
 
 def _config(tmp: Path, out: str, **model_encoder):
@@ -20,7 +20,7 @@ def _config(tmp: Path, out: str, **model_encoder):
     if not weights.exists():
         import torch
 
-        from framework.registry import build
+        from framework.core.registry import build
 
         vit = build("image_encoder", enc).state_dict()
         torch.save({k[len("vit."):]: v for k, v in vit.items()}, weights)  # EVA's key names

@@ -7,12 +7,11 @@ from typing import Dict
 
 import pytest
 import torch
-
 from helpers import stage1_config, stage2_config, write_yaml
 
 
 def _loss_and_grads(cfg: dict, tmp_path: Path, name: str) -> Dict[str, torch.Tensor]:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
 
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.errors import WeightLoadError
-from framework.registry import IMAGE_ENCODERS
+from framework.core.errors import WeightLoadError
+from framework.core.registry import IMAGE_ENCODERS
 
 TINY = dict(image_size=32, patch_size=8, width=32, depth=2, heads=4, mlp_dim=64, precision="fp32")
 

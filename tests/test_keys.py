@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework.experiment import load_experiment
-from framework.errors import CheckpointError
-from framework.keys import KeyTable, fused
-from framework.models.build import build_model
-from framework.models.qformer import QFormer, qformer_keys
-
 from helpers import stage1_config, write_yaml
+
+from framework.core.errors import CheckpointError
+from framework.engine.experiment import load_experiment
+from framework.models.bert import qformer_keys
+from framework.models.build import build_model
+from framework.models.keys import KeyTable, fused
+from framework.models.qformer import QFormer
 
 
 def _same(a: dict, b: dict) -> None:

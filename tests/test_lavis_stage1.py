@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from framework.experiment import load_model_file
-from framework.convert import main as convert_main
-from framework.models.build import build_model
-
 from lavis_oracle import lavis_bert, run_lavis
+
+from framework.commands.convert import main as convert_main
+from framework.engine.experiment import load_model_file
+from framework.models.build import build_model
 
 TEXTS = ["a red circle on the left", "two shapes", "a blue square in the middle", "what shape is the object",
          "a green triangle to the left of a yellow circle", "three shapes"]

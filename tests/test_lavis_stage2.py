@@ -9,14 +9,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-
-from framework.experiment import load_model_file
-from framework.convert import main as convert_main
-from framework.models.build import build_model
-from framework.train import main as train_main
-
 from lavis_oracle import lavis_bert, run_lavis
 from tiny_llms import make_tiny_opt_bpe
+
+from framework.commands.convert import main as convert_main
+from framework.commands.train import main as train_main
+from framework.engine.experiment import load_model_file
+from framework.models.build import build_model
 
 CAPTIONS = ["a red circle on the left", "a blue square in the middle", "a green triangle to the left of",
             "a yellow circle on the right"]
@@ -122,9 +121,9 @@ def test_a_training_step_through_our_runner_equals_lavis_model_train(tmp_path: P
     its loader makes) against LAVIS's ``model.train()`` step on that batch, with the frozen OPT's dropout (0.1)
     active on both sides. Each OPT decoder layer is re-seeded on entry on both sides, so the masks line up; a
     runner that froze the LLM into eval mode gives LAVIS's eval-mode loss instead, which the test tells apart."""
-    import framework.runner
-
     from helpers import read_log, write_yaml
+
+    import framework.engine.runner
 
     work = tmp_path / "lavis"
     work.mkdir()
@@ -139,7 +138,7 @@ def test_a_training_step_through_our_runner_equals_lavis_model_train(tmp_path: P
                          "model.llm.precision=fp32"]) == 0
 
     seen = {}
-    build = framework.runner.build_model
+    build = framework.engine.runner.build_model
 
     def keep_first_batch(module: torch.nn.Module, args: tuple) -> None:
         batch = args[0]
@@ -153,7 +152,7 @@ def test_a_training_step_through_our_runner_equals_lavis_model_train(tmp_path: P
             layer.register_forward_pre_hook(partial(_reseed, spec["layer_seed"] + i))
         return model
 
-    monkeypatch.setattr(framework.runner, "build_model", build_and_watch)
+    monkeypatch.setattr(framework.engine.runner, "build_model", build_and_watch)
     processing = {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}
     cfg = {"_base_": str(tmp_path / "conv" / "model.yaml"),
            # LAVIS's tiny BERT has no dropout (lavis_bert): the only randomness left is the frozen OPT's

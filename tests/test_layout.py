@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from framework.commands.parts import main as parts_main
 from helpers import REPO
-from framework.parts import main as parts_main
 
 
 def _imports(path: Path) -> set:
@@ -30,9 +30,9 @@ def test_no_framework_module_imports_a_plugin() -> None:
 
 
 def test_errors_are_a_leaf_and_models_do_not_import_the_config_loader() -> None:
-    assert {m for m in _imports(REPO / "framework" / "errors.py") if m.startswith("framework")} == set()
+    assert {m for m in _imports(REPO / "framework" / "core" / "errors.py") if m.startswith("framework")} == set()
     code = ("import sys, framework.models.blip2, plugins.models.blip2_qformer, plugins.models.blip2_generative, "
-            "plugins.datasets.records; print('omegaconf' in sys.modules, 'framework.config' in sys.modules)")
+            "plugins.datasets.records; print('omegaconf' in sys.modules, 'framework.core.config' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -50,8 +50,8 @@ def test_registry_lists_the_parts_with_their_keys(capsys) -> None:
 
 
 def test_registry_listing_runs_as_a_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "framework.parts", "lr_scheduler"], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "framework.parts", "lr_scheduler"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
     assert out.startswith("lr_scheduler (2 registered)") and "  linear_warmup_cosine    [" in out
     assert "      warmup_iters: int >= 0 = 0" in out
 
@@ -59,7 +59,7 @@ def test_registry_listing_runs_as_a_module() -> None:
 def test_no_framework_module_names_a_registered_part() -> None:
     """framework/ reaches parts through the registries only: no string in it is a registered name (convert.py
     included: the formats are parts too)."""
-    from framework.registry import REGISTRIES, discover_plugins
+    from framework.core.registry import REGISTRIES, discover_plugins
 
     discover_plugins()
     names = {n for r in REGISTRIES.values() for n in r.names()}
@@ -84,7 +84,8 @@ def _module_graph() -> dict:
         found = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                # `from framework import cli` imports the module framework.cli; `from framework.x import y`, framework.x
+                # `from framework.core import dist` imports the module framework.core.dist; `from framework.x import y`,
+                # framework.x
                 found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in files}
                 found |= {node.module} & files.keys()
             elif isinstance(node, ast.Import):
@@ -94,21 +95,70 @@ def _module_graph() -> dict:
 
 
 def _commands() -> set:
-    """The command modules: each runs as ``python -m framework.X``; ``framework.cli`` is what they share."""
-    return {f"framework.{p.stem}" for p in (REPO / "framework").glob("*.py")
-            if 'if __name__ == "__main__":' in p.read_text()} | {"framework.cli"}
+    """The command modules (``framework/commands/``, ``cli`` what they share) and their entry points: ``python -m
+    framework.X`` runs ``framework/X.py``, which hands over to ``framework.commands.X``."""
+    inside = {f"framework.commands.{p.stem}" for p in (REPO / "framework" / "commands").glob("*.py")
+              if p.stem != "__init__"}
+    return inside | {"framework.commands"} | _entry_points()
+
+
+def _entry_points() -> set:
+    return {f"framework.{p.stem}" for p in (REPO / "framework").glob("*.py") if p.stem not in ("__init__", "api")}
 
 
 def test_the_library_imports_no_command() -> None:
     """The library (framework/ below the commands, and plugins/) never reaches up into a command; a command uses
-    the library and ``framework.cli``, not another command."""
+    the library and ``framework.commands.cli``, not another command."""
     graph, commands = _module_graph(), _commands()
-    assert {"framework.train", "framework.convert", "framework.zoo", "framework.parts"} <= commands
+    assert {"framework.commands.train", "framework.commands.convert", "framework.commands.zoo",
+            "framework.commands.parts", "framework.train"} <= commands
     up = {m: sorted(graph[m] & commands) for m in graph if m not in commands and graph[m] & commands}
     assert up == {}
-    across = {m: sorted(graph[m] & commands - {"framework.cli"}) for m in commands
-              if graph[m] & commands - {"framework.cli"}}
+    shared = {"framework.commands.cli", "framework.commands"}
+    across = {m: sorted(graph[m] & commands - shared) for m in commands - _entry_points()
+              if graph[m] & commands - shared}
     assert across == {}
+
+
+# framework/'s packages, lowest first: a module imports from its own package or one below it. core is what every
+# layer uses (errors, registries, config, processes, logs, the checkpoint file); data and models are the parts'
+# bases; engine runs an experiment; interop converts foreign weights into built models; api is the Python entry;
+# commands are the CLIs, and framework/X.py the entry points of ``python -m framework.X``.
+LAYERS = ("core", "data", "models", "engine", "interop", "api", "commands", "entry points")
+
+
+def _layer(module: str) -> str:
+    part = module.split(".")[1] if module.count(".") else ""
+    if part in LAYERS:
+        return part
+    return "entry points" if f"framework.{part}" in _entry_points() else "package"
+
+
+def test_the_packages_of_framework_are_layers() -> None:
+    """The folders tell the architecture: no package imports one above it (imports inside functions count), so
+    core reads without data or models, models without the engine, the engine without the converters."""
+    graph = _module_graph()
+    inside = {m for m in graph if m.startswith("framework.")}
+    assert {_layer(m) for m in inside} == set(LAYERS), "a module of framework/ outside the packages of LAYERS"
+    upward = {m: sorted(d for d in graph[m] if d.startswith("framework.")
+                        and LAYERS.index(_layer(d)) > LAYERS.index(_layer(m)))
+              for m in inside}
+    assert {m: v for m, v in upward.items() if v} == {}
+
+
+def test_the_top_of_framework_holds_the_api_and_one_entry_point_per_command() -> None:
+    """``framework/X.py`` (``python -m framework.X``) only hands over to ``framework.commands.X``: the commands,
+    their shared helper and the library live in the packages."""
+    commands = {p.stem for p in (REPO / "framework" / "commands").glob("*.py")} - {"__init__", "cli"}
+    assert {m.split(".")[1] for m in _entry_points()} == commands
+    for name in commands:
+        path = REPO / "framework" / f"{name}.py"
+        imported = {m for m in _imports(path) if m.startswith("framework")}
+        assert imported == {f"framework.commands.{name}"}, path
+        assert len(path.read_text().splitlines()) <= 8, f"{path} is an entry point: it holds no code of its own"
+    proc = subprocess.run([sys.executable, "-m", "framework.convert", "--help"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "--from" in proc.stdout
 
 
 def test_no_modules_import_each_other_in_a_circle() -> None:
@@ -146,9 +196,10 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
 
 
 def test_every_shipped_config_is_installed_by_pyproject() -> None:
-    """A plain ``pip install .`` carries datasets_cfg/ and projects/ as data files (``framework/resources.py``
+    """A plain ``pip install .`` carries datasets_cfg/ and projects/ as data files (``framework/core/resources.py``
     finds them): every file in them must match a ``[tool.setuptools.data-files]`` pattern of its folder."""
     import fnmatch
+
     import tomllib
 
     data_files = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
@@ -200,9 +251,9 @@ def test_a_plain_pip_install_runs_the_readme_dry_run_from_another_folder(tmp_pat
 
 
 def test_the_checkpoint_format_knows_no_model_and_the_registry_no_config() -> None:
-    """Checkpoint files and the registries sit below what uses them: ``framework.checkpoint`` imports nothing of
-    ``framework.models`` (a model's checkpoint is made by ``models.build.checkpoint_of``), ``framework.registry``
-    nothing of ``framework.config`` (the listing of parts is the command ``framework.parts``)."""
+    """Checkpoint files and the registries sit below what uses them: ``framework.core.checkpoint`` imports nothing of
+    ``framework.models`` (a model's checkpoint is made by ``models.build.checkpoint_of``), ``framework.core.registry``
+    nothing of ``framework.core.config`` (the listing of parts is the command ``framework.parts``)."""
     graph = _module_graph()
-    assert {m for m in graph["framework.checkpoint"] if m.startswith("framework.models")} == set()
-    assert "framework.config" not in graph["framework.registry"]
+    assert {m for m in graph["framework.core.checkpoint"] if m.startswith("framework.models")} == set()
+    assert "framework.core.config" not in graph["framework.core.registry"]

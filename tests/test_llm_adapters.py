@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from framework.errors import ConfigError
-from framework.registry import LLMS
-
 from tiny_llms import make_tiny_llama, make_tiny_opt, make_tiny_t5
+
+from framework.core.errors import ConfigError
+from framework.core.registry import LLMS
 
 PROMPTS = ["a photo of", "question : what color is the circle ? answer :"]
 TARGETS = ["a red circle and a blue square", "red"]

@@ -6,8 +6,9 @@ from collections import Counter
 from pathlib import Path
 
 from helpers import SMALL_SHAPES, read_log, toy_config, write_yaml
+
+from framework.commands.train import main as train_main
 from framework.data.loader import Mixture
-from framework.train import main as train_main
 
 
 class Tagged:

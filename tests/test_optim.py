@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_log, toy_config, write_yaml
 from torch import nn
 
-from framework.errors import ConfigError
-from framework.optim import OptimConfig, param_groups
-from framework.registry import LR_SCHEDULERS
-from framework.train import main as train_main
-
-from helpers import read_log, toy_config, write_yaml
+from framework.commands.train import main as train_main
+from framework.core.errors import ConfigError
+from framework.core.registry import LR_SCHEDULERS
+from framework.engine.optim import OptimConfig, param_groups
 
 
 def expected_lr(step: int, base: float, min_lr: float, warmup: int, total: int, start: float = 0.0) -> float:

@@ -12,16 +12,16 @@ from typing import Any, Dict
 import pytest
 import torch
 import yaml
-
-from framework import checkpoint
-from framework.experiment import load_experiment, prepare_data
-from framework.evaluate import main as evaluate_main
-from framework.models.build import build_model, checkpoint_of
-from framework.registry import build
-from framework.train import main as train_main
-
 from helpers import REPO, read_log, stage1_config, stage2_config, write_yaml
 from tiny_bert import vocab_size
+
+from framework.commands.evaluate import main as evaluate_main
+from framework.commands.train import main as train_main
+from framework.core import checkpoint
+from framework.core.registry import build
+from framework.engine.experiment import load_experiment
+from framework.engine.experiment_data import prepare_data
+from framework.models.build import build_model, checkpoint_of
 
 CONFIGS = sorted(str(p.relative_to(REPO / "projects" / "blip2")) for p in (REPO / "projects" / "blip2").glob("[fe]*/*.yaml"))
 DATA = {"captioning": "shapes_caption", "vqa": "shapes_vqa", "retrieval": "shapes_retrieval"}

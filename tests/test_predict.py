@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import stage1_config, stage2_config, write_yaml
 from PIL import Image
 
-from helpers import stage1_config, stage2_config, write_yaml
+from framework.commands.predict import main as predict_main
 from framework.data.images import load_image
-from framework.predict import main as predict_main
 
 
 def _images(folder: Path) -> None:
@@ -80,10 +80,10 @@ def test_untrained_weights_are_refused_unless_asked_and_options_go_anywhere(tmp_
 
 
 def test_a_run_folder_and_a_converted_folder_are_accepted(tmp_path: Path, capsys) -> None:
-    from framework.convert import main as convert_main
-    from framework.train import main as train_main
-
     from tiny_llms import make_tiny_hf_blip2
+
+    from framework.commands.convert import main as convert_main
+    from framework.commands.train import main as train_main
 
     _images(tmp_path / "photos")
     image = str(tmp_path / "photos" / "gray.png")

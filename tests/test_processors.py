@@ -44,7 +44,7 @@ def test_random_processors_follow_torch_seed() -> None:
 
 
 def test_unknown_processor_is_named() -> None:
-    from framework.errors import RegistryError
+    from framework.core.errors import RegistryError
 
     with pytest.raises(RegistryError, match="unknown processor 'resise'; did you mean 'resize'"):
         compose([{"name": "resise"}])

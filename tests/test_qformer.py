@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework.errors import NotABertCheckpoint
-from framework.models.qformer import QFormer, attention_mask, load_bert
-
 from tiny_bert import make_tiny_bert, vocab_size
+
+from framework.core.errors import NotABertCheckpoint
+from framework.models.bert import load_bert
+from framework.models.qformer import QFormer, attention_mask
 
 
 def test_masks_directly() -> None:

@@ -23,7 +23,6 @@ from typing import Iterator, List, Tuple
 
 import pytest
 import torch
-
 from helpers import REPO, TINY_VIT, random_photo, stage1_config
 from tiny_bert import make_tiny_bert, vocab_size
 
@@ -88,13 +87,12 @@ def commands(block: str) -> Iterator[List[str]]:
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny versions of every file the documents name, made once."""
-    from framework.experiment import load_experiment
+    from helpers import write_yaml
+    from tiny_llms import make_tiny_hf_blip2, make_tiny_opt
+
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
     from plugins.formats.lavis import ours_to_lavis
-
-    from helpers import write_yaml
-    from tiny_llms import make_tiny_hf_blip2
-    from tiny_llms import make_tiny_opt
 
     root = tmp_path_factory.mktemp("stand_ins")
     make_tiny_hf_blip2(root / "blip2-opt-2.7b", "opt_released")

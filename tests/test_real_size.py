@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from helpers import REPO
-from framework.train import main as train_main
+
+from framework.commands.train import main as train_main
 
 
 def _table(out: str) -> dict:
@@ -60,7 +60,7 @@ def test_stage2_dry_run_matches_table2(cfg: str, trainable: float, total: float,
 @pytest.mark.parametrize("cfg", sorted(str(p.relative_to(REPO / "projects" / "blip2"))
                                        for p in (REPO / "projects" / "blip2").glob("[fe]*/*.yaml")))
 def test_finetune_and_eval_configs_validate_and_build(cfg: str, capsys) -> None:
-    from framework.evaluate import main as evaluate_main
+    from framework.commands.evaluate import main as evaluate_main
 
     assert evaluate_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -72,7 +72,7 @@ PAPER_DATA = ["coco_caption_shards", "vg_caption_shards", "cc3m", "cc12m", "sbu"
 
 @pytest.mark.parametrize("cfg", ["stage1_vitg.yaml", "stage1_vitl.yaml"] + [c for c, _, _ in TABLE2])
 def test_pretraining_configs_train_on_the_papers_data_in_proportion_to_size(cfg: str) -> None:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
 
     exp = load_experiment(str(REPO / "projects" / "blip2" / cfg))
     assert list(exp.datasets) == PAPER_DATA  # COCO, VG, CC3M, CC12M, SBU, LAION-115M; never the shapes

@@ -8,13 +8,12 @@ from typing import List
 import numpy as np
 import pytest
 import yaml
+from helpers import read_log, stage2_config, write_yaml
 from PIL import Image
 
-from framework.errors import BadDataError
-from framework.registry import DATASETS
-from framework.train import main as train_main
-
-from helpers import read_log, stage2_config, write_yaml
+from framework.commands.train import main as train_main
+from framework.core.errors import BadDataError
+from framework.core.registry import DATASETS
 
 WORDS = ["red", "green", "blue", "circle", "square", "triangle"]
 

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from framework.errors import RegistryError
-from framework.registry import ENTRY_POINT_GROUP, IMAGE_ENCODERS, Registry, load_plugin_modules
-
 from helpers import REPO, toy_config, write_yaml
+
+from framework.core.errors import RegistryError
+from framework.core.registry import (
+    ENTRY_POINT_GROUP,
+    IMAGE_ENCODERS,
+    Registry,
+    load_plugin_modules,
+)
 
 
 def test_unknown_name_lists_registered_names_and_closest_match() -> None:
@@ -63,7 +67,7 @@ def test_framework_imports_no_concrete_plugin() -> None:
 ENCODER_PKG = '''
 import torch
 from torch import nn
-from framework.registry import IMAGE_ENCODERS
+from framework.core.registry import IMAGE_ENCODERS
 
 
 @IMAGE_ENCODERS.register("ext_patch_encoder")
@@ -113,7 +117,7 @@ def test_a_plugin_module_that_raises_fails_only_a_config_that_names_its_parts(tm
     (pkg / "__init__.py").write_text("")
     (pkg / "good.py").write_text(ENCODER_PKG)
     (pkg / "broken.py").write_text(ENCODER_PKG.replace("ext_patch_encoder", "ext_broken_encoder").replace(
-        "from framework.registry import IMAGE_ENCODERS", "from framework.registry import IMAGE_ENCODERS\n"
+        "from framework.core.registry import IMAGE_ENCODERS", "from framework.core.registry import IMAGE_ENCODERS\n"
         "raise RuntimeError('the plugin author made a mistake here')"))
     info = site / "ext_parts-0.1.dist-info"
     info.mkdir()
@@ -142,7 +146,7 @@ def test_a_plugin_module_that_raises_fails_only_a_config_that_names_its_parts(tm
 def test_a_part_is_imported_by_its_name_alone() -> None:
     """Discovery reads the plugin modules' registrations without running them; asking for a part imports the
     module that registers it (and what that module imports), not the others."""
-    code = ("import sys; from framework.registry import IMAGE_ENCODERS; IMAGE_ENCODERS.get('eva_vit_g'); "
+    code = ("import sys; from framework.core.registry import IMAGE_ENCODERS; IMAGE_ENCODERS.get('eva_vit_g'); "
             "print(' '.join(sorted(m for m in sys.modules if m.startswith('plugins.'))))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             check=True).stdout.split()

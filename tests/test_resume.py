@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework import checkpoint
-from framework.errors import CheckpointError
-from framework.train import main as train_main
-
 from helpers import REPO, read_log, toy_config, write_yaml
+
+from framework.commands.train import main as train_main
+from framework.core import checkpoint
+from framework.core.errors import CheckpointError
 
 
 def _wait_for(out: Path, min_iter: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -85,8 +84,8 @@ def test_checkpoint_of_another_model_names_the_keys(tmp_path: Path) -> None:
     other["model"]["image_encoder"]["width"] = 8
     other["model"]["checkpoint"] = str(out / "checkpoints" / "last.pt")
     with pytest.raises(CheckpointError) as e:
-        from framework.experiment import load_experiment
-        from framework.runner import Runner
+        from framework.engine.experiment import load_experiment
+        from framework.engine.runner import Runner
 
         Runner(load_experiment(str(write_yaml(tmp_path / "b.yaml", other))))
     msg = str(e.value)
@@ -125,8 +124,8 @@ def test_resume_from_another_models_checkpoint_fails_before_writing(tmp_path: Pa
 
 
 def test_frozen_parts_stay_in_eval_mode_and_out_of_the_checkpoint(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
-    from framework.runner import Runner
+    from framework.engine.experiment import load_experiment
+    from framework.engine.runner import Runner
 
     cfg = toy_config(tmp_path / "out", max_iters=2)
     cfg["model"]["freeze_encoder"] = True

@@ -86,11 +86,11 @@ def test_each_pair_is_scored_once_grouped_by_image() -> None:
 def test_grouped_reranking_ranks_exactly_as_scoring_every_pair_apart(tmp_path) -> None:
     """BLIP-2's re-ranking with each image's keys/values projected once against the per-pair computation LAVIS
     does (the image repeated once per text): the same scores within rounding, identical rankings."""
-    from framework.experiment import load_experiment
+    from helpers import implementation_atol, stage1_config, write_yaml
+
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
     from plugins.tasks.retrieval import rerank_both
-    from helpers import stage1_config
-    from helpers import implementation_atol, write_yaml
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     model = build_model(load_experiment(str(write_yaml(tmp_path / "c.yaml", cfg))).model).eval()

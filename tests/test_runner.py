@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import read_log, toy_config, write_yaml
-from framework import checkpoint
-from framework.evaluate import main as evaluate_main
-from framework.train import main as train_main
+
+from framework.commands.evaluate import main as evaluate_main
+from framework.commands.train import main as train_main
+from framework.core import checkpoint
 
 
 def _train(tmp_path: Path, cfg, *extra: str) -> int:
@@ -164,9 +164,8 @@ def test_evaluate_takes_a_run_folder(tmp_path: Path) -> None:
 
 
 def test_tensorboard_shows_the_parameter_table_and_sample_predictions(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from helpers import stage2_config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = stage2_config(tmp_path, tmp_path / "out")
     cfg["task"] = {"name": "captioning", "num_beams": 1, "max_new_tokens": 3, "min_new_tokens": 1}

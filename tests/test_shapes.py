@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from plugins.datasets.shapes import COLORS, ShapesBuilder, generate
 
 COUNTS = {"train": 40, "val": 12, "test": 12}

@@ -15,12 +15,11 @@ import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+from helpers import REPO, read_log, toy_config, write_yaml
 from PIL import Image
 
-from framework.make_shards import main as make_shards
-from framework.train import main as train_main
-
-from helpers import REPO, read_log, toy_config, write_yaml
+from framework.commands.make_shards import main as make_shards
+from framework.commands.train import main as train_main
 
 EVAL_PROC = {"image": [{"name": "resize", "size": 32}, {"name": "normalize"}]}
 
@@ -220,7 +219,7 @@ def test_several_captions_per_image_one_drawn_per_pass(tmp_path: Path) -> None:
 
 
 def test_stream_errors_name_the_fix(tmp_path: Path) -> None:
-    from framework.errors import ConfigError
+    from framework.core.errors import ConfigError
 
     shards = _shapes_shards(tmp_path, 120)  # 2 shards
     stream = _stream(shards, 1)
@@ -233,7 +232,7 @@ def test_stream_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_missing_shards_name_the_entry_and_the_source(tmp_path: Path) -> None:
-    from framework.errors import MissingDataError
+    from framework.core.errors import MissingDataError
     from plugins.datasets.webdataset_captions import WebDatasetBuilder
 
     b = WebDatasetBuilder("cc3m", shards={"train": f"{tmp_path}/{{00000..00002}}.tar"}, samples_per_epoch=9,

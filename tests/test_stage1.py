@@ -9,14 +9,13 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-from framework.experiment import load_experiment
-from framework.errors import ConfigError
-from framework.models.build import build_model
-from framework.train import main as train_main
-from plugins.models.blip2_qformer import itc_loss, sample_hard_negatives
-
 from helpers import read_log, stage1_config, toy_config, write_yaml
+
+from framework.commands.train import main as train_main
+from framework.core.errors import ConfigError
+from framework.engine.experiment import load_experiment
+from framework.models.build import build_model
+from plugins.models.blip2_qformer import itc_loss, sample_hard_negatives
 
 
 def reference_itc(img: torch.Tensor, txt: torch.Tensor, temp: float, smoothing: float) -> torch.Tensor:
@@ -178,7 +177,7 @@ def test_itm_reusing_the_itc_pass_keys_values_equals_projecting_every_image(tmp_
 
 
 def test_layer_decay_lowers_the_encoder_blocks_lr_and_keeps_the_qformer_at_full_lr(tmp_path: Path) -> None:
-    from framework.optim import OptimConfig, param_groups
+    from framework.engine.optim import OptimConfig, param_groups
 
     cfg = stage1_config(tmp_path, tmp_path / "out")
     cfg["model"]["image_encoder"]["freeze"] = False
@@ -240,7 +239,8 @@ def test_the_readme_encoder_plugin_trains_in_stage_1_frozen(tmp_path: Path) -> N
     import re
 
     from helpers import REPO
-    from framework.train import main as train_main
+
+    from framework.commands.train import main as train_main
 
     readme = (REPO / "docs" / "plugins.md").read_text()
     code = re.search(r"```python\n# my_package/encoders.py\n(.*?)```", readme, re.S).group(1)
@@ -255,7 +255,7 @@ def test_the_readme_encoder_plugin_trains_in_stage_1_frozen(tmp_path: Path) -> N
         assert train_main(["--cfg", str(write_yaml(tmp_path / "s1.yaml", cfg))]) == 0
     finally:
         sys.path.remove(str(tmp_path))
-    from framework import checkpoint
+    from framework.core import checkpoint
 
     ckpt = checkpoint.load(tmp_path / "out" / "checkpoints" / "last.pt")
     assert ckpt["frozen"] == ["image_encoder"] and not any(k.startswith("image_encoder.") for k in ckpt["model"])

@@ -5,15 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework import checkpoint
-from framework.experiment import load_experiment
-from framework.config import to_plain
-from framework.errors import CheckpointError, ConfigError
-from framework.models.build import build_model
-from framework.train import main as train_main
-
 from helpers import probe_config, stage1_config, stage2_config, toy_config, write_yaml
+
+from framework.commands.train import main as train_main
+from framework.core import checkpoint
+from framework.core.config import to_plain
+from framework.core.errors import CheckpointError, ConfigError
+from framework.engine.experiment import load_experiment
+from framework.models.build import build_model
 
 IMAGES = torch.randn(2, 3, 32, 32)
 BATCH = {"image": IMAGES, "text_input": ["a red circle", "two shapes"]}
@@ -299,10 +298,10 @@ def test_a_real_run_keeps_frozen_parts_in_their_precision_under_autocast(tmp_pat
     projection in fp32 under autocast. Through ``framework.train`` with ``run.amp: bf16`` and bf16 frozen parts:
     the frozen weights stay bf16 (nothing in the runner casts the model), the trained ones fp32, and the LLM runs
     under autocast."""
-    import framework.runner
+    import framework.engine.runner
 
     models, seen = [], {}
-    build = framework.runner.build_model
+    build = framework.engine.runner.build_model
 
     def note_autocast(module: torch.nn.Module, args: tuple) -> None:
         seen.setdefault("autocast", torch.is_autocast_enabled("cpu"))
@@ -313,7 +312,7 @@ def test_a_real_run_keeps_frozen_parts_in_their_precision_under_autocast(tmp_pat
         model.llm.model.register_forward_pre_hook(note_autocast)
         return model
 
-    monkeypatch.setattr(framework.runner, "build_model", build_and_keep)
+    monkeypatch.setattr(framework.engine.runner, "build_model", build_and_keep)
     cfg = stage1_config(tmp_path, tmp_path / "run", max_iters=2, amp="bf16", eval_splits=[])
     cfg["model"] = stage2_config(tmp_path, tmp_path / "run")["model"]
     cfg["model"]["image_encoder"]["precision"] = "bf16"

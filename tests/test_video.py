@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from avi import write_avi
 from helpers import stage2_config, write_yaml
-from framework.evaluate import main as evaluate_main
+from PIL import Image
+
+from framework.commands.evaluate import main as evaluate_main
 
 COLORS = [(220, 30, 30), (30, 160, 50), (30, 60, 220), (235, 200, 20)]
 EVAL = {"image": [{"name": "resize", "size": 32}, {"name": "normalize", "stats": "none"}]}
@@ -62,7 +62,7 @@ def test_an_unreadable_video_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_zero_shot_video_qa_runs_on_a_tiny_fixture(tmp_path: Path) -> None:
-    from framework.experiment import load_experiment
+    from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
 
     root = _fixture(tmp_path / "clips")

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from framework.experiment import load_experiment
-from framework.convert import main as convert_main
-from framework.evaluate import main as evaluate_main
-from framework.models.build import build_model, checkpoint_of
-from framework.predict import main as predict_main
-from framework.registry import ZOO
-from framework.zoo import main as zoo_main
-
 from helpers import REPO, random_photo, stage2_config, write_yaml
 from tiny_llms import make_tiny_hf_blip2
+
+from framework.commands.convert import main as convert_main
+from framework.commands.evaluate import main as evaluate_main
+from framework.commands.predict import main as predict_main
+from framework.commands.zoo import main as zoo_main
+from framework.core.registry import ZOO
+from framework.engine.experiment import load_experiment
+from framework.models.build import build_model, checkpoint_of
 
 # the names LAVIS's load_model_and_preprocess and transformers' from_pretrained take
 LAVIS_NAMES = ["pretrain", "pretrain_vitL", "coco", "pretrain_opt2.7b", "pretrain_opt6.7b", "caption_coco_opt2.7b",
@@ -97,7 +96,7 @@ def test_prepared_from_a_lavis_checkpoint_captions_as_the_model_it_came_from(tmp
     cfg = stage2_config(tmp_path, tmp_path / "out")
     torch.manual_seed(3)
     source = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", cfg))).model).eval()
-    from framework import checkpoint
+    from framework.core import checkpoint
 
     checkpoint.save_atomic(checkpoint_of(source, "blip2_generative", iter=0), tmp_path / "trained.pt")
     cfg["model"]["checkpoint"] = str(tmp_path / "trained.pt")

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from framework import dist
+from framework.core import dist
+from framework.core.registry import DATASETS, MODELS, PROCESSORS, TASKS, build
+from framework.core.schema import Part
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
+from framework.engine.task import Task
 from framework.models.frozen import hold_in_eval
 from framework.models.image_encoder import example_images
-from framework.registry import DATASETS, MODELS, PROCESSORS, TASKS, Part, build
-from framework.task import Task
 from plugins.models.dual_encoder import hash_tokens
 from plugins.tasks.captioning import Captioning
 

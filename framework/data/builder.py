@@ -12,8 +12,9 @@ from typing import Callable, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-from framework.errors import MissingDataError
-from framework.registry import Part, build
+from framework.core.errors import MissingDataError
+from framework.core.registry import build
+from framework.core.schema import Part
 
 # ``processors:`` of a dataset entry: {train|eval: {image|text: [processor specs]}}
 ProcessorSpecs = Dict[str, Dict[str, List[Part("processor")]]]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from framework.errors import BadDataError, ConfigError
+from framework.core.errors import BadDataError, ConfigError
 
 
 class FeatureCache:

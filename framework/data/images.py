@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from framework import dist
+from framework.core import dist
 from framework.data.shards import ShardStream, reader_slot
 
 

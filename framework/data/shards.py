@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from framework import dist
+from framework.core import dist
+from framework.core.errors import BadDataError
+from framework.core.logs import EVERY_RANK, logger
 from framework.data.images import load_image
-from framework.errors import BadDataError
-from framework.logs import EVERY_RANK, logger
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 NAMED_PER_SLOT = 5  # bad samples / shards named in the log per slot; the rest are only counted

@@ -8,14 +8,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from framework.checkpoint import summarize_keys
+from framework.core.checkpoint import summarize_keys
+from framework.core.errors import NotABertCheckpoint
+from framework.core.logs import logger
+from framework.core.schema import Part
 from framework.data.builder import DataFile
-from framework.errors import NotABertCheckpoint
-from framework.logs import logger
+from framework.models.bert import load_bert
 from framework.models.build import building_on_meta
-from framework.models.qformer import QFormer, QFormerSizes, load_bert
 from framework.models.image_encoder import build_image_encoder, example_images
-from framework.registry import Part
+from framework.models.qformer import QFormer, QFormerSizes
 
 
 @dataclass

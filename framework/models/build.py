@@ -7,10 +7,10 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
-from framework import checkpoint
+from framework.core import checkpoint
+from framework.core.registry import build
 from framework.data.builder import DataFile
 from framework.models.interfaces import RemovesParts
-from framework.registry import build
 
 
 def building_on_meta() -> bool:
@@ -30,7 +30,7 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
 
 
 def checkpoint_of(model: nn.Module, model_name: str, **state: Any) -> Dict[str, Any]:
-    """:func:`framework.checkpoint.make` for a built model: its trainable weights, its frozen parts left out, the
+    """:func:`framework.core.checkpoint.make` for a built model: its trainable weights, its frozen parts left out, the
     parts it deleted named (:class:`framework.models.interfaces.RemovesParts`)."""
     absent = list(model.removed) if isinstance(model, RemovesParts) else []
     return checkpoint.make(model_name, checkpoint.trainable_state_dict(model), checkpoint.frozen_prefixes(model),

@@ -12,14 +12,15 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from framework.checkpoint import FORMAT, read_weights
+from framework.core.checkpoint import FORMAT, read_weights
+from framework.core.errors import CheckpointError, ConfigError, WeightLoadError
+from framework.core.logs import logger
+from framework.core.registry import build
+from framework.core.schema import Range
 from framework.data.builder import DataFile
-from framework.errors import CheckpointError, ConfigError, WeightLoadError
-from framework.logs import logger
 from framework.models.build import building_on_meta
 from framework.models.frozen import FreezablePart, hold_in_eval
 from framework.models.interfaces import ImageEncoderPart, missing
-from framework.registry import Range, build
 
 Precision = Literal["fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

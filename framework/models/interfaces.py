@@ -109,7 +109,7 @@ class Matchable(Protocol):
 
 @runtime_checkable
 class HasExampleBatch(Protocol):
-    """A model that says what its training batch holds: the dry run's cost estimate (:mod:`framework.cost`) runs
+    """A model that says what its training batch holds: the dry run's cost estimate (:mod:`framework.engine.cost`) runs
     one training step on it, so the framework names no batch key itself."""
 
     def example_batch(self, batch_size: int, text_tokens: int) -> Dict[str, Any]:
@@ -127,11 +127,11 @@ def missing(obj: Any, contract: type) -> List[str]:
 
 
 def require(obj: Any, contract: type, who: str, hint: str = "") -> None:
-    """Raise :class:`framework.errors.ConfigError` naming what ``obj`` lacks of ``contract``, which ``who`` (a task, a
+    """Raise :class:`framework.core.errors.ConfigError` naming what ``obj`` lacks of ``contract``, which ``who`` (a task, a
     command) needs."""
     lacks = missing(obj, contract)
     if lacks:
-        from framework.errors import ConfigError
+        from framework.core.errors import ConfigError
 
         raise ConfigError(f"{who} needs a model with {', '.join(m + '()' for m in lacks)}"
                           f"{f' ({hint})' if hint else ''}; {type(obj).__name__} has none")

@@ -21,8 +21,8 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 import torch
 from torch import nn
 
+from framework.core.errors import ConfigError
 from framework.data.builder import DataFile
-from framework.errors import ConfigError
 from framework.models.build import building_on_meta
 from framework.models.frozen import FreezablePart
 from framework.models.image_encoder import DTYPES, Precision
@@ -100,7 +100,7 @@ class LLMAdapter(FreezablePart):
         return self.model_type
 
     def _others(self) -> str:
-        from framework.registry import LLMS
+        from framework.core.registry import LLMS
 
         return f" (registered LLM adapters: {', '.join(LLMS.names())}; pick the one for this model in model.llm.name)"
 

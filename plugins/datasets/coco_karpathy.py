@@ -14,9 +14,9 @@ from typing import List, Literal, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset, RetrievalDataset, karpathy
-from framework.registry import DATASETS
 
 
 class KarpathyBuilder(DatasetBuilder):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import List, Literal, Optional
 
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, ProcessorSpecs
-from framework.registry import DATASETS
 from plugins.datasets.coco_karpathy import KarpathyBuilder
 
 

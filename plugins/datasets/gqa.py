@@ -14,10 +14,10 @@ from typing import List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import VQADataset
-from framework.errors import ConfigError
-from framework.registry import DATASETS
 
 SUBSETS = {"train": "train", "val": "val", "test-dev": "testdev", "test": "test"}
 

@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset
-from framework.errors import ConfigError
-from framework.registry import DATASETS
 
 FILES = {"val": "nocaps_val_4500_captions.json", "test": "nocaps_test_image_info.json"}
 

@@ -9,7 +9,7 @@ Layout under ``root``::
 """
 from __future__ import annotations
 
-from framework.registry import DATASETS
+from framework.core.registry import DATASETS
 from plugins.datasets.vqav2 import CocoVQABuilder
 
 

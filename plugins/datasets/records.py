@@ -35,12 +35,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from framework import dist
+from framework.core import dist
+from framework.core.errors import BadDataError, MissingDataError
+from framework.core.logs import logger
+from framework.core.registry import DATASETS
+from framework.core.schema import Range
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import ImageTextDataset
-from framework.errors import BadDataError, MissingDataError
-from framework.logs import logger
-from framework.registry import DATASETS, Range
 
 SHOWN = 5  # bad records named in the log / error
 

@@ -31,12 +31,13 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from framework import dist
+from framework.core import dist
+from framework.core.errors import ConfigError
+from framework.core.registry import DATASETS
+from framework.core.schema import Range
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import CocoCaptionDataset, RetrievalDataset, VQADataset
 from framework.data.images import load_image
-from framework.errors import ConfigError
-from framework.registry import DATASETS, Range
 
 GENERATOR_VERSION = 1
 COLORS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220), "yellow": (235, 200, 20),

@@ -15,8 +15,8 @@ import json
 
 from torch.utils.data import Dataset
 
+from framework.core.registry import DATASETS
 from framework.data.datasets import VQADataset
-from framework.registry import DATASETS
 from plugins.datasets.vg_caption import VisualGenomeBuilder, image_files
 
 

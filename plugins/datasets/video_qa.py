@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.video import VideoQADataset
-from framework.errors import ConfigError
-from framework.registry import DATASETS
 
 
 @DATASETS.register("video_qa")

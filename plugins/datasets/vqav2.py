@@ -17,10 +17,10 @@ from typing import Dict, List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, ProcessorSpecs
 from framework.data.datasets import VQADataset
-from framework.errors import ConfigError
-from framework.registry import DATASETS
 
 
 class CocoVQABuilder(DatasetBuilder):

@@ -18,11 +18,19 @@ from typing import Any, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError, MissingDataError
+from framework.core.registry import DATASETS
 from framework.data.builder import DataFile, DatasetBuilder, Pipeline, ProcessorSpecs
-from framework.data.shards import (ShardSamples, ShardStream, captions_of, expand, image_id_of, meta_of, open_image,
-                                   seeded)
-from framework.errors import ConfigError, MissingDataError
-from framework.registry import DATASETS
+from framework.data.shards import (
+    ShardSamples,
+    ShardStream,
+    captions_of,
+    expand,
+    image_id_of,
+    meta_of,
+    open_image,
+    seeded,
+)
 
 
 @DATASETS.register("webdataset")

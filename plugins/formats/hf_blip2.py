@@ -19,12 +19,12 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import nn
 
-from framework import checkpoint
-from framework.errors import ConfigError
-from framework.formats import Converted, Format, split_prefix
-from framework.keys import KeyTable, layer_indices, linear
-from framework.models.qformer import qformer_keys
-from framework.registry import FORMATS
+from framework.core import checkpoint
+from framework.core.errors import ConfigError
+from framework.core.registry import FORMATS
+from framework.interop.formats import Converted, Format, split_prefix
+from framework.models.bert import qformer_keys
+from framework.models.keys import KeyTable, layer_indices, linear
 
 LLM_ADAPTERS = {"opt": "opt", "t5": "flant5"}  # their text_config.model_type -> our LLM adapter
 # transformers' Blip2 Q-Former is BERT's with these names changed; it has no ITG head (cls.)
@@ -205,7 +205,11 @@ class HuggingFace(Format):
         return Converted(section, {"vision.pt": len(vision), "model.pt": len(model)})
 
     def write(self, model: nn.Module, spec: Dict[str, Any], out: Path) -> None:
-        from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval)
+        from transformers import (
+            Blip2Config,
+            Blip2ForConditionalGeneration,
+            Blip2ForImageTextRetrieval,
+        )
 
         if spec["name"] not in ("blip2_qformer", "blip2_generative"):
             raise ConfigError(f"model {spec['name']!r}: --to hf writes blip2_generative (as "

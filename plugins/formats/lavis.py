@@ -2,7 +2,7 @@
 
 LAVIS keeps the weights under ``model`` in a ``.pth``: ``visual_encoder.`` (EVA's names, the frozen ViT),
 ``ln_vision.``, ``Qformer.bert.`` / ``Qformer.cls.`` (a ``BertLMHeadModel``: exactly the names of
-:func:`framework.models.qformer.qformer_keys`), ``query_tokens``, ``vision_proj``, ``text_proj``, ``itm_head``,
+:func:`framework.models.bert.qformer_keys`), ``query_tokens``, ``vision_proj``, ``text_proj``, ``itm_head``,
 ``temp``, and ``opt_proj`` / ``t5_proj``. It holds no LLM weights: the LLM folder is named in the config.
 
 Reading writes ``model.pt`` (our checkpoint), ``vision.pt`` (the encoder in EVA's names, when the file holds it)
@@ -18,13 +18,13 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from framework import checkpoint
-from framework.errors import ConfigError
-from framework.formats import Converted, Format, split_prefix
-from framework.keys import KeyTable, layer_indices, linear
+from framework.core import checkpoint
+from framework.core.errors import ConfigError
+from framework.core.registry import FORMATS
+from framework.interop.formats import Converted, Format, split_prefix
+from framework.models.bert import qformer_keys
 from framework.models.image_encoder import read_state_dict
-from framework.models.qformer import qformer_keys
-from framework.registry import FORMATS
+from framework.models.keys import KeyTable, layer_indices, linear
 
 # LAVIS's state_dict holds these beside the weights we keep; on writing they are filled in as LAVIS has them
 DERIVED = {"Qformer.bert.embeddings.position_ids": "a buffer (positions 0..511)",

@@ -11,9 +11,13 @@ from typing import Any, Dict, List, Tuple
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from framework.models.image_encoder import ImageEncoder, KeyMap, exact_mlp_ratio, prefix_map
-from framework.registry import IMAGE_ENCODERS
-
+from framework.core.registry import IMAGE_ENCODERS
+from framework.models.image_encoder import (
+    ImageEncoder,
+    KeyMap,
+    exact_mlp_ratio,
+    prefix_map,
+)
 
 _OPENAI_RULES = [("conv1.", "patch_embed.proj."), ("ln_pre.", "norm_pre."), ("transformer.resblocks.", "blocks."),
                  (".ln_1.", ".norm1."), (".ln_2.", ".norm2."), (".attn.in_proj_weight", ".attn.qkv.weight"),

@@ -6,7 +6,8 @@ from typing import Annotated
 import torch
 from torch import nn
 
-from framework.registry import IMAGE_ENCODERS, Range
+from framework.core.registry import IMAGE_ENCODERS
+from framework.core.schema import Range
 
 
 @IMAGE_ENCODERS.register("conv_stem")

@@ -12,8 +12,13 @@ from typing import Any, Dict, List, Tuple
 import torch
 from timm.models.eva import Eva
 
-from framework.models.image_encoder import ImageEncoder, KeyMap, exact_mlp_ratio, prefix_map
-from framework.registry import IMAGE_ENCODERS
+from framework.core.registry import IMAGE_ENCODERS
+from framework.models.image_encoder import (
+    ImageEncoder,
+    KeyMap,
+    exact_mlp_ratio,
+    prefix_map,
+)
 
 
 @IMAGE_ENCODERS.register("eva_vit_g")

@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from framework.core.registry import LLMS
 from framework.models.image_encoder import Precision
 from framework.models.llm import EncoderDecoderAdapter
-from framework.registry import LLMS
 
 
 def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Tuple
 
+from framework.core.registry import LLMS
 from framework.models.llm import DecoderOnlyAdapter
-from framework.registry import LLMS
 
 
 @LLMS.register("hf_causal_lm")
@@ -13,6 +13,8 @@ class HFCausalLM(DecoderOnlyAdapter):
     ``AutoModelForCausalLM``."""
 
     def supported_model_types(self) -> Tuple[str, ...]:
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        )
 
         return tuple(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)

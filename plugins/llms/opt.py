@@ -1,8 +1,8 @@
 """``opt``: Meta's OPT (any size), decoder-only, through transformers' ``OPTForCausalLM``."""
 from __future__ import annotations
 
+from framework.core.registry import LLMS
 from framework.models.llm import DecoderOnlyAdapter
-from framework.registry import LLMS
 
 
 def _opt(hidden: int, layers: int, heads: int) -> dict:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Callable
 
-from framework.errors import ConfigError
-from framework.registry import LR_SCHEDULERS, Range
+from framework.core.errors import ConfigError
+from framework.core.registry import LR_SCHEDULERS
+from framework.core.schema import Range
 
 
 @LR_SCHEDULERS.register("linear_warmup_cosine", default=True)

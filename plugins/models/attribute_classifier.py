@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.core.registry import MODELS
+from framework.core.schema import Part
 from framework.models.image_encoder import build_image_encoder, example_images
-from framework.registry import MODELS, Part
 
 
 @MODELS.register("attribute_classifier")

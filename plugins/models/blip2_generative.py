@@ -15,13 +15,14 @@ from typing import Annotated, Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from framework import checkpoint
+from framework.core import checkpoint
+from framework.core.errors import CheckpointError, ConfigError
+from framework.core.logs import logger
+from framework.core.registry import MODELS, build
+from framework.core.schema import Part, Range
 from framework.data.builder import DataFile
-from framework.errors import CheckpointError, ConfigError
-from framework.logs import logger
 from framework.models.blip2 import Blip2Base, QFormerArgs
 from framework.models.build import building_on_meta
-from framework.registry import MODELS, Part, Range, build
 
 STAGE1_PREFIXES = ("qformer.", "ln_vision.")
 

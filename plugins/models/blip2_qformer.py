@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework import dist
-from framework.errors import ConfigError
+from framework.core import dist
+from framework.core.errors import ConfigError
+from framework.core.registry import MODELS
+from framework.core.schema import Part, Range
 from framework.models.blip2 import Blip2Base, QFormerArgs
-from framework.registry import MODELS, Part, Range
 
 Loss = Literal["itc", "itm", "itg"]
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from framework.core.registry import MODELS
+from framework.core.schema import Part
 from framework.models.image_encoder import build_image_encoder, example_images
-from framework.registry import MODELS, Part
 
 
 def hash_tokens(texts: List[str], vocab_size: int, max_words: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-from framework.registry import PROCESSORS
+from framework.core.registry import PROCESSORS
 
 # The statistics the image encoders were trained with; EVA-CLIP reuses OpenAI CLIP's.
 NORMALIZATION = {

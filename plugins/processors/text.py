@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from framework.registry import PROCESSORS
+from framework.core.registry import PROCESSORS
 
 
 @PROCESSORS.register("clean_caption")

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework import dist
-from framework.logs import logger
+from framework.core import dist
+from framework.core.logs import logger
+from framework.core.registry import TASKS
+from framework.engine.task import Task
 from framework.models.interfaces import Generative
-from framework.registry import TASKS
-from framework.task import Task
 
 SPICE_UNAVAILABLE = ("SPICE unavailable: it needs Stanford CoreNLP models that pycocoevalcap downloads on first "
                      "use, and nothing is downloaded at run time")

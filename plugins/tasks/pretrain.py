@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework import dist
-from framework.registry import TASKS
+from framework.core import dist
+from framework.core.registry import TASKS
 from plugins.tasks.retrieval import Retrieval
 
 

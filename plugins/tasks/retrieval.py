@@ -10,11 +10,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from framework import dist
-from framework.errors import ConfigError
+from framework.core import dist
+from framework.core.errors import ConfigError
+from framework.core.registry import TASKS
+from framework.engine.task import Task
 from framework.models.interfaces import Matchable, Retrievable, RetrievalSplit, missing
-from framework.registry import TASKS
-from framework.task import Task
 
 
 def recall_at_k(sims: torch.Tensor, positives: List[List[int]], ks: Sequence[int] = (1, 5, 10)) -> Dict[int, float]:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework import dist
-from framework.registry import TASKS
-from framework.task import Task
+from framework.core import dist
+from framework.core.registry import TASKS
+from framework.engine.task import Task
 
 
 @TASKS.register("slot_classification")

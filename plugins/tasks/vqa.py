@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework import dist
-from framework.errors import ConfigError
-from framework.logs import logger
+from framework.core import dist
+from framework.core.errors import ConfigError
+from framework.core.logs import logger
+from framework.core.registry import TASKS
+from framework.engine.task import Task
 from framework.models.interfaces import Generative
-from framework.registry import TASKS
-from framework.task import Task
 
 # the official evaluation's normalisation tables
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-from framework.registry import ZOO
-from framework.released import Source, ZooModel
+from framework.core.registry import ZOO
+from framework.interop.released import Source, ZooModel
 
 STORAGE = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2"
 EVA = Source("vision", "EVA-CLIP ViT-g/14 as LAVIS publishes it (eva_vit_g.pth)", f"{STORAGE}/eva_vit_g.pth",

@@ -4,8 +4,8 @@ LAVIS's weights converted by transformers, so they reproduce the same figures (:
 transformers runs them with no prompt, as they are prepared here."""
 from __future__ import annotations
 
-from framework.registry import ZOO
-from framework.released import Source, ZooModel
+from framework.core.registry import ZOO
+from framework.interop.released import Source, ZooModel
 from plugins.zoo.lavis import EVALUATIONS, HF_NAMES, PAPER
 
 for _lavis_name, _hf_name in HF_NAMES.items():

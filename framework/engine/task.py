@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from framework import dist
+from framework.core import dist
 from framework.models.interfaces import require
 
 
@@ -45,5 +45,5 @@ class Task:
         """Metrics over the whole split; a task that predicts writes its predictions to ``predictions`` (the
         runner gives one file per split and evaluation; None: not written). Under torchrun every rank calls this on
         its share of ``loader`` and must return the same, gathered, numbers (see
-        :func:`framework.dist.all_gather_objects`)."""
+        :func:`framework.core.dist.all_gather_objects`)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate()")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 ROOT_VARIABLE = "BLIP2_ROOT"
 DISTRIBUTION = "blip2-framework"
@@ -28,7 +28,7 @@ def root() -> Path:
             raise ConfigError(f"{ROOT_VARIABLE}={explicit}: no datasets_cfg/ folder there; point it at a checkout of "
                               f"the repository (or unset it)")
         return folder
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]  # framework/core/resources.py: the checkout holding framework/
     if (checkout / "datasets_cfg").is_dir():
         return checkout
     installed = _installed()

@@ -8,7 +8,7 @@ replaced, not appended; a mapping marked ``_delete_: true`` replaces the base's 
 ``${pkg:package_name}`` (the folder of an installed package, e.g. a BERT shipped on PyPI).
 
 Validation is against schemas that live next to the code reading each section: dataclasses (for example
-:class:`framework.experiment.RunConfig`) and the keyword signatures of registered parts (a section
+:class:`framework.engine.experiment.RunConfig`) and the keyword signatures of registered parts (a section
 ``{name: x, ...}`` is checked against the signature of part ``x``). An unknown key, a missing required key
 or a wrong type raises :class:`ConfigError` naming the key, the file that set it and the closest valid keys,
 before any model, data or output folder is touched.
@@ -22,15 +22,28 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Dict, Iterable, List, Literal, Optional, Sequence, Tuple, Union
+from typing import (
+    Annotated,
+    Any,
+    Dict,
+    Iterable,
+    List,
+    Literal,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework import resources
-from framework.errors import ConfigError, RegistryError
-from framework.registry import REGISTRIES, Length, PartOf, Range
+from framework.core import resources
+from framework.core.errors import ConfigError, RegistryError
+from framework.core.registry import REGISTRIES
+from framework.core.schema import Length, PartOf, Range
+
 
 def _package_dir(name: str) -> str:
     """``${pkg:name}``: the folder of an installed Python package (for files shipped inside packages)."""

@@ -2,7 +2,7 @@
 
 One :class:`Registry` per kind of part. A part registers itself with a decorator::
 
-    from framework.registry import IMAGE_ENCODERS
+    from framework.core.registry import IMAGE_ENCODERS
 
     @IMAGE_ENCODERS.register("my_vit")
     class MyViT(nn.Module):
@@ -10,7 +10,7 @@ One :class:`Registry` per kind of part. A part registers itself with a decorator
 
 The keyword arguments of the registered callable (with their type hints and defaults) are the part's
 config schema: a YAML section ``{name: my_vit, width: 1024}`` builds ``MyViT(width=1024)``, and a key the
-signature does not have is an error before any work starts (see :mod:`framework.config`).
+signature does not have is an error before any work starts (see :mod:`framework.core.config`).
 
 Parts are found in two ways, and ``framework`` never imports a concrete part by name:
 
@@ -33,14 +33,12 @@ import importlib.metadata
 import importlib.util
 import inspect
 import logging
-import math
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
-from framework.errors import RegistryError
+from framework.core.errors import RegistryError
 
 ENTRY_POINT_GROUP = "blip2_framework.plugins"
 
@@ -152,7 +150,7 @@ DATASETS = Registry("dataset", injected=("entry",), reserved={"sample_ratio": (O
 PROCESSORS = Registry("processor")
 # foreign weight formats (LAVIS, transformers): python -m framework.convert --from NAME / --to NAME
 FORMATS = Registry("format")
-# released models by name (python -m framework.zoo): framework.released.ZooModel entries, data rather than callables,
+# released models by name (python -m framework.zoo): framework.interop.released.ZooModel entries, data rather than callables,
 # so not among REGISTRIES (whose parts are built from config sections)
 ZOO = Registry("zoo model")
 LR_SCHEDULERS = Registry("lr_scheduler", injected=("base_lr", "total_iters", "iters_per_epoch"))
@@ -291,73 +289,6 @@ def load_plugin_modules(modules: Iterable[str]) -> None:
                 raise ImportError(f"config 'plugins:' lists module {name!r}, which cannot be imported ({e}); "
                                   f"install its package or put it on PYTHONPATH") from e
             raise ImportError(f"config 'plugins:' module {name!r} failed to import:\n{_plugin_traceback()}") from e
-
-
-class PartOf:
-    """Marks a config argument that is itself a part: a mapping ``{name: <registered name>, **args}``."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"Part({self.kind!r})"
-
-
-def Part(kind: str) -> Any:  # noqa: N802 - reads as a type in signatures: ``encoder: Part("image_encoder")``
-    """Annotation for an argument holding a nested part of registry ``kind``; validated recursively."""
-    from typing import Annotated
-
-    if kind not in REGISTRIES:
-        raise ValueError(f"Part({kind!r}): no such registry; known kinds: {', '.join(REGISTRIES)}")
-    return Annotated[Dict[str, Any], PartOf(kind)]
-
-
-@dataclass(frozen=True)
-class Range:
-    """``Annotated[float, Range(0, 1, hi_open=True)]``: a finite number in [lo, hi] (an end is left out where
-    ``lo_open`` / ``hi_open``; None: unbounded). Checked with the key's type, before any work."""
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def problem(self, value: Any) -> Optional[str]:
-        if value is None:  # Optional[...] left unset
-            return None
-        if not math.isfinite(value):
-            return f"must be a finite number, got {value!r}"
-        low = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
-        high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
-        if low or high:
-            return f"must be {self.describe()}, got {value!r}"
-        return None
-
-    def describe(self) -> str:
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        if self.lo is None:
-            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
-
-
-@dataclass(frozen=True)
-class Length:
-    """``Annotated[List[str], Length(1)]``: a list (or string) of ``lo`` to ``hi`` items (None: no upper end)."""
-    lo: int = 0
-    hi: Optional[int] = None
-
-    def describe(self) -> str:
-        return f"of {self.lo}{'' if self.hi == self.lo else '+' if self.hi is None else f' to {self.hi}'} items"
-
-    def problem(self, value: Any) -> Optional[str]:
-        if value is None or (self.lo <= len(value) and (self.hi is None or len(value) <= self.hi)):
-            return None
-        what = "characters" if isinstance(value, str) else "items"
-        if self.lo == 1 and not value:
-            return f"must not be empty, got {value!r}"
-        want = f"exactly {self.lo}" if self.lo == self.hi else (
-            f"at least {self.lo}" if self.hi is None else f"{self.lo} to {self.hi}")
-        return f"must have {want} {what}, got {value!r}"
 
 
 def build(kind: str, spec: Dict[str, Any], **extra: Any) -> Any:

@@ -10,12 +10,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from framework import checkpoint, dist, resources
-from framework.errors import USER_ERRORS, ConfigError, NonFiniteLossError
-from framework.logs import setup_console
+from framework.core import checkpoint, dist, resources
+from framework.core.errors import USER_ERRORS, ConfigError, NonFiniteLossError
+from framework.core.logs import setup_console
+from framework.engine.cost import describe as describe_cost
+from framework.engine.experiment import ExperimentConfig, load_experiment
+from framework.engine.experiment_data import builders
 from framework.models.build import build_model, parameter_table, weight_files
-from framework.cost import describe as describe_cost
-from framework.experiment import ExperimentConfig, builders, load_experiment
 
 
 def pull_options(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -60,7 +61,7 @@ REAL_SIZE = 100_000_000
 
 def dry_run(exp: ExperimentConfig, cost: bool = False) -> None:
     """Parameter counts of the model built on ``meta``, the data files the run would read, and with ``cost``
-    what a training iteration costs (:mod:`framework.cost`)."""
+    what a training iteration costs (:mod:`framework.engine.cost`)."""
     with torch.device("meta"):
         model = build_model(exp.model)
     print(f"config OK. model {exp.model['name']!r} (built on the meta device):")

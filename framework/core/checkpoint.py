@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from framework import dist
-from framework.errors import CheckpointError
-from framework.logs import logger
+from framework.core import dist
+from framework.core.errors import CheckpointError
+from framework.core.logs import logger
 
 FORMAT = "blip2-framework/1"
 

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import torch
 
-from framework.errors import CheckpointError
+from framework.core.errors import CheckpointError
 
 Keys = Tuple[Optional[str], ...]
 State = Dict[str, torch.Tensor]

@@ -25,11 +25,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
-from framework.experiment import ExperimentConfig
-from framework.models.interfaces import HasExampleBatch, require
+from framework.core.registry import build
+from framework.engine.experiment import ExperimentConfig
+from framework.engine.optim import build_optimizer
 from framework.models.build import build_model
-from framework.optim import build_optimizer
-from framework.registry import build
+from framework.models.interfaces import HasExampleBatch, require
 
 GB = 1024 ** 3
 CARDS = (40, 80)  # accelerator sizes in GB the largest batch is given for

@@ -1,5 +1,5 @@
 """The training / evaluation loop. What it runs (the config schema, the machine, the data) is
-:mod:`framework.experiment`; what it saves and resumes from is :mod:`framework.checkpoint`."""
+:mod:`framework.engine.experiment`; what it saves and resumes from is :mod:`framework.core.checkpoint`."""
 from __future__ import annotations
 
 import json
@@ -14,17 +14,24 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from framework import checkpoint, dist
-from framework.config import to_yaml
+from framework.core import checkpoint, dist
+from framework.core.config import to_yaml
+from framework.core.errors import ConfigError, NonFiniteLossError
+from framework.core.logs import RunLog, console_has_bar, logger, truncate_after
+from framework.core.registry import build
 from framework.data.loader import is_stream, set_position, set_stream_position
-from framework.errors import ConfigError, NonFiniteLossError
-from framework.experiment import (ExperimentConfig, ExperimentData, check_writable, claim_evaluation, claim_output,
-                                  prepare_data, run_device, seed_everything, set_determinism)
-from framework.logs import RunLog, console_has_bar, logger, truncate_after
-from framework.models.build import build_model, checkpoint_of, compile_parts, parameter_table
-from framework.optim import build_optimizer, build_schedule, set_lr
-from framework.registry import build
-from framework.task import Task
+from framework.engine.experiment import ExperimentConfig
+from framework.engine.experiment_data import ExperimentData, prepare_data
+from framework.engine.machine import run_device, seed_everything, set_determinism
+from framework.engine.optim import build_optimizer, build_schedule, set_lr
+from framework.engine.output import check_writable, claim_evaluation, claim_output
+from framework.engine.task import Task
+from framework.models.build import (
+    build_model,
+    checkpoint_of,
+    compile_parts,
+    parameter_table,
+)
 
 
 class Runner:
@@ -295,7 +302,7 @@ class Runner:
 
     def evaluate_only(self, overwrite: bool = False) -> Dict[str, Any]:
         """Evaluate eval and test splits once (``framework.evaluate``); writes metrics.json into the folder
-        :func:`framework.experiment.claim_evaluation` gives (a training run's own files are never touched)."""
+        :func:`framework.engine.output.claim_evaluation` gives (a training run's own files are never touched)."""
         self.out = claim_evaluation(self.out, self.exp.model.get("checkpoint"), overwrite)
         self.start_output()
         splits = list(dict.fromkeys(self.cfg.eval_splits + self.cfg.test_splits))
@@ -311,7 +318,12 @@ class Runner:
     def _profiler(self):
         if not self.cfg.profile:
             return None
-        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+        from torch.profiler import (
+            ProfilerActivity,
+            profile,
+            schedule,
+            tensorboard_trace_handler,
+        )
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         prof = profile(activities=acts, schedule=schedule(wait=1, warmup=1, active=self.cfg.profile_steps, repeat=1),

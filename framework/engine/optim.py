@@ -7,8 +7,9 @@ from typing import Annotated, Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from framework.errors import ConfigError
-from framework.registry import LR_SCHEDULERS, Length, Part, Range
+from framework.core.errors import ConfigError
+from framework.core.registry import LR_SCHEDULERS
+from framework.core.schema import Length, Part, Range
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The released BLIP-2 models by the names LAVIS and transformers give them (:class:`ZooModel` entries,
-registered in :data:`framework.registry.ZOO`; the built-in ones are in ``plugins/zoo/``), and :func:`prepare`,
+registered in :data:`framework.core.registry.ZOO`; the built-in ones are in ``plugins/zoo/``), and :func:`prepare`,
 which converts an entry's files into a prepared folder. ``python -m framework.zoo`` is the command around them.
 Importing this module stays light (the entries import it when plugins are discovered).
 """
@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from framework import resources
-from framework.errors import ConfigError
-from framework.registry import ZOO
-
+from framework.core import resources
+from framework.core.errors import ConfigError
+from framework.core.registry import ZOO
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,12 @@ def prepare(name: str, sources: List[str], out: Path, options: List[str] = (),
     entry's settings, ``evaluation`` its evaluation config. Returns ``out``."""
     import yaml
 
-    from framework.config import load_config
-    from framework.formats import read_into_ours
+    from framework.core.config import load_config
+    from framework.interop.formats import read_into_ours
 
     entry: ZooModel = ZOO.get(name)
     paths = _sources(entry, name, list(sources))
-    # an entry names its evaluation config under the shipped projects/ (framework.resources)
+    # an entry names its evaluation config under the shipped projects/ (framework.core.resources)
     evaluation = evaluation or (str(resources.root() / entry.evaluation) if entry.evaluation else None)
     if evaluation and not Path(evaluation).is_file():
         raise ConfigError(f"the evaluation config {evaluation} does not exist (it comes with the repository's "

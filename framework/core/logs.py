@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from framework import dist
+from framework.core import dist
 
 logger = logging.getLogger("framework")
 

@@ -1,8 +1,8 @@
 """What a foreign weights format (LAVIS, transformers...) offers the converter, and the check of what it wrote.
 
-A format is a registered part (``framework.registry.FORMATS``, one file per format in ``plugins/formats/``)
-holding the key tables of the modules it describes, used in both directions (:mod:`framework.keys`).
-``python -m framework.convert`` (:mod:`framework.convert`) is the command around them and names none.
+A format is a registered part (``framework.core.registry.FORMATS``, one file per format in ``plugins/formats/``)
+holding the key tables of the modules it describes, used in both directions (:mod:`framework.models.keys`).
+``python -m framework.convert`` (:mod:`framework.commands.convert`) is the command around them and names none.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import yaml
 from omegaconf import OmegaConf
 from torch import nn
 
-from framework import checkpoint
-from framework.config import apply_options, resolve
-from framework.experiment import load_experiment, load_model_file
-from framework.registry import FORMATS
+from framework.core import checkpoint
+from framework.core.config import apply_options, resolve
+from framework.core.registry import FORMATS
+from framework.engine.experiment import load_experiment, load_model_file
 from framework.models.build import build_model
 from framework.models.image_encoder import ImageEncoder
 

@@ -1,0 +1,1 @@
+"""Interoperability: key tables, foreign weight formats, released models by name."""
