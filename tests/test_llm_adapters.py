@@ -119,7 +119,7 @@ def test_wrong_folders_are_named(tmp_path: Path) -> None:
         LLMS.get("opt")(path=str(tmp_path / "nothing"))
     opt_folder = make_tiny_opt(tmp_path / "opt")
     with pytest.raises(ConfigError, match=r"holds a 'opt' model, which FlanT5 does not read; it reads: t5 "
-                                          r"\(registered LLM adapters: flant5, hf_causal_lm, opt;"):
+                                          r"\(registered LLM adapters: flant5, hf_causal_lm, llama, opt;"):
         LLMS.get("flant5")(path=str(opt_folder))
     t5_folder = make_tiny_t5(tmp_path / "t5")
     with pytest.raises(ConfigError, match=r"holds a 't5' model, which HFCausalLM does not read; it reads: .*llama"):

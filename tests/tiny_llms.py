@@ -203,3 +203,67 @@ def make_tiny_hf_blip2(folder: Path, llm: str) -> Path:
             model.language_model.get_input_embeddings().weight[newline] *= 10
     model.save_pretrained(str(folder))
     return folder
+
+
+def llama_sp_tokenizer(folder: Path, pad: bool = True) -> List[str]:
+    """Vicuna's kind of tokenizer in ``folder``: a SentencePiece BPE model with byte fallback (LLaMA's ids: <unk> 0,
+    <s> 1, </s> 2), trained here on shapes texts, and the files lmsys/vicuna-7b-v1.1 ships (``tokenizer.model``,
+    ``tokenizer_config.json`` for the slow ``LlamaTokenizer``, ``special_tokens_map.json``), which transformers 4.33
+    (LAVIS's, slow) and 5.x (fast, converted) both read. ``pad``: with "[PAD]" after the vocabulary (id 400), as the
+    InstructBLIP folders transformers converted hold; without, as Vicuna's own (the adapter adds it).
+    SentencePiece is LLaMA's tokenizer format, so it is trained with ``sentencepiece`` (one thread: its BPE
+    trainer is then deterministic). Returns the training texts."""
+    import io
+    import json
+
+    import sentencepiece as spm
+
+    from tiny_bert import CORPUS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = [c for c in CORPUS if c.startswith("a ") and len(c.split()) >= 3]
+    texts = captions + [f"What color is the {c.split()[2]}? {c.split()[1]}" for c in captions[::4]]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   character_coverage=1.0, num_threads=1, minloglevel=2,
+                                   remove_extra_whitespaces=False, normalization_rule_name="identity")
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"} | ({"pad_token": "[PAD]"} if pad else {})
+    config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+              "clean_up_tokenization_spaces": False, "model_max_length": 2048, "sp_model_kwargs": {}, **specials}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=1))
+    if pad:
+        (folder / "added_tokens.json").write_text(json.dumps({"[PAD]": 400}))
+    return texts
+
+
+def make_tiny_vicuna(folder: Path, seed: int = 0, steps: int = 120, pad: bool = True) -> Path:
+    """A Vicuna as InstructBLIP's: LLaMA architecture, the tokenizer of :func:`llama_sp_tokenizer`, trained
+    (``steps``, after a random 4-vector visual prefix) on shapes captions and colour questions each started by
+    "</s>" (LAVIS's bos) and ended by "</s>", so generation stops. Weights are exact fp16 values: LAVIS loads
+    Vicuna in fp16, an fp32 load then holds the same numbers. No dropout (LLaMA has none)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    texts = llama_sp_tokenizer(folder, pad=pad)
+    tok = AutoTokenizer.from_pretrained(str(folder), bos_token="</s>", eos_token="</s>", unk_token="</s>")
+    if not pad:
+        tok.add_special_tokens({"pad_token": "[PAD]"})
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=401 if pad else 400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, rms_norm_eps=1e-6,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    if not pad:
+        model.resize_token_embeddings(len(tok), mean_resizing=False)  # trained with the pad row, saved without
+    tok.padding_side = "right"
+    enc = tok([t + "</s>" for t in texts], padding=True, return_tensors="pt")
+    labels = torch.cat([torch.full((len(texts), 4), -100),
+                        enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)], 1)
+    fit_after_visual_prefix(model, enc["input_ids"], enc["attention_mask"], labels, seed, steps, torch.float16)
+    if not pad:
+        model.resize_token_embeddings(400, mean_resizing=False)
+    model.save_pretrained(str(folder))
+    return folder

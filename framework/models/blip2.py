@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -124,8 +124,10 @@ class Blip2Base(nn.Module):
         """Image tokens for the Q-Former: frozen encoder, then ``ln_vision`` (fp32)."""
         return self.ln_vision(self.image_encoder(images))
 
-    def tokenize(self, texts: List[str], pad_to_max: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(input ids, attention mask): [CLS] text [SEP], cut to ``max_txt_len`` tokens (cuts are counted in
+    def tokenize(self, texts: List[str], pad_to_max: bool = False,
+                 keep: Literal["start", "end"] = "start") -> Tuple[torch.Tensor, torch.Tensor]:
+        """(input ids, attention mask): [CLS] text [SEP], cut to ``max_txt_len`` tokens keeping the text's
+        ``start`` (captions) or ``end`` (an instruction: its question is last) (cuts are counted in
         ``num_truncated`` and logged once), padded to the longest text or to ``max_txt_len``."""
         tok = self.tokenizer
         ids = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
@@ -137,7 +139,8 @@ class Blip2Base(nn.Module):
                                len(ids[long[0]]))
             self.num_truncated += len(long)
             for i in long:
-                ids[i] = ids[i][: self.max_txt_len - 1] + [tok.sep_token_id]
+                ids[i] = ids[i][: self.max_txt_len - 1] + [tok.sep_token_id] if keep == "start" else \
+                    ids[i][:1] + ids[i][1 - self.max_txt_len:]
         enc = tok.pad({"input_ids": ids}, padding="max_length" if pad_to_max else "longest",
                       max_length=self.max_txt_len, return_tensors="pt")
         device = self.qformer.query_tokens.device

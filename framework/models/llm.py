@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from framework.core.errors import ConfigError
+from framework.core.logs import logger
 from framework.data.builder import DataFile
 from framework.models.build import building_on_meta
 from framework.models.frozen import FreezablePart
@@ -40,13 +41,21 @@ class LLMAdapter(FreezablePart):
             model trains (LAVIS: it never puts the LLM in eval mode). false: a frozen LLM is always in eval mode
             (deterministic features for the Q-Former to fit).
         max_txt_len: tokens kept of each prompt and of each target.
+        special_tokens: tokens that replace the tokenizer's own (keys ``pad_token``, ``bos_token``, ``eos_token``,
+            ``unk_token``): the start, end and unknown tokens must be tokens the model has rows for; a pad token
+            the tokenizer lacks is added, and the model gets rows for it, each the mean of the existing rows (no
+            random draw). Unset: the tokenizer's own, and without a pad token the end of text pads.
     """
+
+    SPECIAL_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token")
+    CLEAN_UP_SPACES = True  # decoding: " ." -> "." and the like, as transformers 4.x did by default under LAVIS
 
     model_type: Tuple[str, ...] = ()  # accepted config.json model_type values; empty: any
     archs: Dict[str, Dict[str, Any]] = {}  # named architectures: config.json fields, model_type included
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
-                 frozen_dropout: bool = True, max_txt_len: int = 32) -> None:
+                 frozen_dropout: bool = True, max_txt_len: int = 32,
+                 special_tokens: Optional[Dict[str, str]] = None) -> None:
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
@@ -55,12 +64,9 @@ class LLMAdapter(FreezablePart):
         if on_meta:  # --dry-run: the architecture, no files read
             self.tokenizer, self.model = None, self._skeleton(fields).to(DTYPES[precision])
         else:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            if self.tokenizer.pad_token is None:
-                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.tokenizer = self._tokenizer(folder, fields, dict(special_tokens or {}))
             self.model = self.load(str(folder), DTYPES[precision])
+            self._fit_vocabulary()
         self.max_txt_len, self.frozen, self.frozen_follows_training = max_txt_len, freeze, frozen_dropout
         if freeze:
             self.model.requires_grad_(False)
@@ -82,9 +88,8 @@ class LLMAdapter(FreezablePart):
         fields = json.loads((folder / "config.json").read_text())
         supported = self.supported_model_types()
         if supported and fields.get("model_type") not in supported:
-            common = [t for t in ("gpt2", "llama", "mistral", "qwen2", "gemma", "phi") if t in supported]
             names = ", ".join(sorted(supported)) if len(supported) <= 12 else \
-                f"any of {len(supported)} model types, e.g. {', '.join(common)}"
+                f"any of {len(supported)} model types, e.g. {', '.join(self._known_families(supported))}"
             raise ConfigError(f"model.llm.path: {folder} holds a {fields.get('model_type')!r} model, which "
                               f"{type(self).__name__} does not read; it reads: {names}" + self._others())
         if arch is not None:
@@ -95,9 +100,56 @@ class LLMAdapter(FreezablePart):
                                   + ". Point path at that model, or set model.llm.arch to what the folder holds.")
         return fields
 
+    def _tokenizer(self, folder: Path, fields: Dict[str, Any], special: Dict[str, str]) -> Any:
+        """The folder's tokenizer under ``special_tokens``. The start, end and unknown tokens are given as it
+        loads, so the texts it makes start with the start token named (a fast tokenizer told afterwards keeps
+        starting them with its old one)."""
+        from transformers import AutoTokenizer
+
+        wrong = sorted(set(special) - set(self.SPECIAL_TOKENS))
+        if wrong:
+            raise ConfigError(f"model.llm.special_tokens: unknown key {wrong[0]!r}; the keys: "
+                              f"{', '.join(self.SPECIAL_TOKENS)}")
+        given = {k: v for k, v in special.items() if k != "pad_token"}
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **given)
+        vocab, rows = tokenizer.get_vocab(), fields.get("vocab_size")
+        for key, text in given.items():
+            if text not in vocab or (rows is not None and vocab[text] >= rows):
+                raise ConfigError(f"model.llm.special_tokens.{key}: {text!r} is no token the model in {folder} has "
+                                  f"learnt (not among its {rows} token rows), so it would never "
+                                  f"{'end a text' if key == 'eos_token' else 'mean what it should'}; name one of "
+                                  f"its tokens, or leave {key} out for the tokenizer's own")
+        pad = special.get("pad_token")
+        if pad is not None and tokenizer.pad_token != pad:
+            tokenizer.add_special_tokens({"pad_token": pad})
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def _fit_vocabulary(self) -> None:
+        """Rows for the tokens the contract added (a pad token): each the mean of the existing rows, so loading
+        draws no random number."""
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) <= rows:
+            return
+        self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for table in {id(e): e for e in (self.model.get_input_embeddings(),
+                                             self.model.get_output_embeddings()) if e is not None}.values():
+                table.weight[rows:] = table.weight[:rows].mean(0)
+        logger.info("LLM: %d token rows added for %s (the mean of the others)", len(self.tokenizer) - rows,
+                    ", ".join(self.tokenizer.convert_ids_to_tokens(list(range(rows, len(self.tokenizer))))))
+
     def supported_model_types(self) -> Tuple[str, ...]:
         """config.json ``model_type`` values this adapter reads; empty: any."""
         return self.model_type
+
+    @staticmethod
+    def _known_families(supported: Tuple[str, ...]) -> List[str]:
+        """The model types among ``supported`` that registered adapters name: families a reader recognises."""
+        from framework.core.registry import LLMS
+
+        return sorted({t for name in LLMS.names() for t in LLMS.get(name).model_type if t in supported})
 
     def _others(self) -> str:
         from framework.core.registry import LLMS
@@ -127,12 +179,18 @@ class LLMAdapter(FreezablePart):
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
 
-    def ids(self, texts: List[str], special: bool, truncate: bool = True) -> List[List[int]]:
-        """Token ids; ``truncate``: cut to ``max_txt_len`` (training text; LAVIS never cuts a generation prompt,
-        so a long VQA question keeps its "Answer:")."""
+    def ids(self, texts: List[str], special: bool, truncate: bool = True, max_len: Optional[int] = None,
+            keep: Literal["start", "end"] = "start") -> List[List[int]]:
+        """Token ids; ``truncate``: cut to ``max_len`` (default ``max_txt_len``; training text: LAVIS never cuts a
+        generation prompt, so a long VQA question keeps its "Answer:"), keeping the text's ``start`` or ``end``."""
+        self.tokenizer.truncation_side = "right" if keep == "start" else "left"
         enc = self.tokenizer(list(texts), add_special_tokens=special, truncation=truncate,
-                             max_length=self.max_txt_len if truncate else None)
+                             max_length=(max_len or self.max_txt_len) if truncate else None)
         return enc["input_ids"]
+
+    def hidden_ids(self) -> List[int]:
+        """Token ids an output never shows (beyond the tokenizer's special tokens)."""
+        return []
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
@@ -169,10 +227,11 @@ class LLMAdapter(FreezablePart):
                                   num_return_sequences=num_return_sequences,
                                   **(dict(do_sample=True, top_p=top_p) if do_sample else dict(do_sample=False)),
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_id())
-        # clean_up_tokenization_spaces: " ." -> "." and the like, as transformers 4.x did by default under LAVIS
-        # (5.x no longer does): the texts the paper scored
+        hidden = self.hidden_ids()
+        if hidden:
+            out = out.masked_fill(torch.isin(out, torch.tensor(hidden, device=out.device)), self.tokenizer.pad_token_id)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True,
-                                                               clean_up_tokenization_spaces=True)]
+                                                               clean_up_tokenization_spaces=self.CLEAN_UP_SPACES)]
 
 
 def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float = 0.0) -> torch.Tensor:
@@ -195,18 +254,23 @@ class DecoderOnlyAdapter(LLMAdapter):
             adapter's (OPT: a newline, as LAVIS's Blip2OPT and transformers' released blip2-opt checkpoints; any
             other: the tokenizer's EOS token).
         joint_tokens: tokenise prompt and target as one string, cut to ``max_txt_len`` together, and leave the
-            prompt's own tokens out of the loss (LAVIS; with byte-level BPE the target's first word keeps its
-            leading space, and with an empty prompt the start token is a target too, as there). false: prompt and
-            target tokenised apart, each cut to ``max_txt_len``.
+            prompt's own tokens out of the loss (LAVIS's BLIP-2 OPT; with byte-level BPE the target's first word
+            keeps its leading space, and with an empty prompt the start token is a target too, as there). false:
+            prompt and target tokenised apart (LAVIS's InstructBLIP, ``concat_text_input_output``): the prompt with
+            the tokenizer's start token, cut to ``max_txt_len`` keeping its end (the question); the target with
+            the end of text appended, cut to ``max_output_txt_len`` keeping its start, the start token LAVIS
+            tokenises it with (and then drops) counted.
+        max_output_txt_len: see ``joint_tokens: false``; null: ``max_txt_len``.
     """
 
     END_OF_TEXT: Optional[str] = None  # an adapter's default end_of_text (None: the tokenizer's EOS token)
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, end_of_text: Optional[str] = None,
-                 joint_tokens: bool = True) -> None:
-        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len)
-        self.joint_tokens = joint_tokens
+                 joint_tokens: bool = True, max_output_txt_len: Optional[int] = None,
+                 special_tokens: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens)
+        self.joint_tokens, self.max_output_txt_len = joint_tokens, max_output_txt_len or max_txt_len
         self.end_of_text = end_of_text if end_of_text is not None else self.END_OF_TEXT
         if self.tokenizer is None:  # on the meta device: nothing to tokenise
             self.eot_id = None
@@ -228,8 +292,10 @@ class DecoderOnlyAdapter(LLMAdapter):
         if targets is None:  # generation: the whole prompt
             return [(p, len(p)) for p in self.ids(prompts, special=True, truncate=False)]
         if not self.joint_tokens:
-            return [(p + t + [self.eot_id], len(p)) for p, t in zip(self.ids(prompts, special=True),
-                                                                    self.ids(targets, special=False))]
+            start = len(self.tokenizer("")["input_ids"])  # the tokens the tokenizer puts before any text
+            outputs = self.ids([t + self.end_of_text for t in targets], special=False,
+                               max_len=self.max_output_txt_len - start)
+            return [(p + t, len(p)) for p, t in zip(self.ids(prompts, special=True, keep="end"), outputs)]
         prompt_ids = self.ids(prompts, special=True, truncate=False)  # LAVIS's prompt_length: the prompt alone
         texts = [p + (" " if p and t and not p[-1].isspace() else "") + t + self.end_of_text
                  for p, t in zip(prompts, targets)]

@@ -1,9 +1,12 @@
-"""``lavis``: Salesforce LAVIS's BLIP-2 checkpoints (``blip2``, ``blip2_opt``, ``blip2_t5``), read and written.
+"""``lavis``: Salesforce LAVIS's BLIP-2 checkpoints (``blip2``, ``blip2_opt``, ``blip2_t5``) and InstructBLIP's
+(``blip2_vicuna_instruct``), read and written.
 
 LAVIS keeps the weights under ``model`` in a ``.pth``: ``visual_encoder.`` (EVA's names, the frozen ViT),
 ``ln_vision.``, ``Qformer.bert.`` / ``Qformer.cls.`` (a ``BertLMHeadModel``: exactly the names of
 :func:`framework.models.bert.qformer_keys`), ``query_tokens``, ``vision_proj``, ``text_proj``, ``itm_head``,
-``temp``, and ``opt_proj`` / ``t5_proj``. It holds no LLM weights: the LLM folder is named in the config.
+``temp``, and ``opt_proj`` / ``t5_proj`` / ``llm_proj`` (InstructBLIP's Vicuna). It holds no LLM weights: the LLM
+folder is named in the config. InstructBLIP's Q-Former keeps its text path (the instruction goes in beside the
+queries): a generative checkpoint with the Q-Former's word embeddings reads as ``qformer_text_input: true``.
 
 Reading writes ``model.pt`` (our checkpoint), ``vision.pt`` (the encoder in EVA's names, when the file holds it)
 and the ``model:`` section. What the weights do not say is LAVIS's fixed architecture: EVA ViT-g with 16 heads,
@@ -30,9 +33,10 @@ from framework.models.keys import KeyTable, layer_indices, linear
 DERIVED = {"Qformer.bert.embeddings.position_ids": "a buffer (positions 0..511)",
            "Qformer.cls.predictions.decoder.weight": "tied to the word embeddings",
            "Qformer.cls.predictions.decoder.bias": "the same tensor as cls.predictions.bias"}
-LLM_PREFIXES = {"opt_model.": "the frozen LLM (our config names its folder)",
-                "t5_model.": "the frozen LLM (our config names its folder)"}
-PROJECTIONS = {"opt": "opt_proj", "flant5": "t5_proj"}  # our LLM adapter -> LAVIS's projection name
+LLM_PREFIXES = {prefix: "the frozen LLM (our config names its folder)"
+                for prefix in ("opt_model.", "t5_model.", "llm_model.")}
+PROJECTIONS = {"opt": "opt_proj", "flant5": "t5_proj", "llama": "llm_proj"}  # our LLM adapter -> LAVIS's projection
+INSTRUCT_MAX_TXT_LEN = 128  # LAVIS's InstructBLIP: the instruction's Q-Former tokens (its models' default)
 EVA_HEADS, BERT_BASE_HEADS = 16, 12  # LAVIS's create_eva_vit_g and bert-base-uncased: not in the weights
 # LAVIS's frozen encoders by their token width: (our encoder, the file LAVIS loads it from)
 ENCODERS_BY_WIDTH = {1408: ("eva_vit_g", "EVA-CLIP's eva_vit_g.pth"), 1024: ("clip_vit_l", "LAVIS's clip_vit_L.pth")}
@@ -73,8 +77,8 @@ def ours_to_lavis(weights: Dict[str, torch.Tensor], llm: Optional[str]) -> Dict[
     rest = {k: v for k, v in weights.items() if not k.startswith(("image_encoder.", "llm."))}
     projection = PROJECTIONS.get(llm) if llm else None
     if llm and projection is None:
-        raise ConfigError(f"--to lavis: LAVIS has BLIP-2 models for OPT and FlanT5 ({', '.join(PROJECTIONS)}), "
-                          f"not for the LLM adapter {llm!r}")
+        raise ConfigError(f"--to lavis: LAVIS has BLIP-2 models for OPT, FlanT5 and Vicuna "
+                          f"({', '.join(PROJECTIONS)}), not for the LLM adapter {llm!r}")
     layers = layer_indices(rest, "qformer.layers.")
     state, unused = key_table(len(layers), projection).to_theirs(rest, "our model", ConfigError)
     if unused:
@@ -130,8 +134,10 @@ class Lavis(Format):
         name = "blip2_generative" if generative else "blip2_qformer"
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.save_atomic(checkpoint.make(name, model, frozen, iter=0, converted_from=str(src)), out / "model.pt")
-        needs = [] if generative else [  # a stage-2 Q-Former reads no text: it needs no tokenizer
-            "model.qformer.bert: a bert-base-uncased folder (the Q-Former's tokenizer; LAVIS's files hold none)"]
+        reads_text = not generative or "qformer.word_embeddings.weight" in model  # stage 1, or InstructBLIP
+        needs = [  # a BLIP-2 stage-2 Q-Former reads no text: it needs no tokenizer
+            "model.qformer.bert: a bert-base-uncased folder (the Q-Former's tokenizer; LAVIS's files hold none)"
+        ] if reads_text else []
         section: Dict[str, Any] = {"name": name, "qformer": _qformer_section(model)}
         if vision:
             torch.save(vision, out / "vision.pt")
@@ -147,6 +153,8 @@ class Lavis(Format):
             llm = next(ours for ours, theirs in PROJECTIONS.items() if f"{theirs}.weight" in state)
             section["llm"] = {"name": llm, "path": None, "precision": "bf16" if llm == "flant5" else "fp16"}
             needs.append("model.llm.path: the LLM's Hugging Face folder (LAVIS's files hold no LLM)")
+            if reads_text:
+                section |= {"qformer_text_input": True, "max_txt_len": INSTRUCT_MAX_TXT_LEN}
         else:
             section |= {"embed_dim": model["vision_proj.weight"].shape[0]}
         section["checkpoint"] = str(out / "model.pt")

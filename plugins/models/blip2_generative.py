@@ -97,7 +97,7 @@ class Blip2Generative(Blip2Base):
         image_kv = self.qformer.project_image(self.encode_image(images))
         n_query = self.qformer.num_query_tokens
         if self.qformer_text_input:
-            ids, mask = self.tokenize(prompts)
+            ids, mask = self.tokenize(prompts, keep="end")  # LAVIS's InstructBLIP cuts an instruction's start
             hidden = self.qformer("itm", image_kv=image_kv, input_ids=ids, text_mask=mask).hidden
         else:
             hidden = self.qformer("itc", image_kv=image_kv).hidden

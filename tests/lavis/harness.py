@@ -208,7 +208,67 @@ def t5(work: Path, spec: dict) -> dict:
             "dense_act_fn": model.t5_model.config.dense_act_fn}
 
 
-JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5}
+INSTRUCT = Path(__file__).parent / "instruct"  # LAVIS's InstructBLIP files (instruct/README.md: not in 1.0.2)
+
+
+def _load_instruct(name: str):
+    """``lavis.models.blip2_models.<name>`` from LAVIS's repository (instruct/), loaded into 1.0.2's package."""
+    import importlib.util
+
+    import lavis.models.blip2_models.blip2 as blip2
+    from transformers import BertTokenizer
+
+    if "truncation_side" not in blip2.Blip2Base.init_tokenizer.__func__.__code__.co_varnames:
+        def init_tokenizer(cls, truncation_side="right"):  # LAVIS's repository's own, which 1.0.2 lacks
+            tokenizer = BertTokenizer.from_pretrained("bert-base-uncased", truncation_side=truncation_side)
+            tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+            return tokenizer
+
+        blip2.Blip2Base.init_tokenizer = classmethod(init_tokenizer)
+        patch("Blip2Base.init_tokenizer(truncation_side) as LAVIS's repository has it (1.0.2 has no argument)")
+    module_name = f"lavis.models.blip2_models.{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, INSTRUCT / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        patch(f"{module_name} loaded from LAVIS's repository at 506965b (tests/lavis/instruct/)")
+    return sys.modules[module_name]
+
+
+def vicuna_model(work: Path, spec: dict):
+    """LAVIS's Blip2VicunaInstruct over the Vicuna in ``work/vicuna``, its trained weights perturbed."""
+    _load_instruct("modeling_llama")
+    cls = _load_instruct("blip2_vicuna_instruct").Blip2VicunaInstruct
+    model = _stage2(cls, spec, llm_model=str(work / "vicuna"), max_output_txt_len=spec["max_output_txt_len"])
+    model.llm_model.float()
+    patch("llm_model.float(): LAVIS loads Vicuna in fp16, which CPU matmuls reject; the test's Vicuna holds exact "
+          "fp16 values, so no number changes")
+    _perturb(model, spec["seed"] + 1, spec["perturb"])
+    return model
+
+
+def vicuna(work: Path, spec: dict) -> dict:
+    """Blip2VicunaInstruct: its state_dict, the LM loss (train mode) of instructions and outputs, texts generated
+    with each decoding setting (beam search with LAVIS's defaults, nucleus sampling seeded), and the candidates
+    ranked by ``predict_class`` with ``n_segments``."""
+    model = vicuna_model(work, spec)
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("llm_model.")}
+    images = spec["images"]
+    model.train()
+    loss = model({"image": images, "text_input": spec["instructions"], "text_output": spec["outputs"]})["loss"]
+    model.eval()
+    generated = {}
+    for name, decoding in spec["decodings"].items():
+        torch.manual_seed(spec["sample_seed"])
+        generated[name] = model.generate({"image": images, "prompt": spec["instructions"]}, **decoding)
+    ranks = model.predict_class({"image": images, "prompt": spec["rank_prompt"], "text_input": spec["questions"]},
+                                spec["candidates"], n_segments=spec["n_segments"])
+    return {"state_dict": state, "loss": loss.detach(), "generated": generated, "ranks": ranks,
+            "llm_vocab": model.llm_model.get_input_embeddings().weight.shape[0]}
+
+
+JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5, "vicuna": vicuna}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])
