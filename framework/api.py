@@ -28,6 +28,7 @@ from framework.models.build import build_model
 from framework.models.interfaces import (
     DeclaresProcessing,
     Generative,
+    RanksAnswers,
     Retrievable,
     require,
 )
@@ -36,8 +37,9 @@ ImageLike = Union[str, Path, Image.Image, torch.Tensor]
 
 
 class Model:
-    """A loaded model with the four things one does with BLIP-2. ``images``: preprocessed tensors ([3, H, W] each,
-    or one [B, 3, H, W] batch), or paths / PIL images (preprocessed here). ``module``: the ``nn.Module``."""
+    """A loaded model with what one does with BLIP-2 (caption, ask, rank_answers; rank, embed). ``images``:
+    preprocessed tensors ([3, H, W] each, or one [B, 3, H, W] batch), or paths / PIL images (preprocessed here).
+    ``module``: the ``nn.Module``."""
 
     def __init__(self, module: nn.Module, preprocess: Callable[[ImageLike], torch.Tensor],
                  device: torch.device) -> None:
@@ -79,6 +81,24 @@ class Model:
             raise ConfigError(f"ask: {len(batch)} images but {len(questions)} questions; give one question per image")
         return self.module.generate(batch, [template.format(q) for q in questions],
                                     **({"num_beams": 5, "max_new_tokens": 10} | decoding))
+
+    @torch.no_grad()
+    def rank_answers(self, images: Union[Sequence[ImageLike], torch.Tensor], questions: Sequence[str],
+                     candidates: Sequence[Any], template: str = "Question: {} Answer:",
+                     n_segments: int = 1) -> List[List[str]]:
+        """Per (image, question), the ``candidates`` from the most to the least likely answer (closed-vocabulary
+        or multiple-choice VQA): one list of candidates for every question, or a list per question."""
+        self._need(RanksAnswers, "rank_answers")
+        batch = self._batch(images)
+        if len(questions) != len(batch):
+            raise ConfigError(f"rank_answers: {len(batch)} images but {len(questions)} questions; give one question "
+                              f"per image")
+        per_image = bool(candidates) and not isinstance(candidates[0], str)
+        if per_image and len(candidates) != len(batch):
+            raise ConfigError(f"rank_answers: {len(batch)} images but {len(candidates)} candidate lists; give one "
+                              f"list for all, or one per image")
+        order = self.module.rank_answers(batch, [template.format(q) for q in questions], candidates, n_segments)
+        return [[(candidates[i] if per_image else candidates)[j] for j in row] for i, row in enumerate(order)]
 
     @torch.no_grad()
     def rank(self, images: Union[Sequence[ImageLike], torch.Tensor], texts: Sequence[str]) -> torch.Tensor:

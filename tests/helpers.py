@@ -89,17 +89,17 @@ def stage1_config(tmp: Path, out: Path, **run: Any) -> Dict[str, Any]:
 
 
 def stage2_config(tmp: Path, out: Path, llm: str = "opt", **model: Any) -> Dict[str, Any]:
-    """The stage-1 experiment above with the generative model over a tiny OPT or T5 made in the test."""
-    from tiny_llms import make_tiny_opt, make_tiny_t5
+    """The stage-1 experiment above with the generative model over a tiny OPT, T5 (``flant5``) or Vicuna
+    (``llama``, its tokenizer without "[PAD]", which the adapter adds) made in the test."""
+    from tiny_llms import make_tiny_opt, make_tiny_t5, make_tiny_vicuna
 
     cfg = stage1_config(tmp, out)
     folder = tmp / llm
     if not folder.exists():
-        (make_tiny_opt if llm == "opt" else make_tiny_t5)(folder)
+        {"opt": make_tiny_opt, "flant5": make_tiny_t5, "llama": lambda f: make_tiny_vicuna(f, pad=False)}[llm](folder)
     base = cfg["model"]
     cfg["model"] = {"name": "blip2_generative", "image_encoder": base["image_encoder"], "qformer": base["qformer"],
-                    "llm": {"name": "opt" if llm == "opt" else "flant5", "path": str(folder), "precision": "fp32"},
-                    "prompt": "a photo of", **model}
+                    "llm": {"name": llm, "path": str(folder), "precision": "fp32"}, "prompt": "a photo of", **model}
     return cfg
 
 

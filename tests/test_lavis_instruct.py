@@ -1,8 +1,10 @@
-"""InstructBLIP against LAVIS itself: LAVIS's ``Blip2VicunaInstruct`` (its repository's code, tests/lavis/instruct/)
-at tiny sizes over a Vicuna as the released ones are (LLaMA architecture, a SentencePiece tokenizer, "[PAD]" and
-"</s>" as LAVIS sets them), its state_dict converted with ``framework.convert --from lavis``: the LM loss of
-instructions and outputs (both cut: the instruction from its start, the output from its end), and the texts
-generated with beam search and with nucleus sampling, as strings."""
+"""InstructBLIP against LAVIS itself: LAVIS's ``Blip2VicunaInstruct`` and ``Blip2T5Instruct`` (its repository's
+code, tests/lavis/instruct/) at tiny sizes, over a Vicuna as the released ones are (LLaMA architecture, a
+SentencePiece tokenizer, "[PAD]" and "</s>" as LAVIS sets them), its state_dict converted with
+``framework.convert --from lavis``: the LM loss of instructions and outputs (both cut: the instruction from its
+start, the output from its end), the texts generated with beam search and with nucleus sampling, as strings, and
+the answer candidates ranked by likelihood (``predict_class``, in two segments). The FlanT5 model likewise, over
+the tiny trained T5 of the BLIP-2 oracle."""
 from __future__ import annotations
 
 import shutil
@@ -11,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 from lavis_oracle import lavis_bert, run_lavis
-from tiny_llms import make_tiny_vicuna
+from tiny_llms import make_tiny_t5_trained, make_tiny_vicuna
 
 from framework.commands.convert import main as convert_main
 from framework.engine.experiment import load_model_file
@@ -35,15 +37,51 @@ SPEC = dict(seed=0, perturb=0.05, num_query_tokens=4, max_txt_len=12, max_output
 
 
 def _ours_decoding(lavis: dict) -> dict:
-    """LAVIS's generate arguments in our names: given embeddings alone, transformers 4.33 starts the sequence with
-    the start token, which its max_length counts (min_length too, which the adapter knows)."""
-    out = dict(num_beams=lavis["num_beams"], max_new_tokens=lavis["max_length"] - 1, min_length=lavis["min_length"],
+    """LAVIS's generate arguments in our names, its max_length aside (:func:`_same_texts_and_ranks`)."""
+    out = dict(num_beams=lavis["num_beams"], min_length=lavis["min_length"],
                repetition_penalty=lavis["repetition_penalty"])
     if lavis.get("use_nucleus_sampling"):
         out |= dict(do_sample=True, top_p=lavis["top_p"])
     else:
         out |= dict(length_penalty=float(lavis["length_penalty"]))
     return out
+
+
+def _convert(tmp_path: Path, state: dict, bert: Path, llm: Path) -> dict:
+    """LAVIS's state_dict through ``framework.convert --from lavis`` (heads and precisions of the tiny test
+    models, the test's lengths); the model section it wrote."""
+    torch.save({"model": state}, tmp_path / "lavis.pth")
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis.pth"), "--out",
+                         str(tmp_path / "conv"), "--options", "model.image_encoder.heads=4",
+                         "model.qformer.num_heads=4", "model.image_encoder.precision=fp32",
+                         f"model.qformer.bert={bert}", f"model.llm.path={llm}", "model.llm.precision=fp32",
+                         "model.max_txt_len=12", "model.llm.max_txt_len=12",
+                         "model.llm.max_output_txt_len=6"]) == 0
+    return yaml.safe_load((tmp_path / "conv" / "model.yaml").read_text())["model"]
+
+
+def _same_texts_and_ranks(ours, lavis: dict, images: torch.Tensor, instructions: list, decodings: dict, spec: dict,
+                          start_token_counted: bool) -> list:
+    """Our texts for each of LAVIS's decodings (``start_token_counted``: its max_length counts the start token
+    transformers puts first), and our candidate scores and ranks, equal to LAVIS's. Returns our ranks."""
+    for name, decoding in decodings.items():
+        torch.manual_seed(spec["sample_seed"])
+        ours_decoding = _ours_decoding(decoding) | {
+            "max_new_tokens": decoding["max_length"] - (1 if start_token_counted else 0)}
+        texts = ours.generate(images, instructions, **ours_decoding)
+        print(f"{name}: LAVIS {lavis['generated'][name]}, ours {texts}")
+        assert texts == lavis["generated"][name] and any(texts)
+    prompts = [spec["rank_prompt"].format(q) for q in spec["questions"]]
+    with torch.no_grad():
+        scores = ours.llm.candidate_losses(ours.visual_prompt(images, prompts), prompts, spec["candidates"],
+                                           spec["n_segments"])
+    # per-token negative log-likelihoods near 1-10, summed over a few tokens in fp32: 1e-5 is tens of units in the
+    # last place; one token more or less in a candidate, or another divisor, moves a score by 1e-1
+    torch.testing.assert_close(scores, lavis["scores"], rtol=0, atol=1e-5)
+    ranks = ours.rank_answers(images, prompts, spec["candidates"], n_segments=spec["n_segments"])
+    print(f"ranked: LAVIS {lavis['ranks'].tolist()}, ours {ranks}")
+    assert ranks == lavis["ranks"].tolist()
+    return ranks
 
 
 def test_vicuna_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
@@ -54,13 +92,7 @@ def test_vicuna_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
     shutil.copytree(vicuna, work / "vicuna")
     images = torch.randn(len(INSTRUCTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(2))
     lavis = run_lavis("vicuna", work, {**SPEC, "images": images, "instructions": INSTRUCTIONS, "outputs": OUTPUTS})
-    torch.save({"model": lavis["state_dict"]}, tmp_path / "lavis.pth")
-    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis.pth"), "--out",
-                         str(tmp_path / "conv"), "--options", "model.image_encoder.heads=4", "model.qformer.num_heads=4",
-                         "model.image_encoder.precision=fp32", f"model.qformer.bert={bert}", f"model.llm.path={vicuna}",
-                         "model.llm.precision=fp32", "model.max_txt_len=12", "model.llm.max_txt_len=12",
-                         "model.llm.max_output_txt_len=6"]) == 0
-    section = yaml.safe_load((tmp_path / "conv" / "model.yaml").read_text())["model"]
+    section = _convert(tmp_path, lavis["state_dict"], bert, vicuna)
     assert section["qformer_text_input"] is True and section["llm"]["name"] == "llama"
     ours = build_model(load_model_file(tmp_path / "conv" / "model.yaml", [
         "model.qformer.dropout=0.0", "model.qformer.attention_dropout=0.0"]))
@@ -72,8 +104,44 @@ def test_vicuna_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
     # tokens, masks or weights (a single token more or less in the loss moves it by 1e-1)
     assert abs(float(got.detach()) - float(lavis["loss"])) < 1e-4
     ours.eval()
-    for name, decoding in DECODINGS.items():
-        torch.manual_seed(SPEC["sample_seed"])
-        texts = ours.generate(images, INSTRUCTIONS, **_ours_decoding(decoding))
-        print(f"{name}: LAVIS {lavis['generated'][name]}, ours {texts}")
-        assert texts == lavis["generated"][name] and any(texts)
+    ranks = _same_texts_and_ranks(ours, lavis, images, INSTRUCTIONS, DECODINGS, SPEC, start_token_counted=True)
+    prompts = [SPEC["rank_prompt"].format(q) for q in SPEC["questions"]]
+    per_image = ours.rank_answers(images, prompts, [SPEC["candidates"]] * len(images), n_segments=SPEC["n_segments"])
+    assert per_image == ranks  # a list per image goes one image at a time: the same scores
+
+
+T5_DECODINGS = {"beam": dict(num_beams=5, max_length=8, min_length=1, repetition_penalty=1.5, length_penalty=1.0),
+                "nucleus": dict(use_nucleus_sampling=True, top_p=0.9, num_beams=1, max_length=8, min_length=1,
+                                repetition_penalty=1.5)}
+T5_INSTRUCTIONS = ["question : what color is the circle ? short answer :", "a photo of",
+                   "a photo of two shapes and one circle and a red square , question : what color is the square ? "
+                   "short answer :"]
+T5_OUTPUTS = ["red", "a blue square and a green triangle and a red circle", "blue"]
+
+
+def test_flant5_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
+    """Blip2T5Instruct: the instruction cut keeping its end, the output keeping its start (max_txt_len 12,
+    max_output_txt_len 6); generation's max_length is new tokens here (LAVIS passes max_new_tokens); ranking sums
+    each candidate's token losses."""
+    work = tmp_path / "lavis"
+    work.mkdir()
+    bert = lavis_bert(work)
+    t5 = make_tiny_t5_trained(tmp_path / "t5")
+    shutil.copytree(t5, work / "t5")
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    spec = {**SPEC, "decodings": T5_DECODINGS, "rank_prompt": "question : {} short answer :",
+            "questions": ["what color is the circle ?", "what color is the square ?", "what color is the triangle ?"],
+            "candidates": ["red", "green", "blue", "a red circle", "two shapes"]}
+    lavis = run_lavis("t5_instruct", work, {**spec, "images": images, "instructions": T5_INSTRUCTIONS,
+                                            "outputs": T5_OUTPUTS})
+    section = _convert(tmp_path, lavis["state_dict"], bert, t5)
+    assert section["qformer_text_input"] is True and section["llm"]["name"] == "flant5"
+    assert section["llm"]["prompt_keeps"] == "end"
+    ours = build_model(load_model_file(tmp_path / "conv" / "model.yaml", [
+        "model.qformer.dropout=0.0", "model.qformer.attention_dropout=0.0"]))
+    ours.train()
+    got = ours({"image": images, "text_input": T5_OUTPUTS, "prompt": T5_INSTRUCTIONS})["loss"]
+    print(f"FlanT5 InstructBLIP loss: ours {float(got.detach()):.7f}, LAVIS {float(lavis['loss']):.7f}")
+    assert abs(float(got.detach()) - float(lavis["loss"])) < 1e-4  # fp32 throughout: see the Vicuna test
+    ours.eval()
+    _same_texts_and_ranks(ours, lavis, images, T5_INSTRUCTIONS, T5_DECODINGS, spec, start_token_counted=False)

@@ -33,10 +33,10 @@ STEPS = 5
 def tiny(tmp_path_factory) -> Dict[str, Any]:
     """Tiny checkpoints of the runs the configs start from: stage 1, and stage 2 over OPT and over FlanT5."""
     tmp = tmp_path_factory.mktemp("tiny")
-    out = {"bert": tmp / "bert", "opt": tmp / "opt", "flant5": tmp / "t5"}
+    out = {"bert": tmp / "bert", "opt": tmp / "opt", "flant5": tmp / "flant5"}
     torch.manual_seed(0)
     for name, cfg in (("stage1", stage1_config(tmp, tmp)), ("opt_stage2", stage2_config(tmp, tmp, "opt")),
-                      ("flant5_stage2", stage2_config(tmp, tmp, "t5"))):
+                      ("flant5_stage2", stage2_config(tmp, tmp, "flant5"))):
         spec = load_experiment(str(write_yaml(tmp / f"{name}.yaml", cfg))).model
         checkpoint.save_atomic(checkpoint_of(build_model(spec), spec["name"], iter=1), tmp / f"{name}.pt")
         out[name] = tmp / f"{name}.pt"

@@ -242,7 +242,7 @@ def test_prefix_lm_splits_each_caption_between_input_and_target(tmp_path: Path) 
     words = "a red circle on the left".split()
     k = len(prompts[0].split())
     assert 1 <= k < len(words) and prompts[0].split() + targets[0].split() == words
-    cfg = stage2_config(tmp_path, tmp_path / "out", "t5", prefix_lm=True)
+    cfg = stage2_config(tmp_path, tmp_path / "out", "flant5", prefix_lm=True)
     model = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", cfg))).model).train()
     seen = []
     model.llm.lm_loss = lambda prefix, p, t: seen.append((p, t)) or prefix.sum() * 0

@@ -5,7 +5,7 @@ named with the member, not met by an ``AttributeError`` deep in a run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
@@ -82,6 +82,17 @@ class Generative(Protocol):
 
 
 @runtime_checkable
+class RanksAnswers(Protocol):
+    """Answers chosen among candidates by their likelihood after the visual prompt and a prompt (closed-vocabulary
+    or multiple-choice VQA; LAVIS's InstructBLIP ``predict_class``)."""
+
+    def rank_answers(self, images: torch.Tensor, prompts: List[str], candidates: Sequence[Any],
+                     n_segments: int = 1) -> List[List[int]]:
+        """Per image, candidate indices from the most to the least likely: ``candidates`` one list for all the
+        images, or one per image."""
+
+
+@runtime_checkable
 class Retrievable(Protocol):
     """Image-text retrieval by similarity of separately computed features (ITC)."""
 
@@ -127,8 +138,8 @@ def missing(obj: Any, contract: type) -> List[str]:
 
 
 def require(obj: Any, contract: type, who: str, hint: str = "") -> None:
-    """Raise :class:`framework.core.errors.ConfigError` naming what ``obj`` lacks of ``contract``, which ``who`` (a task, a
-    command) needs."""
+    """Raise :class:`framework.core.errors.ConfigError` naming what ``obj`` lacks of ``contract``, which ``who`` (a
+    task, a command) needs."""
     lacks = missing(obj, contract)
     if lacks:
         from framework.core.errors import ConfigError

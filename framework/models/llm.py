@@ -199,6 +199,13 @@ class LLMAdapter(FreezablePart):
         """(input embeddings, attention mask) that generation starts from."""
         raise NotImplementedError
 
+    def candidate_losses(self, prefix: torch.Tensor, prompts: List[str], candidates: List[str],
+                         n_segments: int = 1) -> torch.Tensor:
+        """[B, C] how unlikely each candidate text is after each prefix + prompt (lower: more likely), as LAVIS's
+        InstructBLIP ``predict_class`` scores it; the candidates go through in ``n_segments`` batches."""
+        raise ConfigError(f"answer ranking: {type(self).__name__} has no candidate scoring; generate answers "
+                          f"instead, or give the adapter a candidate_losses method")
+
     def stop_token_id(self) -> int:
         """The token that ends generated text."""
         return self.tokenizer.eos_token_id
@@ -232,6 +239,14 @@ class LLMAdapter(FreezablePart):
             out = out.masked_fill(torch.isin(out, torch.tensor(hidden, device=out.device)), self.tokenizer.pad_token_id)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True,
                                                                clean_up_tokenization_spaces=self.CLEAN_UP_SPACES)]
+
+
+def segments(n: int, n_segments: int) -> List[Tuple[int, int]]:
+    """LAVIS's ``n_segments`` split of ``n`` candidates: equal parts, the remainder in the last."""
+    if not 1 <= n_segments <= n:
+        raise ConfigError(f"n_segments={n_segments}: give 1 to the number of candidates ({n})")
+    size = n // n_segments
+    return [(k * size, n if k == n_segments - 1 else (k + 1) * size) for k in range(n_segments)]
 
 
 def _pad(rows: List[torch.Tensor], side: Literal["left", "right"], value: float = 0.0) -> torch.Tensor:
@@ -322,6 +337,33 @@ class DecoderOnlyAdapter(LLMAdapter):
         batch; the visual prompt goes in as embeddings and is not counted): ``min_length`` counts them."""
         return max(0, min_length - max(len(ids) for ids in self.ids(prompts, special=True, truncate=False)))
 
+    @torch.no_grad()
+    def candidate_losses(self, prefix: torch.Tensor, prompts: List[str], candidates: List[str],
+                         n_segments: int = 1) -> torch.Tensor:
+        """LAVIS's ``Blip2VicunaInstruct._predict_class``: each candidate follows the whole prompt (not cut), its
+        start token dropped and no end of text added; its score is the summed negative log-likelihood of its
+        tokens over the length of the padded sequences it went through with (LAVIS's per-sequence mean over
+        every position), so candidates of different segments are divided by different lengths, as there."""
+        prompt_ids = self.ids(prompts, special=True, truncate=False)
+        start = len(self.tokenizer("")["input_ids"])
+        cand_ids = [ids[start:] for ids in self.ids(candidates, special=True, truncate=False)]
+        scores = []
+        for lo, hi in segments(len(candidates), n_segments):
+            rows, labels = [], []
+            for i, p in enumerate(prompt_ids):
+                for c in cand_ids[lo:hi]:
+                    ids = torch.tensor(p + c, device=prefix.device)
+                    rows.append(torch.cat([prefix[i], self.embed(ids).to(prefix.dtype)]))
+                    lab = torch.full((prefix.shape[1] + len(ids),), -100, device=prefix.device)
+                    lab[prefix.shape[1] + len(p):] = ids[len(p):]
+                    labels.append(lab)
+            mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
+            logits = self.model(inputs_embeds=_pad(rows, "right").to(self.model.dtype), attention_mask=mask).logits
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2),
+                                                    _pad(labels, "right", -100)[:, 1:], reduction="none")
+            scores.append((nll.sum(1) / nll.shape[1]).view(len(prompts), hi - lo))
+        return torch.cat(scores, 1)
+
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         rows, labels = self._sequences(prefix, prompts, targets)
         mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
@@ -336,7 +378,20 @@ class DecoderOnlyAdapter(LLMAdapter):
 
 
 class EncoderDecoderAdapter(LLMAdapter):
-    """[prefix, prompt] into the encoder; the target is the decoder's (T5 / FlanT5)."""
+    """[prefix, prompt] into the encoder; the target is the decoder's (T5 / FlanT5).
+
+    Args beyond :class:`LLMAdapter`'s:
+        max_output_txt_len: tokens kept of each target (its end of text included); null: ``max_txt_len``.
+        prompt_keeps: what of a training prompt longer than ``max_txt_len`` is kept: its ``start`` (LAVIS's
+            BLIP-2 ``Blip2T5``) or its ``end`` (InstructBLIP's ``Blip2T5Instruct``: the question comes last).
+    """
+
+    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
+                 frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
+                 prompt_keeps: Literal["start", "end"] = "start",
+                 special_tokens: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens)
+        self.max_output_txt_len, self.prompt_keeps = max_output_txt_len or max_txt_len, prompt_keeps
 
     def auto_class(self):
         from transformers import AutoModelForSeq2SeqLM
@@ -346,11 +401,32 @@ class EncoderDecoderAdapter(LLMAdapter):
     def generation_inputs(self, prefix: torch.Tensor, prompts: List[str],
                           truncate: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         rows = [torch.cat([prefix[i], self.embed(torch.tensor(p, device=prefix.device)).to(prefix.dtype)])
-                for i, p in enumerate(self.ids(prompts, special=True, truncate=truncate))]
+                for i, p in enumerate(self.ids(prompts, special=True, truncate=truncate, keep=self.prompt_keeps))]
         mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
         return _pad(rows, "right").to(self.model.dtype), mask
 
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         embeds, mask = self.generation_inputs(prefix, prompts, truncate=True)  # LAVIS cuts the encoder's text here
-        labels = [torch.tensor(t, device=prefix.device) for t in self.ids(targets, special=True)]
+        labels = [torch.tensor(t, device=prefix.device)
+                  for t in self.ids(targets, special=True, max_len=self.max_output_txt_len)]
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100)).loss
+
+    @torch.no_grad()
+    def candidate_losses(self, prefix: torch.Tensor, prompts: List[str], candidates: List[str],
+                         n_segments: int = 1) -> torch.Tensor:
+        """LAVIS's ``Blip2T5Instruct._predict_class``: the whole prompt (not cut) into the encoder, each candidate
+        with its end of text as the decoder's target; its score is the summed negative log-likelihood of its
+        tokens (the segments change only how many go through at once)."""
+        embeds, mask = self.generation_inputs(prefix, prompts)
+        encoded = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        cand_ids = self.ids(candidates, special=True, truncate=False)
+        scores = []
+        for lo, hi in segments(len(candidates), n_segments):
+            n = hi - lo
+            labels = _pad([torch.tensor(c, device=prefix.device) for c in cand_ids[lo:hi]], "right", -100)
+            out = self.model(encoder_outputs=(encoded.repeat_interleave(n, 0),),
+                             attention_mask=mask.repeat_interleave(n, 0), labels=labels.repeat(len(prompts), 1))
+            nll = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2),
+                                                    labels.repeat(len(prompts), 1), reduction="none")
+            scores.append(nll.sum(1).view(len(prompts), n))
+        return torch.cat(scores, 1)

@@ -1,5 +1,5 @@
 """``lavis``: Salesforce LAVIS's BLIP-2 checkpoints (``blip2``, ``blip2_opt``, ``blip2_t5``) and InstructBLIP's
-(``blip2_vicuna_instruct``), read and written.
+(``blip2_vicuna_instruct``, ``blip2_t5_instruct``), read and written.
 
 LAVIS keeps the weights under ``model`` in a ``.pth``: ``visual_encoder.`` (EVA's names, the frozen ViT),
 ``ln_vision.``, ``Qformer.bert.`` / ``Qformer.cls.`` (a ``BertLMHeadModel``: exactly the names of
@@ -36,7 +36,8 @@ DERIVED = {"Qformer.bert.embeddings.position_ids": "a buffer (positions 0..511)"
 LLM_PREFIXES = {prefix: "the frozen LLM (our config names its folder)"
                 for prefix in ("opt_model.", "t5_model.", "llm_model.")}
 PROJECTIONS = {"opt": "opt_proj", "flant5": "t5_proj", "llama": "llm_proj"}  # our LLM adapter -> LAVIS's projection
-INSTRUCT_MAX_TXT_LEN = 128  # LAVIS's InstructBLIP: the instruction's Q-Former tokens (its models' default)
+# LAVIS's InstructBLIP models' defaults: the instruction's tokens (Q-Former and LLM), the output's
+INSTRUCT_MAX_TXT_LEN, INSTRUCT_MAX_OUTPUT_TXT_LEN = 128, 256
 EVA_HEADS, BERT_BASE_HEADS = 16, 12  # LAVIS's create_eva_vit_g and bert-base-uncased: not in the weights
 # LAVIS's frozen encoders by their token width: (our encoder, the file LAVIS loads it from)
 ENCODERS_BY_WIDTH = {1408: ("eva_vit_g", "EVA-CLIP's eva_vit_g.pth"), 1024: ("clip_vit_l", "LAVIS's clip_vit_L.pth")}
@@ -153,8 +154,11 @@ class Lavis(Format):
             llm = next(ours for ours, theirs in PROJECTIONS.items() if f"{theirs}.weight" in state)
             section["llm"] = {"name": llm, "path": None, "precision": "bf16" if llm == "flant5" else "fp16"}
             needs.append("model.llm.path: the LLM's Hugging Face folder (LAVIS's files hold no LLM)")
-            if reads_text:
+            if reads_text:  # InstructBLIP: the instruction through the Q-Former and, cut keeping its end, the LLM
                 section |= {"qformer_text_input": True, "max_txt_len": INSTRUCT_MAX_TXT_LEN}
+                if llm == "flant5":  # the llama adapter's defaults are InstructBLIP's already
+                    section["llm"] |= {"max_txt_len": INSTRUCT_MAX_TXT_LEN, "prompt_keeps": "end",
+                                       "max_output_txt_len": INSTRUCT_MAX_OUTPUT_TXT_LEN}
         else:
             section |= {"embed_dim": model["vision_proj.weight"].shape[0]}
         section["checkpoint"] = str(out / "model.pt")

@@ -2,7 +2,7 @@
 The paper stores FlanT5 in bf16 (fp16 overflows in its feed-forward)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
 
 @LLMS.register("flant5")
 class FlanT5(EncoderDecoderAdapter):
-    """Args: see :class:`framework.models.llm.LLMAdapter`; ``precision`` defaults to bf16.
+    """Args: see :class:`framework.models.llm.EncoderDecoderAdapter`; ``precision`` defaults to bf16.
 
     activation: the feed-forward activation, in place of the checkpoint's (LAVIS's Blip2T5 sets ``gelu``, the
         exact one, where FlanT5's config says ``gelu_new``, the tanh approximation: the paper's FlanT5 models ran
@@ -34,9 +34,10 @@ class FlanT5(EncoderDecoderAdapter):
              "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
-                 frozen_dropout: bool = True, max_txt_len: int = 32, activation: Optional[str] = "gelu") -> None:
+                 frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
+                 prompt_keeps: Literal["start", "end"] = "start", activation: Optional[str] = "gelu") -> None:
         self.activation = activation  # read by load() inside the base class's __init__
-        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len)
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, max_output_txt_len, prompt_keeps)
 
     def load(self, path: str, dtype: torch.dtype) -> nn.Module:
         from transformers import AutoConfig

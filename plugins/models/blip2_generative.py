@@ -10,7 +10,7 @@ is this one key: the paper's stage-1 removal ablation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -113,6 +113,18 @@ class Blip2Generative(Blip2Base):
             prompts, targets = split_for_prefix_lm(prompts, targets)
         loss = self.llm.lm_loss(self.visual_prompt(batch["image"], prompts), prompts, targets)
         return {"loss": loss, "loss_lm": loss}
+
+    @torch.no_grad()
+    def rank_answers(self, images: torch.Tensor, prompts: List[str],
+                     candidates: Union[Sequence[str], Sequence[Sequence[str]]], n_segments: int = 1) -> List[List[int]]:
+        """Per image, the indices of ``candidates`` from the most to the least likely answer after the visual prompt
+        and its prompt (LAVIS's InstructBLIP ``predict_class``; ``n_segments``: the candidates go through the LLM in
+        that many batches). ``candidates``: one list for every image, or a list per image."""
+        if candidates and not isinstance(candidates[0], str):  # a list per image: one image at a time, as LAVIS
+            return [self.rank_answers(images[i:i + 1], prompts[i:i + 1], list(c), n_segments)[0]
+                    for i, c in enumerate(candidates)]
+        losses = self.llm.candidate_losses(self.visual_prompt(images, prompts), prompts, list(candidates), n_segments)
+        return losses.argsort(dim=-1).tolist()
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, prompts: Optional[List[str]] = None, **decoding: Any) -> List[str]:

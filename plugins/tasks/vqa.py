@@ -9,6 +9,7 @@ after the same normalisation. Predictions go to ``<output_dir>/predictions`` as 
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
@@ -22,7 +23,7 @@ from framework.core.errors import ConfigError
 from framework.core.logs import logger
 from framework.core.registry import TASKS
 from framework.engine.task import Task
-from framework.models.interfaces import Generative
+from framework.models.interfaces import Generative, RanksAnswers
 
 # the official evaluation's normalisation tables
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -100,6 +101,21 @@ def lemmatize(answer: str) -> str:
     return " ".join(words)
 
 
+def read_answer_list(path: str) -> List[str]:
+    """The candidate answers of ``task.answer_list``: a JSON list of strings, checked before any work."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"task.answer_list: {file} does not exist; give a JSON file holding a list of answers "
+                          f"(LAVIS's answer_list.json), or leave answer_list out to generate answers")
+    try:
+        answers = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"task.answer_list: {file} is not JSON ({e}); it must hold a list of answers") from e
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ConfigError(f"task.answer_list: {file} must hold a non-empty list of non-empty strings")
+    return answers
+
+
 @TASKS.register("vqa")
 class VQA(Task):
     """Args:
@@ -112,6 +128,10 @@ class VQA(Task):
         min_new_tokens: when set, the shortest answer in generated tokens, replacing ``min_length``.
         lemmatize: answers' nouns and verbs lemmatised before scoring and saving (:func:`lemmatize`), as LAVIS
             evaluates OK-VQA (``apply_lemmatizer``).
+        answer_list: a JSON file holding a list of candidate answers (closed-vocabulary VQA, LAVIS's
+            ``answer_list.json``): each answer is the most likely candidate after the prompted question
+            (``rank_answers``, LAVIS's InstructBLIP ``predict_class``), not generated text. null: generated.
+        n_segments: the candidates go through the LLM in this many batches (memory against speed; LAVIS's key).
     """
 
     best_metric = "accuracy"
@@ -119,13 +139,19 @@ class VQA(Task):
 
     def __init__(self, prompt_template: str = "Question: {} Answer:", metric: Literal["vqa", "exact"] = "vqa",
                  num_beams: int = 5, max_new_tokens: int = 10, min_length: int = 1,
-                 min_new_tokens: Optional[int] = None, length_penalty: float = -1.0, lemmatize: bool = False) -> None:
+                 min_new_tokens: Optional[int] = None, length_penalty: float = -1.0, lemmatize: bool = False,
+                 answer_list: Optional[str] = None, n_segments: int = 1) -> None:
         if "{}" not in prompt_template:
             raise ConfigError(f"task.prompt_template {prompt_template!r} has no '{{}}' where the question goes, e.g. "
                               f"'Question: {{}} Answer:'")
         self.prompt_template, self.metric, self.lemmatize = prompt_template, metric, lemmatize
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length,
                              min_new_tokens=min_new_tokens, length_penalty=length_penalty)
+        self.candidates = None if answer_list is None else read_answer_list(answer_list)
+        if self.candidates is not None and not 1 <= n_segments <= len(self.candidates):
+            raise ConfigError(f"task.n_segments={n_segments}: give 1 to the number of candidates "
+                              f"({len(self.candidates)} in {answer_list})")
+        self.n_segments = n_segments
 
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""
@@ -134,12 +160,21 @@ class VQA(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
-        self.require(model, Generative, "a generative model such as blip2_generative")
+        if self.candidates is None:
+            self.require(model, Generative, "a generative model such as blip2_generative")
+        else:
+            self.require(model, RanksAnswers, "with task.answer_list, a model that ranks answers (blip2_generative "
+                                              "over a decoder-only LLM)")
         device = next(model.parameters()).device
         local = {}
         for batch in loader:
             prompts = [self.prompt_template.format(q) for q in batch["question"]]
-            answers = model.generate(batch["image"].to(device), prompts, **self.decoding)
+            images = batch["image"].to(device)
+            if self.candidates is None:
+                answers = model.generate(images, prompts, **self.decoding)
+            else:
+                order = model.rank_answers(images, prompts, self.candidates, self.n_segments)
+                answers = [self.candidates[row[0]] for row in order]
             if self.lemmatize:
                 answers = [lemmatize(a) for a in answers]
             types = batch.get("answer_type") or [""] * len(answers)

@@ -236,24 +236,22 @@ def _load_instruct(name: str):
     return sys.modules[module_name]
 
 
-def vicuna_model(work: Path, spec: dict):
-    """LAVIS's Blip2VicunaInstruct over the Vicuna in ``work/vicuna``, its trained weights perturbed."""
-    _load_instruct("modeling_llama")
-    cls = _load_instruct("blip2_vicuna_instruct").Blip2VicunaInstruct
-    model = _stage2(cls, spec, llm_model=str(work / "vicuna"), max_output_txt_len=spec["max_output_txt_len"])
-    model.llm_model.float()
-    patch("llm_model.float(): LAVIS loads Vicuna in fp16, which CPU matmuls reject; the test's Vicuna holds exact "
-          "fp16 values, so no number changes")
+def _instruct_model(module: str, cls: str, spec: dict, llm: str, why_float: str, **llm_args: str):
+    """LAVIS's InstructBLIP class ``cls`` of ``module`` (tests/lavis/instruct/) at the spec's sizes, its LLM (the
+    attribute ``llm``) cast back to fp32, its trained weights perturbed."""
+    model = _stage2(getattr(_load_instruct(module), cls), spec, max_output_txt_len=spec["max_output_txt_len"],
+                    **llm_args)
+    getattr(model, llm).float()
+    patch(f"{llm}.float(): {why_float}, so no number changes")
     _perturb(model, spec["seed"] + 1, spec["perturb"])
     return model
 
 
-def vicuna(work: Path, spec: dict) -> dict:
-    """Blip2VicunaInstruct: its state_dict, the LM loss (train mode) of instructions and outputs, texts generated
-    with each decoding setting (beam search with LAVIS's defaults, nucleus sampling seeded), and the candidates
-    ranked by ``predict_class`` with ``n_segments``."""
-    model = vicuna_model(work, spec)
-    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("llm_model.")}
+def _instruct_outputs(model, spec: dict, llm_prefix: str) -> dict:
+    """An InstructBLIP model's state_dict (its LLM left out), the LM loss (train mode) of instructions and outputs,
+    texts generated with each decoding setting (sampling seeded), and the candidates ranked by ``predict_class``
+    with ``n_segments``, with the losses it ranked them by."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(llm_prefix)}
     images = spec["images"]
     model.train()
     loss = model({"image": images, "text_input": spec["instructions"], "text_output": spec["outputs"]})["loss"]
@@ -262,13 +260,40 @@ def vicuna(work: Path, spec: dict) -> dict:
     for name, decoding in spec["decodings"].items():
         torch.manual_seed(spec["sample_seed"])
         generated[name] = model.generate({"image": images, "prompt": spec["instructions"]}, **decoding)
+    scores, argsort = [], torch.argsort
+
+    def recording(losses, *args, **kwargs):  # predict_class's per-candidate losses, before it sorts them
+        scores.append(losses.detach().clone())
+        return argsort(losses, *args, **kwargs)
+
+    torch.argsort = recording
+    patch("torch.argsort wrapped to record the candidate losses predict_class sorts (values unchanged)")
     ranks = model.predict_class({"image": images, "prompt": spec["rank_prompt"], "text_input": spec["questions"]},
                                 spec["candidates"], n_segments=spec["n_segments"])
-    return {"state_dict": state, "loss": loss.detach(), "generated": generated, "ranks": ranks,
-            "llm_vocab": model.llm_model.get_input_embeddings().weight.shape[0]}
+    torch.argsort = argsort
+    return {"state_dict": state, "loss": loss.detach(), "generated": generated, "ranks": ranks, "scores": scores[0]}
 
 
-JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5, "vicuna": vicuna}
+def vicuna(work: Path, spec: dict) -> dict:
+    """Blip2VicunaInstruct over the Vicuna in ``work/vicuna`` (:func:`_instruct_outputs`), and the LLM's vocabulary
+    once LAVIS has added its tokens."""
+    _load_instruct("modeling_llama")
+    model = _instruct_model("blip2_vicuna_instruct", "Blip2VicunaInstruct", spec, "llm_model",
+                            "LAVIS loads Vicuna in fp16, which CPU matmuls reject; the test's Vicuna holds exact fp16 "
+                            "values", llm_model=str(work / "vicuna"))
+    return _instruct_outputs(model, spec, "llm_model.") | {
+        "llm_vocab": model.llm_model.get_input_embeddings().weight.shape[0]}
+
+
+def t5_instruct(work: Path, spec: dict) -> dict:
+    """Blip2T5Instruct over the T5 in ``work/t5`` (:func:`_instruct_outputs`)."""
+    model = _instruct_model("blip2_t5_instruct", "Blip2T5Instruct", spec, "t5_model",
+                            "LAVIS casts FlanT5 to bf16, which CPU matmuls against fp32 inputs reject; the test's T5 "
+                            "holds exact bf16 values", t5_model=str(work / "t5"))
+    return _instruct_outputs(model, spec, "t5_model.")
+
+
+JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5, "vicuna": vicuna, "t5_instruct": t5_instruct}
 
 if __name__ == "__main__":
     job, work = sys.argv[1], Path(sys.argv[2])
