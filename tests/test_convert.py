@@ -1,4 +1,5 @@
-"""Hugging Face Blip2 models converted into ours compute the same logits and generate the same text."""
+"""Hugging Face Blip2 and InstructBlip models converted into ours compute the same logits and generate the same
+text; ours exported back load in transformers with the same logits."""
 from __future__ import annotations
 
 import re
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import implementation_atol, stage1_config, write_yaml
-from tiny_llms import make_tiny_hf_blip2
+from tiny_llms import make_tiny_hf_blip2, make_tiny_hf_instructblip
 
 from framework.commands.convert import main as convert_main
 from framework.engine.experiment import load_experiment, load_model_file
@@ -59,13 +60,62 @@ def test_converted_blip2_gives_the_same_logits_and_generations(tmp_path: Path, l
         assert stopped > 0  # transformers stopped at the newline somewhere, and so did we
 
 
+
+@pytest.mark.parametrize("llm", ["vicuna", "t5"])
+def test_instructblip_converts_both_ways_with_the_same_logits_and_generations(tmp_path: Path, llm: str) -> None:
+    """InstructBLIP: the instruction goes through the Q-Former (its tokenizer the folder's qformer_tokenizer/) and
+    the LLM; converted, ours gives transformers' logits and texts; exported back, transformers gives ours."""
+    from transformers import AutoTokenizer, InstructBlipForConditionalGeneration
+
+    src = make_tiny_hf_instructblip(tmp_path / "hf", llm)
+    assert convert_main(["--from", "hf", "--to", "ours", "--src", str(src), "--out", str(tmp_path / "conv")]) == 0
+    ours = _ours(tmp_path, tmp_path / "conv" / "model.yaml")
+    assert ours.qformer_text_input and ours.llm.tokenizer("red")["input_ids"] == \
+        AutoTokenizer.from_pretrained(str(src))("red")["input_ids"]  # the folder's tokens as they are
+    cfg = stage1_config(tmp_path, tmp_path / "out")
+    cfg["_base_"] = str(tmp_path / "conv" / "model.yaml")
+    cfg["model"] = {"image_encoder": {"precision": "fp32"}, "llm": {"precision": "fp32"}}
+    assert convert_main(["--from", "ours", "--to", "hf", "--src", str(write_yaml(tmp_path / "exp.yaml", cfg)),
+                         "--out", str(tmp_path / "back")]) == 0
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    prompts = [PROMPT, "question : what color is the square ? answer :"]
+    for folder in (src, tmp_path / "back"):
+        hf = InstructBlipForConditionalGeneration.from_pretrained(str(folder)).eval()
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        qformer = AutoTokenizer.from_pretrained(str(folder / "qformer_tokenizer"))(prompts, return_tensors="pt")
+        text = tok(prompts, return_tensors="pt")["input_ids"]  # the two prompts have one length: no padding
+        hf_ids = torch.cat([torch.full((2, 4), hf.config.image_token_index), text], 1)
+        inputs = dict(pixel_values=images, qformer_input_ids=qformer["input_ids"],
+                      qformer_attention_mask=qformer["attention_mask"], input_ids=hf_ids)
+        target = tok(["red", "blue"], return_tensors="pt")["input_ids"] if llm == "t5" else None
+        with torch.no_grad():
+            expected = hf(**inputs, labels=target).logits
+            embeds = torch.cat([ours.visual_prompt(images, prompts), ours.llm.embed(text)], 1)
+            got = ours.llm.model(inputs_embeds=embeds, labels=target).logits
+        # vision 2 + Q-Former 2 + LLM 2 (LLaMA) or 2 + 2 (T5 encoder, decoder) layers
+        torch.testing.assert_close(got, expected, rtol=0, atol=implementation_atol(expected, 8))
+    hf = InstructBlipForConditionalGeneration.from_pretrained(str(src)).eval()
+    tok = AutoTokenizer.from_pretrained(str(src))
+    for beams in (1, 4):
+        decoding = dict(num_beams=beams, max_new_tokens=6, min_new_tokens=1, length_penalty=1.0,
+                        repetition_penalty=1.0, do_sample=False)
+        with torch.no_grad():
+            out = hf.generate(**inputs, **decoding)
+        out = out[:, hf_ids.shape[1]:] if llm != "t5" and out.shape[1] > hf_ids.shape[1] and \
+            torch.equal(out[:, :hf_ids.shape[1]], hf_ids) else out
+        # decoded as the adapters decode: LLaMA's tokenizer without clean-up of spaces, T5 as LAVIS's with it
+        theirs = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True,
+                                                       clean_up_tokenization_spaces=llm == "t5")]
+        assert ours.generate(images, prompts, **decoding) == theirs and any(theirs)
+
+
 def test_a_folder_that_is_not_blip2_is_named(tmp_path: Path) -> None:
     from tiny_llms import make_tiny_opt
 
     from framework.core.errors import ConfigError
     from plugins.formats.hf_blip2 import HuggingFace
 
-    with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 folders"):
+    with pytest.raises(ConfigError, match=r"holds a 'opt' model; --from hf reads Blip2 and InstructBlip folders"):
         HuggingFace().read(make_tiny_opt(tmp_path / "opt"), tmp_path / "out")
 
 

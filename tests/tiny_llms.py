@@ -267,3 +267,60 @@ def make_tiny_vicuna(folder: Path, seed: int = 0, steps: int = 120, pad: bool = 
         model.resize_token_embeddings(400, mean_resizing=False)
     model.save_pretrained(str(folder))
     return folder
+
+
+def make_tiny_hf_instructblip(folder: Path, llm: str) -> Path:
+    """A transformers ``InstructBlipForConditionalGeneration`` folder over a tiny Vicuna (``vicuna``: the
+    SentencePiece tokenizer, its tokens as transformers' conversion sets LAVIS's: "</s>" start, end and unknown,
+    "[PAD]") or T5 (``t5``), random weights perturbed so none is zero or one; the Q-Former's tokenizer (the tiny
+    BERT's, "[DEC]" added, as the conversion adds it) in ``qformer_tokenizer/``, where the processor keeps it."""
+    import torch
+    from transformers import (AutoTokenizer, InstructBlipConfig, InstructBlipForConditionalGeneration,
+                              InstructBlipQFormerConfig, InstructBlipVisionConfig, LlamaConfig, LlamaForCausalLM,
+                              T5Config, T5ForConditionalGeneration)
+
+    from tiny_bert import make_tiny_bert
+
+    folder.mkdir(parents=True)
+    if llm == "vicuna":
+        llama_sp_tokenizer(folder)
+        tok = AutoTokenizer.from_pretrained(str(folder), bos_token="</s>", eos_token="</s>", unk_token="</s>")
+    else:
+        _tokenizer(folder, bos=False)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})  # where the queries go in the input
+    tok.save_pretrained(str(folder))
+    qtok = AutoTokenizer.from_pretrained(str(make_tiny_bert(folder.parent / f"{folder.name}_bert")))
+    qtok.add_special_tokens({"bos_token": "[DEC]"})
+    qtok.save_pretrained(str(folder / "qformer_tokenizer"))
+    vision = InstructBlipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=32, patch_size=8)
+    qformer = InstructBlipQFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, encoder_hidden_size=48, vocab_size=len(qtok),
+                                        max_position_embeddings=64)
+    if llm == "vicuna":
+        text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+                           rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                           tie_word_embeddings=False)  # the tiny Vicuna's sizes: its trained weights go in
+    else:  # the trained tiny T5's own configuration: its weights go in
+        lm_folder = make_tiny_t5_trained(folder.parent / f"{folder.name}_t5")
+        text = T5Config.from_pretrained(str(lm_folder))
+        text.vocab_size = len(tok)
+    config = InstructBlipConfig(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
+                                text_config=text.to_dict(), num_query_tokens=4,
+                                image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = InstructBlipForConditionalGeneration(config)
+    with torch.no_grad():  # no zero biases or unit norms: every weight must land in the right place
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    # the trained tiny LLM, so that generation says words (a random one ends at once, or pads)
+    if llm == "vicuna":
+        trained = LlamaForCausalLM.from_pretrained(str(make_tiny_vicuna(folder.parent / f"{folder.name}_vicuna")))
+    else:
+        trained = T5ForConditionalGeneration.from_pretrained(str(lm_folder))
+    trained.resize_token_embeddings(len(tok), mean_resizing=False)  # the <image> row
+    model.language_model.load_state_dict(trained.state_dict())
+    model.save_pretrained(str(folder))
+    return folder
