@@ -31,13 +31,15 @@ STEPS = 5
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Dict[str, Any]:
-    """Tiny checkpoints of the runs the configs start from: stage 1, and stage 2 over OPT and over FlanT5."""
+    """Tiny checkpoints of the runs the configs start from: stage 1, stage 2 over OPT and over FlanT5, and
+    InstructBLIP over a Vicuna (the Q-Former's text path in it)."""
     tmp = tmp_path_factory.mktemp("tiny")
-    out = {"bert": tmp / "bert", "opt": tmp / "opt", "flant5": tmp / "flant5"}
-    torch.manual_seed(0)
+    out = {"bert": tmp / "bert", "opt": tmp / "opt", "flant5": tmp / "flant5", "llama": tmp / "llama"}
     for name, cfg in (("stage1", stage1_config(tmp, tmp)), ("opt_stage2", stage2_config(tmp, tmp, "opt")),
-                      ("flant5_stage2", stage2_config(tmp, tmp, "flant5"))):
+                      ("flant5_stage2", stage2_config(tmp, tmp, "flant5")),
+                      ("llama_stage2", stage2_config(tmp, tmp, "llama", qformer_text_input=True))):
         spec = load_experiment(str(write_yaml(tmp / f"{name}.yaml", cfg))).model
+        torch.manual_seed(0)  # each checkpoint's own weights, whatever was made before it
         checkpoint.save_atomic(checkpoint_of(build_model(spec), spec["name"], iter=1), tmp / f"{name}.pt")
         out[name] = tmp / f"{name}.pt"
     return out
@@ -74,9 +76,12 @@ def _tiny_variant(cfg: str, tiny: Dict[str, Any], tmp: Path) -> Path:
            "eval_splits": ["val"], "test_splits": [],
            "optimizer": {"lr": 1e-3, "lr_schedule": {"_delete_": True, "name": "constant"}}}
     wrapper = {"_base_": str(path), "model": model, "datasets": data, "run": run}
-    # one batch: the whole training split (2 images, each with several captions or questions), the same every step
-    (builder,) = prepare_data(load_experiment(str(write_yaml(tmp / "tiny.yaml", wrapper)))).values()
-    run["batch_size"] = len(builder.build("train"))
+    # one batch: the whole training data (the config's training splits, a few images, each with several
+    # captions or questions), the same every step
+    exp = load_experiment(str(write_yaml(tmp / "tiny.yaml", wrapper)))
+    (builder,) = prepare_data(exp).values()
+    run["batch_size"] = sum(len(builder.build(split)) for split in exp.run.train_splits
+                            if builder.has_split(split)) or 2  # an evaluation config trains on nothing
     return write_yaml(tmp / "tiny.yaml", wrapper)
 
 

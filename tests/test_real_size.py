@@ -64,7 +64,9 @@ def test_finetune_and_eval_configs_validate_and_build(cfg: str, capsys) -> None:
 
     assert evaluate_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "[MISSING] model.checkpoint: output/" in out  # each starts from the run before it
+    # each starts from the run before it (output/), or from a released model prepared by the zoo (models/:
+    # InstructBLIP, whose instruction tuning has no config here)
+    assert "[MISSING] model.checkpoint: output/" in out or "[MISSING] model.checkpoint: models/" in out
 
 
 PAPER_DATA = ["coco_caption_shards", "vg_caption_shards", "cc3m", "cc12m", "sbu", "laion"]

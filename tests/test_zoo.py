@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO, random_photo, stage2_config, write_yaml
-from tiny_llms import make_tiny_hf_blip2
+from tiny_llms import make_tiny_hf_blip2, make_tiny_hf_instructblip
 
 from framework.commands.convert import main as convert_main
 from framework.commands.evaluate import main as evaluate_main
@@ -22,9 +22,11 @@ from framework.models.build import build_model, checkpoint_of
 # the names LAVIS's load_model_and_preprocess and transformers' from_pretrained take
 LAVIS_NAMES = ["pretrain", "pretrain_vitL", "coco", "pretrain_opt2.7b", "pretrain_opt6.7b", "caption_coco_opt2.7b",
                "caption_coco_opt6.7b", "pretrain_flant5xl", "pretrain_flant5xl_vitL", "pretrain_flant5xxl",
-               "caption_coco_flant5xl"]
+               "caption_coco_flant5xl", "vicuna7b", "vicuna13b", "flant5xl", "flant5xxl"]
 HF_NAMES = ["Salesforce/blip2-opt-2.7b", "Salesforce/blip2-opt-6.7b", "Salesforce/blip2-opt-2.7b-coco",
-            "Salesforce/blip2-flan-t5-xl", "Salesforce/blip2-flan-t5-xxl", "Salesforce/blip2-itm-vit-g"]
+            "Salesforce/blip2-flan-t5-xl", "Salesforce/blip2-flan-t5-xxl", "Salesforce/blip2-itm-vit-g",
+            "Salesforce/instructblip-vicuna-7b", "Salesforce/instructblip-vicuna-13b",
+            "Salesforce/instructblip-flan-t5-xl", "Salesforce/instructblip-flan-t5-xxl"]
 DECODING = dict(num_beams=5, max_new_tokens=8, min_new_tokens=3, length_penalty=1.0, repetition_penalty=1.0,
                 do_sample=False)
 
@@ -89,6 +91,38 @@ def test_prepared_from_a_transformers_folder_captions_as_transformers_and_runs_e
     assert evaluate_main(["--cfg", str(prepared)]) == 0
     metrics = json.loads((prepared / "eval" / "metrics.json").read_text())
     assert "shapes_caption/val/cider" in json.dumps(metrics)  # the results in the prepared folder's eval/
+
+
+
+def test_prepared_instructblip_answers_as_transformers(tmp_path: Path) -> None:
+    """An InstructBLIP folder (Vicuna) prepared under its transformers name answers as transformers does: the
+    question through the Q-Former (the folder's qformer_tokenizer) and after the queries into the LLM."""
+    from transformers import AutoTokenizer, InstructBlipForConditionalGeneration
+
+    src = make_tiny_hf_instructblip(tmp_path / "instructblip-vicuna-7b", "vicuna")
+    prepared = tmp_path / "models" / "instructblip-vicuna-7b"
+    assert zoo_main(["prepare", "Salesforce/instructblip-vicuna-7b", "--src", f"model={src}", "--out", str(prepared),
+                     "--options", "model.image_encoder.precision=fp32", "model.llm.precision=fp32"]) == 0
+    photo = random_photo(tmp_path / "cat.jpg")
+
+    from framework import load
+    model, preprocess = load(prepared)
+    question = "what color is the circle ?"
+    answers = model.ask([photo], [question], **DECODING)
+
+    hf = InstructBlipForConditionalGeneration.from_pretrained(str(src)).eval()
+    tok = AutoTokenizer.from_pretrained(str(src))
+    prompt = f"Question: {question} Answer:"  # ask's template
+    qformer = AutoTokenizer.from_pretrained(str(src / "qformer_tokenizer"))([prompt], return_tensors="pt")
+    ids = torch.cat([torch.full((1, 4), hf.config.image_token_index), tok([prompt], return_tensors="pt")["input_ids"]],
+                    1)
+    with torch.no_grad():
+        out = hf.generate(pixel_values=preprocess(photo)[None], qformer_input_ids=qformer["input_ids"],
+                          qformer_attention_mask=qformer["attention_mask"], input_ids=ids, **DECODING)
+    out = out[:, ids.shape[1]:] if torch.equal(out[:, :ids.shape[1]], ids) else out
+    # LLaMA's tokenizer decodes without clean-up of spaces (its tokenizer_config says so)
+    theirs = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)]
+    assert answers == theirs and answers[0]
 
 
 def test_prepared_from_a_lavis_checkpoint_captions_as_the_model_it_came_from(tmp_path: Path) -> None:

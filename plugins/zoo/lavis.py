@@ -1,11 +1,15 @@
-"""The released BLIP-2 models under LAVIS's names (``load_model_and_preprocess(name="blip2_opt",
-model_type="pretrain_opt2.7b")``): LAVIS checkpoints, the frozen parts they leave out, the paper's figures.
+"""The released BLIP-2 and InstructBLIP models under LAVIS's names (``load_model_and_preprocess(name="blip2_opt",
+model_type="pretrain_opt2.7b")``; InstructBLIP's ``blip2_vicuna_instruct`` / ``blip2_t5_instruct`` types
+``vicuna7b``, ``vicuna13b``, ``flant5xl``, ``flant5xxl``): LAVIS checkpoints, the frozen parts they leave out, the
+papers' figures.
 
 Addresses and settings are those of LAVIS 1.0.2's ``lavis/configs/models/blip2/*.yaml``: a ``pretrained`` or
 ``finetuned`` checkpoint, ``eva_vit_g.pth`` / ``clip_vit_L.pth`` (the frozen encoder, not in the pretrained
 checkpoints: LAVIS saves trained weights only; fine-tuned ones trained it and hold it), the LLM from the Hugging
 Face hub, ``bert-base-uncased`` (the Q-Former's tokenizer; stage-1 models read text). Figures: the BLIP-2 paper
-(Li et al., 2023): Table 2 (zero-shot VQA), Table 3 (fine-tuned captioning), Table 5 (retrieval).
+(Li et al., 2023): Table 2 (zero-shot VQA), Table 3 (fine-tuned captioning), Table 5 (retrieval). InstructBLIP's
+addresses are those of LAVIS's repository's ``blip2_instruct_*.yaml`` (its "trimmed" checkpoints: no ViT, no LLM);
+its figures are the InstructBLIP paper's (Dai et al., 2023) Table 1.
 """
 from __future__ import annotations
 
@@ -22,7 +26,13 @@ CLIP_L = Source("vision", "CLIP ViT-L/14 as LAVIS publishes it (clip_vit_L.pth)"
 BERT = Source("bert", "bert-base-uncased, a Hugging Face folder (the Q-Former's tokenizer)",
               "https://huggingface.co/google-bert/bert-base-uncased", "model.qformer.bert")
 LLMS = {"opt2.7b": "facebook/opt-2.7b", "opt6.7b": "facebook/opt-6.7b", "flant5xl": "google/flan-t5-xl",
-        "flant5xxl": "google/flan-t5-xxl"}
+        "flant5xxl": "google/flan-t5-xxl", "vicuna7b": "lmsys/vicuna-7b-v1.1", "vicuna13b": "lmsys/vicuna-13b-v1.1"}
+INSTRUCT_STORAGE = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/InstructBLIP"
+# InstructBLIP: LAVIS's type -> (its trimmed checkpoint, the eval configs' LLM)
+INSTRUCT = {"vicuna7b": ("instruct_blip_vicuna7b_trimmed.pth", "vicuna7b"),
+            "vicuna13b": ("instruct_blip_vicuna13b_trimmed.pth", "vicuna7b"),
+            "flant5xl": ("instruct_blip_flanxl_trimmed.pth", "flant5xl"),
+            "flant5xxl": ("instruct_blip_flanxxl_trimmed.pth", "flant5xl")}
 EVALUATIONS = {"opt": "projects/blip2/eval/vqav2_zeroshot_opt2.7b.yaml",
                "flant5": "projects/blip2/eval/vqav2_zeroshot_flant5xl.yaml"}
 
@@ -39,18 +49,23 @@ PAPER = {
     "caption_coco_opt2.7b": "Table 3, COCO Karpathy test: BLEU-4 43.7, CIDEr 145.8 (NoCaps val CIDEr 119.7)",
     "caption_coco_opt6.7b": "Table 3, COCO Karpathy test: BLEU-4 43.5, CIDEr 145.2 (NoCaps val CIDEr 121.0)",
     "caption_coco_flant5xl": "Table 3, COCO Karpathy test: BLEU-4 42.4, CIDEr 144.5 (NoCaps val CIDEr 121.6)",
+    **{name: f"InstructBLIP paper, Table 1: zero-shot on its 13 held-out sets ({name}); eval.yaml: GQA test-dev "
+             f"(eval/instruct_nocaps_zeroshot_* for NoCaps val)" for name in ("vicuna7b", "vicuna13b", "flant5xl",
+                                                                             "flant5xxl")},
 }
 HF_NAMES = {"pretrain": "Salesforce/blip2-itm-vit-g", "coco": "Salesforce/blip2-itm-vit-g-coco",
             "pretrain_opt2.7b": "Salesforce/blip2-opt-2.7b", "pretrain_opt6.7b": "Salesforce/blip2-opt-6.7b",
             "pretrain_flant5xl": "Salesforce/blip2-flan-t5-xl", "pretrain_flant5xxl": "Salesforce/blip2-flan-t5-xxl",
             "caption_coco_opt2.7b": "Salesforce/blip2-opt-2.7b-coco",
             "caption_coco_opt6.7b": "Salesforce/blip2-opt-6.7b-coco",
-            "caption_coco_flant5xl": "Salesforce/blip2-flan-t5-xl-coco"}
+            "caption_coco_flant5xl": "Salesforce/blip2-flan-t5-xl-coco",
+            "vicuna7b": "Salesforce/instructblip-vicuna-7b", "vicuna13b": "Salesforce/instructblip-vicuna-13b",
+            "flant5xl": "Salesforce/instructblip-flan-t5-xl", "flant5xxl": "Salesforce/instructblip-flan-t5-xxl"}
 
 
 def _entry(name: str, summary: str, file: str, vision: Optional[Source], extra: Tuple[Source, ...],
-           settings: Tuple[str, ...], evaluation: Optional[str]) -> None:
-    checkpoint = Source("checkpoint", f"the LAVIS checkpoint {file}", f"{STORAGE}/{file}")
+           settings: Tuple[str, ...], evaluation: Optional[str], storage: str = STORAGE) -> None:
+    checkpoint = Source("checkpoint", f"the LAVIS checkpoint {file}", f"{storage}/{file}")
     ZOO.register(name)(ZooModel(summary, "lavis", (checkpoint,) + ((vision,) if vision else ()) + extra,
                                 PAPER[name], settings, evaluation, tuple(n for n in [HF_NAMES.get(name)] if n)))
 
@@ -77,3 +92,8 @@ for _llm_key, _adapter in [("opt2.7b", "opt"), ("opt6.7b", "opt"), ("flant5xl", 
            f"blip2_caption_{_llm_key}.pth", None, (_llm(_llm_key),),
            ("model.image_encoder.precision=fp32", "model.prompt=a photo of"),
            f"projects/blip2/eval/caption_coco_{'opt2.7b' if _adapter == 'opt' else 'flant5xl'}.yaml")
+for _type, (_file, _eval) in INSTRUCT.items():
+    # InstructBLIP: trimmed checkpoints (no ViT, no LLM); the Q-Former reads the instruction (its tokenizer: BERT's)
+    _arch = "blip2_vicuna_instruct" if "vicuna" in _type else "blip2_t5_instruct"
+    _entry(_type, f"InstructBLIP, EVA ViT-g + {LLMS[_type]} ({_arch})", _file, EVA, (BERT, _llm(_type)), (),
+           f"projects/blip2/eval/instruct_gqa_zeroshot_{_eval}.yaml", storage=INSTRUCT_STORAGE)
