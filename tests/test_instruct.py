@@ -131,3 +131,50 @@ def test_a_bad_answer_list_is_named(tmp_path: Path) -> None:
     (tmp_path / "two.json").write_text('["red", "blue"]')
     with pytest.raises(ConfigError, match=r"task.n_segments=3: give 1 to the number of candidates \(2 in"):
         VQA(answer_list=str(tmp_path / "two.json"), n_segments=3)
+
+
+def test_instructblip_from_blip2_weights_takes_its_text_path_from_stage1_and_says_so(tmp_path: Path, caplog) -> None:
+    """LAVIS's BLIP-2 stage-2 checkpoints hold no Q-Former text path (its stage-2 model deletes it); InstructBLIP
+    needs one. Started from such a checkpoint (here one LAVIS wrote, converted) with a stage-1 checkpoint, the
+    text path is stage 1's, everything else the stage-2 checkpoint's, and the log says which parts kept what."""
+    import logging
+
+    from helpers import stage1_config
+
+    from framework.commands.convert import main as convert_main
+    from framework.core import checkpoint
+    from framework.models.build import checkpoint_of
+
+    torch.manual_seed(1)
+    stage1_spec = load_experiment(str(write_yaml(tmp_path / "s1.yaml", stage1_config(tmp_path, tmp_path)))).model
+    stage1 = build_model(stage1_spec)
+    checkpoint.save_atomic(checkpoint_of(stage1, "blip2_qformer", iter=1), tmp_path / "stage1.pt")
+    cfg = stage2_config(tmp_path, tmp_path / "out", "opt")
+    torch.manual_seed(2)
+    blip2 = build_model(load_experiment(str(write_yaml(tmp_path / "s2.yaml", cfg))).model)
+    with torch.no_grad():  # as trained in stage 2: none of its weights is stage 1's any more
+        for p in blip2.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    checkpoint.save_atomic(checkpoint_of(blip2, "blip2_generative", iter=1), tmp_path / "stage2.pt")
+    cfg["model"]["checkpoint"] = str(tmp_path / "stage2.pt")
+    assert convert_main(["--from", "ours", "--to", "lavis", "--src", str(write_yaml(tmp_path / "e.yaml", cfg)),
+                         "--out", str(tmp_path / "lavis")]) == 0  # the file LAVIS's Blip2OPT writes
+    assert convert_main(["--from", "lavis", "--to", "ours", "--src", str(tmp_path / "lavis" / "model.pth"),
+                         "--out", str(tmp_path / "conv"), "--options", "model.qformer.num_heads=4",
+                         "model.image_encoder.heads=4"]) == 0
+    converted = checkpoint.load(tmp_path / "conv" / "model.pt")
+    assert "qformer.word_embeddings." in converted["absent"] and "qformer.layers.1.ffn_text." in converted["absent"]
+
+    cfg["model"] |= {"qformer_text_input": True, "stage1_checkpoint": str(tmp_path / "stage1.pt"),
+                     "checkpoint": str(tmp_path / "conv" / "model.pt")}
+    with caplog.at_level(logging.INFO, logger="framework"):
+        instruct = build_model(load_experiment(str(write_yaml(tmp_path / "i.yaml", cfg))).model)
+    ours, s1, s2 = instruct.state_dict(), stage1.state_dict(), blip2.state_dict()
+    for key in ("qformer.word_embeddings.weight", "qformer.layers.0.ffn_text.fc1.weight"):
+        assert torch.equal(ours[key], s1[key]), key  # the text path: stage 1's
+    for key in ("qformer.layers.0.ffn_query.fc1.weight", "qformer.query_tokens", "llm_proj.weight"):
+        assert torch.equal(ours[key], s2[key]), key  # the rest: the BLIP-2 stage-2 checkpoint's
+    assert not torch.equal(s1["qformer.layers.0.ffn_query.fc1.weight"], s2["qformer.layers.0.ffn_query.fc1.weight"])
+    assert "were not in the model that wrote it; they keep the weights they were built with" in caplog.text
+    assert "Q-Former and ln_vision from stage-1 checkpoint" in caplog.text

@@ -238,14 +238,12 @@ class QFormer(nn.Module):
         (``keep_text_input``) so do the word/position embeddings and the text feed-forwards. They would get no
         gradient (DDP refuses unused parameters) and would inflate the trainable count (the paper's 107M are
         without them, as in LAVIS). Returns the removed parameter-name prefixes."""
-        removed = ["lm_head."]
+        removed = text_path(len(self.layers), keep_text_input)
         self.lm_head = None
         if not keep_text_input:
             self.word_embeddings = self.position_embeddings = None
-            removed += ["word_embeddings.", "position_embeddings."]
-            for i, layer in enumerate(self.layers):
+            for layer in self.layers:
                 layer.ffn_text = None
-                removed.append(f"layers.{i}.ffn_text.")
         return removed
 
     @property
@@ -304,6 +302,16 @@ class QFormer(nn.Module):
             if cache_queries:
                 presents.append((k[:, :, :n_query], v[:, :, :n_query]))
         return QFormerOutput(x, presents if cache_queries else None)
+
+
+def text_path(num_layers: int, keep_text_input: bool = False) -> List[str]:
+    """The parameter-name prefixes of what a stage-2 Q-Former of ``num_layers`` deletes (the LM head, and unless
+    text goes in beside the queries, the word/position embeddings and the text feed-forwards): what a BLIP-2
+    stage-2 checkpoint holds none of, whoever wrote it."""
+    prefixes = ["lm_head."]
+    if not keep_text_input:
+        prefixes += ["word_embeddings.", "position_embeddings."] + [f"layers.{i}.ffn_text." for i in range(num_layers)]
+    return prefixes
 
 
 def _init_bert(m: nn.Module, std: float) -> None:

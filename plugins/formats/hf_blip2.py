@@ -27,6 +27,7 @@ from framework.core.registry import FORMATS
 from framework.interop.formats import Converted, Format, split_prefix
 from framework.models.bert import qformer_keys
 from framework.models.keys import KeyTable, layer_indices, linear
+from framework.models.qformer import text_path
 
 LLM_ADAPTERS = {"opt": "opt", "t5": "flant5", "llama": "llama"}  # their text_config.model_type -> our LLM adapter
 # transformers' Blip2 Q-Former is BERT's with these names changed; it has no ITG head (cls.)
@@ -194,8 +195,10 @@ class HuggingFace(Format):
         model, vision = hf_to_ours(state, str(src), instruct)
         out.mkdir(parents=True, exist_ok=True)
         torch.save(vision, out / "vision.pt")
+        # what the stage-2 model deleted: a model that has it (InstructBLIP from BLIP-2 weights) keeps its own
+        absent = [f"qformer.{p}" for p in text_path(len(layer_indices(model, "qformer.layers.")), instruct)]
         checkpoint.save_atomic(checkpoint.make("blip2_generative", model, ["image_encoder", "llm"], iter=0,
-                                               converted_from=str(src)), out / "model.pt")
+                                               converted_from=str(src), absent=absent), out / "model.pt")
         hf.language_model.save_pretrained(str(out / "llm"))
         tok = AutoTokenizer.from_pretrained(str(src))
         tok.save_pretrained(str(out / "llm"))

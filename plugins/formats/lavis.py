@@ -28,6 +28,7 @@ from framework.interop.formats import Converted, Format, split_prefix
 from framework.models.bert import qformer_keys
 from framework.models.image_encoder import read_state_dict
 from framework.models.keys import KeyTable, layer_indices, linear
+from framework.models.qformer import text_path
 
 # LAVIS's state_dict holds these beside the weights we keep; on writing they are filled in as LAVIS has them
 DERIVED = {"Qformer.bert.embeddings.position_ids": "a buffer (positions 0..511)",
@@ -133,9 +134,13 @@ class Lavis(Format):
         generative = "llm_proj.weight" in model
         frozen = ["image_encoder", "llm"] if generative else ["image_encoder"]
         name = "blip2_generative" if generative else "blip2_qformer"
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_atomic(checkpoint.make(name, model, frozen, iter=0, converted_from=str(src)), out / "model.pt")
         reads_text = not generative or "qformer.word_embeddings.weight" in model  # stage 1, or InstructBLIP
+        # what LAVIS's stage-2 model deleted: a model that has it (InstructBLIP from BLIP-2 weights) keeps its own
+        absent = [f"qformer.{p}" for p in text_path(len(layer_indices(model, "qformer.layers.")), reads_text)] \
+            if generative else []
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_atomic(checkpoint.make(name, model, frozen, iter=0, converted_from=str(src), absent=absent),
+                               out / "model.pt")
         needs = [  # a BLIP-2 stage-2 Q-Former reads no text: it needs no tokenizer
             "model.qformer.bert: a bert-base-uncased folder (the Q-Former's tokenizer; LAVIS's files hold none)"
         ] if reads_text else []
