@@ -12,7 +12,6 @@ from helpers import read_log, stage2_config, write_yaml
 from PIL import Image
 
 from framework.commands.train import main as train_main
-from framework.core.errors import BadDataError
 from framework.core.registry import DATASETS
 
 WORDS = ["red", "green", "blue", "circle", "square", "triangle"]
@@ -103,10 +102,16 @@ def test_csv_and_jsonl_vqa_records_give_the_vqav2_sample(tmp_path: Path) -> None
     assert first["answers"] == ["red", "red", "dark red"] and samples[1][1]["answers"] == ["2"] * 10
 
 
-def test_a_split_without_a_file_is_named(tmp_path: Path) -> None:
-    builder = DATASETS.get("records")("mine", kind="caption", files={"train": str(tmp_path / "t.jsonl")})
-    with pytest.raises(BadDataError, match=r"no file for split\(s\) \['val'\]; set datasets.mine.files.<split>"):
-        builder.data_files(["train", "val"])
+def test_a_split_no_entry_has_stops_the_run_naming_it(tmp_path: Path, capsys) -> None:
+    """An entry may lack a split (it is then neither trained nor evaluated on it), but a run split that no entry
+    has would train or evaluate on nothing: it stops the run before any model is built."""
+    data = _pairs(tmp_path, 4, bad=0)
+    cfg = _experiment(tmp_path, data)
+    del cfg["datasets"]["mine"]["files"]["val"]
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert "run.eval_splits: no datasets entry has the split(s) ['val'] (entries: ['mine'])" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_own_data_through_options_alone(tmp_path: Path) -> None:

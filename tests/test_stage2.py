@@ -180,7 +180,7 @@ def test_bad_task_input_is_named(tmp_path: Path) -> None:
     from plugins.tasks.captioning import Captioning
     from plugins.tasks.vqa import VQA
 
-    with pytest.raises(ConfigError, match=r"task.prompt_template 'Question: Answer:' has no '\{\}' where the question goes"):
+    with pytest.raises(ConfigError, match=r"task.prompt_template 'Question: Answer:' needs '\{\}' where the question goes"):
         VQA(prompt_template="Question: Answer:")
     stage1 = build_model(load_experiment(str(write_yaml(tmp_path / "s.yaml", stage1_config(tmp_path, tmp_path))))
                          .model)

@@ -40,6 +40,13 @@ def prepare_data(exp: ExperimentConfig) -> Dict[str, DatasetBuilder]:
                           f"{resources.root() / 'datasets_cfg'} (datasets: {{NAME: {{}}}}) or your own "
                           f"(docs/recipes/)")
     found = builders(exp)
+    # an entry may lack a split (a second instruction set that only trains), but a split no entry has would
+    # silently train or evaluate on nothing
+    for key in ("train_splits", "eval_splits", "test_splits"):
+        lacking = [s for s in getattr(exp.run, key) if not any(b.has_split(s) for b in found.values())]
+        if lacking:
+            raise ConfigError(f"run.{key}: no datasets entry has the split(s) {lacking} (entries: {sorted(found)}); "
+                              f"give an entry a file for it, or remove it from run.{key}")
     for b in found.values():
         b.prepare(run_splits(exp.run))
     return found

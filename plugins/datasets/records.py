@@ -1,4 +1,5 @@
-"""``records``: your own image-caption or image-question-answer data from a JSON-lines or CSV file, no Python.
+"""``records``: your own image-caption, image-question-answer or instruction data from a JSON-lines or CSV file,
+no Python.
 
 One record per line (``.jsonl``) or per row (``.csv``, with a header row):
 
@@ -6,7 +7,14 @@ One record per line (``.jsonl``) or per row (``.csv``, with a header row):
   image: one record each, or ``"captions": [...]`` (JSON lines only).
 * ``kind: vqa`` — ``{"image": "photos/001.jpg", "question": "what animal is it?", "answers": ["dog", "dog",
   "puppy"]}``, or ``"answer": "dog"``. A single answer counts as ten identical annotations (so the VQA accuracy
-  is an exact match). In a CSV, several answers are separated by ``|``.
+  is an exact match). In a CSV, several answers are separated by ``|``. Text read in the image by an OCR
+  system may come along as ``"ocr_tokens": ["STOP", "5th", "Ave"]`` (JSON lines only; the vqa task then puts them
+  in the prompt, as LAVIS's InstructBLIP does for TextVQA).
+* ``kind: instruction`` — ``{"image": "photos/001.jpg", "instruction": "What is unusual about this image?",
+  "output": "The dog wears sunglasses."}`` (InstructBLIP's instruction tuning); several acceptable outputs:
+  ``"outputs": [...]`` (JSON lines only; in training one sample each, in evaluation all are references). The
+  text processors (an ``instruction_template`` among them) apply to the instruction; the output is the target
+  as written.
 
 ``image`` is relative to ``image_root`` (default: the data file's folder) or absolute, and must lie inside
 ``image_root``: a path that leaves it (``../``, an absolute path elsewhere) stops the run before training unless
@@ -50,7 +58,8 @@ SHOWN = 5  # bad records named in the log / error
 class Row:
     line: int  # 1-based line of the file (CSV: the header is line 1)
     image: Path
-    texts: List[str]  # captions, or [question, *answers]
+    texts: List[str]  # captions, [question, *answers] or [instruction, *outputs]
+    ocr_tokens: Optional[List[str]] = None  # vqa: words an OCR system read in the image
 
 
 def _read_rows(path: Path, kind: str, image_root: Path) -> Tuple[List[Row], List[str]]:
@@ -65,8 +74,8 @@ def _read_rows(path: Path, kind: str, image_root: Path) -> Tuple[List[Row], List
                        f"as UTF-8")
     if path.suffix == ".csv":
         if not lines or lines[0][0] != 1:
-            raise BadDataError(f"{path}: the first line must be the CSV header row (image,caption or "
-                               f"image,question,answers)")
+            raise BadDataError(f"{path}: the first line must be the CSV header row (image,caption, "
+                               f"image,question,answers or image,instruction,output)")
         lines = [(i, line) for i, line in lines if line.strip()]  # the reader skips blank rows too
         records = list(zip([i for i, _ in lines[1:]], csv.DictReader(line for _, line in lines)))
     else:
@@ -113,6 +122,12 @@ def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str
     if kind == "caption":
         field = "captions" if "captions" in r else "caption"
         problem, texts = _texts(r.get(field, ""), field)
+    elif kind == "instruction":
+        field = "outputs" if "outputs" in r else "output"
+        problem, outputs = _texts(r.get(field, ""), field)
+        if not problem:
+            problem, instruction = _texts(r.get("instruction", ""), "instruction")
+            texts = instruction + outputs
     else:
         field = "answers" if r.get("answers") not in (None, "") else "answer"
         value = r.get(field, "")
@@ -123,9 +138,12 @@ def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str
             answers = answers * 10 if len(answers) == 1 else answers  # one answer: ten agreeing annotators
             problem, question = _texts(r.get("question", ""), "question")
             texts = question + answers
+        ocr = r.get("ocr_tokens")
+        if not problem and ocr is not None and not (isinstance(ocr, list) and all(isinstance(t, str) for t in ocr)):
+            problem = f"ocr_tokens is not a list of strings ({json.dumps(ocr)[:40]})"
     if problem:
         return problem, None
-    return None, Row(line, image, texts)
+    return None, Row(line, image, texts, r.get("ocr_tokens") if kind == "vqa" else None)
 
 
 def _image_problem(path: Path) -> Optional[str]:
@@ -141,7 +159,8 @@ def _image_problem(path: Path) -> Optional[str]:
 
 class RecordDataset(ImageTextDataset):
     """Samples as the COCO caption / VQAv2 datasets give them (``text_input`` or ``captions``; ``question``,
-    ``answers``), so every task reads them unchanged."""
+    ``answers``), so every task reads them unchanged; instructions as the ``instruction`` task reads them
+    (``instruction``, ``record_id``, and ``text_output`` in training or ``outputs`` in evaluation)."""
 
     def __init__(self, rows: List[Row], kind: str, train: bool, image_proc, text_proc) -> None:
         super().__init__(Path(), image_proc, text_proc)  # row paths are complete
@@ -149,8 +168,17 @@ class RecordDataset(ImageTextDataset):
         for row in rows:
             ids.setdefault(row.image, len(ids))
         if kind == "vqa":
+            # OCR tokens in a file: every sample has them ([] where a record has none), so a batch has them or not
+            ocr = any(r.ocr_tokens is not None for r in rows)
             self.samples = [{"file": r.image, "image_id": ids[r.image], "question_id": r.line, "question": r.texts[0],
-                             "answers": r.texts[1:]} for r in rows]
+                             "answers": r.texts[1:]} | ({"ocr_tokens": r.ocr_tokens or []} if ocr else {})
+                            for r in rows]
+        elif kind == "instruction" and train:
+            self.samples = [{"file": r.image, "image_id": ids[r.image], "record_id": r.line, "instruction": r.texts[0],
+                             "text_output": o} for r in rows for o in r.texts[1:]]
+        elif kind == "instruction":
+            self.samples = [{"file": r.image, "image_id": ids[r.image], "record_id": r.line, "instruction": r.texts[0],
+                             "outputs": r.texts[1:]} for r in rows]
         elif train:
             self.samples = [{"file": r.image, "image_id": ids[r.image], "caption": c} for r in rows for c in r.texts]
         else:
@@ -165,7 +193,11 @@ class RecordDataset(ImageTextDataset):
         out = {"image": self.image(s["file"]), "image_id": s["image_id"], "index": index}
         if self.kind == "vqa":
             return out | {"question_id": s["question_id"], "question": self.text(s["question"]),
-                          "answers": s["answers"], "answer_type": ""}
+                          "answers": s["answers"], "answer_type": ""} | (
+                {"ocr_tokens": s["ocr_tokens"]} if "ocr_tokens" in s else {})
+        if self.kind == "instruction":  # the record's line identifies it, as a question id does
+            return out | {"record_id": s["record_id"], "instruction": self.text(s["instruction"])} | (
+                {"text_output": s["text_output"]} if "text_output" in s else {"outputs": s["outputs"]})
         if "caption" in s:
             return out | {"text_input": self.text(s["caption"])}
         return out | {"captions": s["captions"]}
@@ -174,44 +206,52 @@ class RecordDataset(ImageTextDataset):
 @DATASETS.register("records")
 class RecordsBuilder(DatasetBuilder):
     """Args:
-        kind: ``caption`` (image-caption pairs) or ``vqa`` (image-question-answers).
-        files: split name -> a ``.jsonl`` or ``.csv`` file of records (format: this module's docstring).
+        kind: ``caption`` (image-caption pairs), ``vqa`` (image-question-answers) or ``instruction``
+            (image-instruction-output).
+        files: split name -> a ``.jsonl`` or ``.csv`` file of records (format: this module's docstring). An entry
+            is evaluated on the evaluation splits it has a file for (a second instruction set may train only).
         image_root: the folder image paths are relative to (default: each data file's folder).
         max_bad_fraction: the share of bad records above which the run stops before training.
         check_images: decode every image once before training (finds truncated files; costs about a
             millisecond per image, on as many threads as there are cores).
         allow_outside_root: let image paths leave ``image_root`` (``../``, absolute paths elsewhere); off, such a
             record stops the run, so that a records file cannot make the run read files you did not point it at.
-        image_size: the side the images are brought to when ``processors`` is not given (it must be the model's
-            image encoder's): then training images get LAVIS's random crop (scale 0.5-1) and flip, evaluation
-            images a resize, both CLIP's normalisation, and the text LAVIS's cleaning, as the real data sets do.
+        image_size: the side the images are brought to (it must be the model's image encoder's) where
+            ``processors`` gives no image pipeline: training images get LAVIS's random crop (scale 0.5-1) and
+            flip, evaluation images a resize, both CLIP's normalisation.
+        processors: ``{train|eval: {image|text: [specs]}}``; a pipeline it leaves out is the default: the images
+            as ``image_size`` says, the text LAVIS's cleaning for captions and questions, an instruction as
+            written (so ``processors: {train: {text: [{name: instruction_template, ...}]}}`` adds templates and
+            keeps the image defaults).
     """
 
     how_to_get = "these are your own files: check the paths in files: and image_root:"
 
-    def __init__(self, entry: str, *, kind: Literal["caption", "vqa"], files: Dict[str, str],
+    def __init__(self, entry: str, *, kind: Literal["caption", "vqa", "instruction"], files: Dict[str, str],
                  image_root: Optional[str] = None, max_bad_fraction: Annotated[float, Range(0, 1)] = 0.1,
                  check_images: bool = True, allow_outside_root: bool = False,
                  image_size: Annotated[int, Range(1)] = 224, processors: Optional[ProcessorSpecs] = None) -> None:
-        if processors is None:
-            clean = [{"name": "clean_caption" if kind == "caption" else "clean_question", "max_words": 50}]
-            processors = {
-                "train": {"image": [{"name": "random_resized_crop", "size": image_size, "scale": [0.5, 1.0]},
-                                    {"name": "hflip"}, {"name": "normalize", "stats": "clip"}], "text": clean},
-                "eval": {"image": [{"name": "resize", "size": image_size}, {"name": "normalize", "stats": "clip"}],
-                         "text": clean}}
-        super().__init__(entry, processors=processors)
+        clean = {"caption": [{"name": "clean_caption", "max_words": 50}],
+                 "vqa": [{"name": "clean_question", "max_words": 50}], "instruction": []}[kind]
+        defaults = {
+            "train": {"image": [{"name": "random_resized_crop", "size": image_size, "scale": [0.5, 1.0]},
+                                {"name": "hflip"}, {"name": "normalize", "stats": "clip"}], "text": clean},
+            "eval": {"image": [{"name": "resize", "size": image_size}, {"name": "normalize", "stats": "clip"}],
+                     "text": clean}}
+        given = processors or {}
+        super().__init__(entry, processors={split: {**pipelines, **given.get(split, {})}
+                                            for split, pipelines in defaults.items()})
         self.kind, self.max_bad_fraction, self.check_images = kind, max_bad_fraction, check_images
         self.allow_outside_root = allow_outside_root
         self.files = {split: Path(f).expanduser() for split, f in files.items()}
         self.image_root = Path(image_root).expanduser() if image_root else None
 
+    def has_split(self, split: str) -> bool:
+        return split in self.files
+
     def data_files(self, splits: List[str]) -> List[DataFile]:
-        unknown = [s for s in splits if s not in self.files]
-        if unknown:
-            raise BadDataError(f"dataset entry {self.entry!r}: no file for split(s) {unknown}; set "
-                               f"datasets.{self.entry}.files.<split> (it has {sorted(self.files)})")
-        return [DataFile(self.files[s], f"{s} records ({self.kind})") for s in dict.fromkeys(splits)]
+        """The files of the splits this entry has (the run checks that each of its splits is some entry's)."""
+        return [DataFile(self.files[s], f"{s} records ({self.kind})") for s in dict.fromkeys(splits) if s in self.files]
 
     def rows(self, split: str) -> List[Row]:
         """The good records of ``split``; the bad ones are logged, or stop the run when too many."""

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import re
+from typing import List
 
+import torch
+
+from framework.core.errors import ConfigError
 from framework.core.registry import PROCESSORS
 
 
@@ -40,3 +44,30 @@ class Prompt:
 
     def __call__(self, text: str) -> str:
         return self.text + text
+
+
+@PROCESSORS.register("instruction_template")
+class InstructionTemplate:
+    """Put the text (an instruction, a question) into a template, InstructBLIP's way of turning a data set into
+    instructions: ``templates: ["<Image> Question: {} Short answer:", "Given the image, answer: {}"]``, ``{}``
+    where the text goes. With several templates each sample draws one, uniformly, from torch's generator (a seeded
+    run repeats, also across a resume); give the evaluation split one template."""
+
+    def __init__(self, templates: List[str]) -> None:
+        if not templates:
+            raise ConfigError("processor instruction_template: templates is empty; give at least one, e.g. "
+                              "['Question: {} Short answer:']")
+        for t in templates:
+            try:
+                filled = t.format("\0")
+            except (IndexError, KeyError, ValueError) as e:
+                raise ConfigError(f"processor instruction_template: template {t!r} is not a template with one '{{}}' "
+                                  f"({type(e).__name__}: {e}); write a literal brace as '{{{{' or '}}}}'") from e
+            if filled.count("\0") != 1:
+                raise ConfigError(f"processor instruction_template: template {t!r} must hold '{{}}' once, where the "
+                                  f"text goes")
+        self.templates = list(templates)
+
+    def __call__(self, text: str) -> str:
+        pick = int(torch.randint(len(self.templates), ())) if len(self.templates) > 1 else 0
+        return self.templates[pick].format(text)

@@ -5,7 +5,10 @@ Short answer:" for FlanT5), beam 5, length penalty -1 (short answers). Scoring f
 evaluation: when the annotators disagree, answers are normalised (punctuation, number words to digits, articles
 dropped, contractions restored); the accuracy of an answer is min(#annotators who gave it / 3, 1), averaged
 over the ten leave-one-annotator-out subsets. ``metric: exact`` scores GQA-style single answers by exact match
-after the same normalisation. Predictions go to ``<output_dir>/predictions`` as ``[{"question_id", "answer"}]``.
+after the same normalisation. Samples carrying ``ocr_tokens`` (words an OCR system read in the image; a records
+file's field) need a template with two ``{}``: the first 30 tokens joined by ", ", then the question, as LAVIS's
+InstructBLIP prompts TextVQA ("OCR tokens: {}. Question: {} Short answer:").
+Predictions go to ``<output_dir>/predictions`` as ``[{"question_id", "answer"}]``.
 """
 from __future__ import annotations
 
@@ -120,7 +123,8 @@ def read_answer_list(path: str) -> List[str]:
 class VQA(Task):
     """Args:
         prompt_template: the text after the visual prompt, a template: ``{}`` is the question (a literal text is
-            called ``prompt`` elsewhere: the captioning task's, the model's).
+            called ``prompt`` elsewhere: the captioning task's, the model's); with OCR tokens in the data, two
+            ``{}``: the tokens, then the question.
         metric: ``vqa`` (ten annotators, VQAv2 / OK-VQA) or ``exact`` (one answer, GQA).
         num_beams, max_new_tokens, length_penalty: decoding (the paper: 5, 10, -1).
         min_length: the shortest answer as LAVIS's ``min_len`` counts it (1: with the prompt's tokens for OPT, so
@@ -141,9 +145,10 @@ class VQA(Task):
                  num_beams: int = 5, max_new_tokens: int = 10, min_length: int = 1,
                  min_new_tokens: Optional[int] = None, length_penalty: float = -1.0, lemmatize: bool = False,
                  answer_list: Optional[str] = None, n_segments: int = 1) -> None:
-        if "{}" not in prompt_template:
-            raise ConfigError(f"task.prompt_template {prompt_template!r} has no '{{}}' where the question goes, e.g. "
-                              f"'Question: {{}} Answer:'")
+        if prompt_template.count("{}") not in (1, 2):
+            raise ConfigError(f"task.prompt_template {prompt_template!r} needs '{{}}' where the question goes, e.g. "
+                              f"'Question: {{}} Answer:' (with OCR tokens, two: 'OCR tokens: {{}}. Question: {{}} "
+                              f"Short answer:')")
         self.prompt_template, self.metric, self.lemmatize = prompt_template, metric, lemmatize
         self.decoding = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, min_length=min_length,
                              min_new_tokens=min_new_tokens, length_penalty=length_penalty)
@@ -153,10 +158,23 @@ class VQA(Task):
                               f"({len(self.candidates)} in {answer_list})")
         self.n_segments = n_segments
 
+    def prompts(self, batch: Dict) -> List[str]:
+        """The prompted questions of a batch, its OCR tokens first where it has them (LAVIS: the first 30)."""
+        slots, ocr = self.prompt_template.count("{}"), "ocr_tokens" in batch
+        if slots != 1 + ocr:
+            raise ConfigError(f"task.prompt_template {self.prompt_template!r} has {slots} '{{}}' but the data "
+                              f"{'has' if ocr else 'has no'} ocr_tokens: give " + (
+                                  "two, the OCR tokens' then the question's, e.g. 'OCR tokens: {}. Question: {} "
+                                  "Short answer:'" if ocr else "one, where the question goes"))
+        if ocr:
+            return [self.prompt_template.format(", ".join(t[:30]), q)
+                    for t, q in zip(batch["ocr_tokens"], batch["question"])]
+        return [self.prompt_template.format(q) for q in batch["question"]]
+
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""
         answers = [max(set(a), key=a.count) for a in batch["answers"]]
-        return model({**batch, "prompt": [self.prompt_template.format(q) for q in batch["question"]], "text_input": answers})
+        return model({**batch, "prompt": self.prompts(batch), "text_input": answers})
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, predictions: Optional[Path] = None) -> Dict[str, float]:
@@ -168,7 +186,7 @@ class VQA(Task):
         device = next(model.parameters()).device
         local = {}
         for batch in loader:
-            prompts = [self.prompt_template.format(q) for q in batch["question"]]
+            prompts = self.prompts(batch)
             images = batch["image"].to(device)
             if self.candidates is None:
                 answers = model.generate(images, prompts, **self.decoding)
