@@ -97,6 +97,17 @@ def test_the_dry_run_gives_flops_and_memory_of_a_real_size_config(cfg: str, vit:
     assert 0 < forty < eighty  # an 80 GB card holds a larger batch
 
 
+@pytest.mark.parametrize("cfg", ["finetune/vqav2_opt2.7b.yaml", "finetune/vqav2_flant5xl.yaml"])
+def test_the_dry_run_costs_a_task_whose_samples_are_not_captions(cfg: str, capsys) -> None:
+    """VQA fine-tuning reads questions and answers: the task adds them to the model's example batch (it once
+    stopped the dry run with a KeyError)."""
+    from framework.commands.train import main as train_main
+
+    assert train_main(["--cfg", str(REPO / "projects" / "blip2" / cfg), "--dry-run"]) == 0
+    cost = _cost_lines(capsys.readouterr().out)
+    assert cost["tflops"] > 0 and cost["fits"][0] > 0
+
+
 def test_a_run_on_cached_features_is_costed_without_its_encoder(tmp_path: Path) -> None:
     from framework.engine.cost import step_cost
     from framework.engine.experiment import load_experiment

@@ -63,6 +63,8 @@ def tiny_overrides(bert: Path) -> List[Tuple[str, List[str]]]:
         (r"evaluate --cfg models/", [f"datasets={_shapes('shapes_vqa')}", "run.eval_batch_size=8"] + CPU_RUN),
         (r"--cfg mine(_ft)?\.yaml(?! --dry-run)", ["datasets.mine.image_size=32", "run.max_epochs=1",
                                                    "run.batch_size=4"] + CPU_RUN),
+        (r"--cfg mine_instruct\.yaml(?! --dry-run)", ["datasets.my_qa.image_size=32", "datasets.my_descriptions.image_size=32",
+                                                     "run.max_epochs=1", "run.batch_size=4"] + CPU_RUN),
         (r"torchrun .*stage1_vitg\.yaml", models + ["model.embed_dim=32", "model.max_txt_len=24",
                                                     f"datasets={_shapes('shapes_retrieval')}", "run.max_iters=2",
                                                     "run.batch_size=4"] + CPU_RUN),
@@ -88,7 +90,7 @@ def commands(block: str) -> Iterator[List[str]]:
 def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny versions of every file the documents name, made once."""
     from helpers import write_yaml
-    from tiny_llms import make_tiny_hf_blip2, make_tiny_opt
+    from tiny_llms import make_tiny_hf_blip2, make_tiny_hf_instructblip, make_tiny_opt
 
     from framework.engine.experiment import load_experiment
     from framework.models.build import build_model
@@ -96,6 +98,7 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("stand_ins")
     make_tiny_hf_blip2(root / "blip2-opt-2.7b", "opt_released")
+    make_tiny_hf_instructblip(root / "instructblip-vicuna-7b", "vicuna")
     weights = root / "weights"
     make_tiny_bert(weights / "bert-base-uncased")
     make_tiny_opt(weights / "opt-2.7b")
@@ -118,6 +121,14 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
             random_photo(root / "my" / "photos" / f"{split}{i}.jpg", 100 + i)
             lines.append(json.dumps({"image": f"photos/{split}{i}.jpg", "caption": f"a photo number {i}"}))
         (root / "my" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    # the instruction-tuning recipe's two instruction sets, over the same photos
+    for name, n, record in (("qa_train", 8, lambda i: {"instruction": f"What number is photo {i}?", "output": str(i)}),
+                            ("qa_val", 4, lambda i: {"instruction": f"What number is photo {i}?", "output": str(i)}),
+                            ("describe_train", 4, lambda i: {"instruction": "Describe the image.",
+                                                             "outputs": ["random colours", "noise"]})):
+        split = "val" if name == "qa_val" else "train"
+        (root / "my" / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"image": f"photos/{split}{i}.jpg", **record(i)}) + "\n" for i in range(n)))
     return root
 
 
@@ -131,6 +142,8 @@ EXPECTED = [
     (r"framework\.zoo show (?P<name>\S+)", "stdout", r"^{name}: .*\n(.*\n)*  files \(--src ROLE=PATH\):\n    model "),
     # every line: the image (of the folder), a tab, its caption (the random stand-in's may be empty or odd bytes)
     (r"framework\.predict .* caption (?P<images>\S+)", "stdout", r"\A({images}\S*\t[^\n]*\n)+\Z"),
+    # one line: the image, a tab, the question, a tab, its answer
+    (r"framework\.predict .* ask (?P<image>\S+) ", "stdout", r"\A{image}\t[^\t\n]+\t[^\n]*\n\Z"),
     (r"framework\.train .*--dry-run", "stdout", r"config OK\. model '\w+' \(built on the meta device\)(.*\n)+"
                                                 r"data files:\n(.*\n)*  peak memory [\d.,]+ GiB"),
     (r"framework\.train --cfg \S+(?!.*--dry-run)", "stderr", r"INFO iter 1: loss [\d.]+"),
@@ -182,7 +195,7 @@ def _document_ids() -> List[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("document", _document_ids())
 def test_runnable_blocks_run(document: str, stand_ins: Path, tmp_path: Path, monkeypatch) -> None:
-    for name in ("blip2-opt-2.7b", "weights", "photos", "photo.jpg", "my", "blip2_pretrained.pth"):
+    for name in ("blip2-opt-2.7b", "instructblip-vicuna-7b", "weights", "photos", "photo.jpg", "my", "blip2_pretrained.pth"):
         (tmp_path / name).symlink_to(stand_ins / name)
     (tmp_path / "projects").symlink_to(REPO / "projects")
     monkeypatch.chdir(tmp_path)
@@ -213,6 +226,6 @@ def test_runnable_blocks_run(document: str, stand_ins: Path, tmp_path: Path, mon
 def test_the_runnable_documents_are_the_expected_ones() -> None:
     """A document whose runnable marks were lost would silently drop out of the test above."""
     assert set(_document_ids()) == {"README.md", "docs/weights.md", "docs/recipes/pretrain_8gpu.md",
-                                    "docs/recipes/finetune_jsonl.md"}
+                                    "docs/recipes/finetune_jsonl.md", "docs/recipes/instruction_tuning.md"}
     readme = [c for lang, b in runnable_blocks(REPO / "README.md") if lang == "bash" for c in commands(b)]
     assert ["python", "-m", "framework.train", "--cfg", "mine.yaml"] in readme

@@ -183,7 +183,7 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
     with mode:
         model.train()
         optimizer = build_optimizer(model, exp.run.optimizer)
-        batch = model.example_batch(batch_size, text_tokens)
+        batch = task.example_batch(model, batch_size, text_tokens)
         meter = Meter()
         for t in list(model.parameters()) + list(model.buffers()) + [batch["image"]]:
             meter.add(t)

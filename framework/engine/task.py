@@ -36,6 +36,11 @@ class Task:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(records, indent=1) + "\n")
 
+    def example_batch(self, model: nn.Module, batch_size: int, text_tokens: int) -> Dict[str, Any]:
+        """A training batch as :meth:`train_step` reads it, for the dry run's cost estimate: the model's own
+        (:class:`framework.models.interfaces.HasExampleBatch`), with what this task's samples add to it."""
+        return model.example_batch(batch_size, text_tokens)
+
     def train_step(self, model: nn.Module, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Loss terms of one micro-batch; ``loss`` is the one back-propagated, the others are logged."""
         return model(batch)

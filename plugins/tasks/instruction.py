@@ -57,6 +57,11 @@ class Instruction(Task):
                              min_new_tokens=min_new_tokens, length_penalty=length_penalty,
                              repetition_penalty=repetition_penalty, do_sample=do_sample, top_p=top_p)
 
+    def example_batch(self, model: nn.Module, batch_size: int, text_tokens: int) -> Dict:
+        """The model's batch with its text as each instruction and as each output."""
+        batch = model.example_batch(batch_size, text_tokens)
+        return batch | {"instruction": list(batch["text_input"]), "text_output": list(batch["text_input"])}
+
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         _check(batch, "text_output")
         return model({**batch, "prompt": list(batch["instruction"]), "text_input": list(batch["text_output"])})

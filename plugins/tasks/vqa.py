@@ -171,6 +171,13 @@ class VQA(Task):
                     for t, q in zip(batch["ocr_tokens"], batch["question"])]
         return [self.prompt_template.format(q) for q in batch["question"]]
 
+    def example_batch(self, model: nn.Module, batch_size: int, text_tokens: int) -> Dict:
+        """The model's batch with half its text as each question (the template takes the rest of the Q-Former's
+        room) and its text as the answer."""
+        batch = model.example_batch(batch_size, text_tokens)
+        question = " ".join(batch["text_input"][0].split()[:max(1, text_tokens // 2)])
+        return batch | {"question": [question] * batch_size, "answers": [[t] for t in batch["text_input"]]}
+
     def train_step(self, model: nn.Module, batch: Dict) -> Dict[str, torch.Tensor]:
         """Fine-tuning: the most frequent annotator answer is the target after the prompted question."""
         answers = [max(set(a), key=a.count) for a in batch["answers"]]
