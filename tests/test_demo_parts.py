@@ -128,3 +128,18 @@ def test_bert_vocab_keeps_the_tokens_the_shapes_text_uses_and_embeds_them_as_the
     assert bert_vocab_main(["--cfg", path, "--source", str(source), "--force"]) == 0
     assert json.loads((cut / "vocabulary.json").read_text()) == record
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cut")) == ["cut"]
+
+
+def test_the_optional_instruction_aware_variant_differs_from_its_baseline_only_in_the_qformer_input() -> None:
+    """demo/instruct_shapes.yaml against demo/vqa_finetune_shapes.yaml (docs/results.md compares them): the same
+    start, data, steps and seed; only the question through the Q-Former, and the stage-1 checkpoint for the text
+    path that needs."""
+    from framework.engine.experiment import load_experiment
+
+    demo = REPO / "projects" / "blip2" / "demo"
+    base, instruct = (load_experiment(str(demo / f)) for f in ("vqa_finetune_shapes.yaml", "instruct_shapes.yaml"))
+    differ = {k for k in set(base.model) | set(instruct.model) if base.model.get(k) != instruct.model.get(k)}
+    assert differ == {"qformer_text_input", "stage1_checkpoint"} and instruct.model["qformer_text_input"]
+    assert base.task == instruct.task and base.datasets == instruct.datasets
+    assert {k: v for k, v in vars(base.run).items() if k != "output_dir"} == \
+           {k: v for k, v in vars(instruct.run).items() if k != "output_dir"}

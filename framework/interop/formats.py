@@ -17,10 +17,13 @@ from torch import nn
 
 from framework.core import checkpoint
 from framework.core.config import apply_options, resolve
+from framework.core.errors import ConfigError
+from framework.core.logs import logger
 from framework.core.registry import FORMATS
 from framework.engine.experiment import load_experiment, load_model_file
 from framework.models.build import build_model
 from framework.models.image_encoder import ImageEncoder
+from framework.models.llm import LLMAdapter
 
 
 @dataclass
@@ -40,6 +43,9 @@ class Format:
 
     reads: str = ""   # what --src is for --from this format (help text)
     writes: str = ""  # what --out holds for --to this format; empty: not written
+    # whether its files hold the LLM's weights: LoRA adapters are then merged into them; else a model with
+    # adapters is refused (they would be lost)
+    writes_llm: bool = False
 
     def read(self, src: Path, out: Path) -> Converted:
         raise NotImplementedError
@@ -101,4 +107,14 @@ def read_into_ours(source: str, src: Path, out: Path, options: List[str]) -> Pat
 def write_from_ours(target: str, experiment: str, out: Path, options: List[str]) -> None:
     """``--from ours --to target``: build the experiment's model (``model.checkpoint`` loaded) and write it."""
     exp = load_experiment(experiment, options)
-    FORMATS.get(target)().write(build_model(exp.model), exp.model, out)
+    fmt = FORMATS.get(target)()
+    model = build_model(exp.model)
+    adapted = [m for m in model.modules() if isinstance(m, LLMAdapter) and m.lora is not None]
+    if adapted and not fmt.writes_llm:
+        raise ConfigError(f"--to {target}: the model's LLM has LoRA adapters (model.llm.lora) and {target}'s files "
+                          f"hold no LLM weights, so the adapters would be lost; write --to hf (the adapters merged into "
+                          f"the LLM's weights) or keep this framework's checkpoint")
+    for llm in adapted:
+        llm.merge_lora()
+        logger.info("--to %s: the LLM's LoRA adapters merged into its weights", target)
+    fmt.write(model, exp.model, out)

@@ -10,23 +10,43 @@ adapter owns its tokenizer and its padding side, and hides decoder-only against 
 * encoder-decoder: [prefix, prompt] goes into the encoder, the target is the decoder's.
 
 Weights come from a local Hugging Face folder (``path``) through transformers' own classes: nothing is
-downloaded. Frozen by default, stored in ``precision``.
+downloaded. Frozen by default, stored in ``precision``; ``lora`` adds trainable low-rank adapters to it.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 from torch import nn
 
 from framework.core.errors import ConfigError
 from framework.core.logs import logger
+from framework.core.schema import Range
 from framework.data.builder import DataFile
 from framework.models.build import building_on_meta
 from framework.models.frozen import FreezablePart
 from framework.models.image_encoder import DTYPES, Precision
+
+
+@dataclass
+class LoraArgs:
+    """``model.llm.lora``: low-rank adapters on the LLM's linear layers (LoRA, Hu et al. 2021, through peft). The
+    LLM's own weights stay frozen; beside each target layer ``W`` an ``r``-rank pair trains, ``W x + (alpha / r)
+    B A x``, with ``A`` drawn at random and ``B`` zero, so the model starts exactly as the frozen one. Only the LLM
+    gets adapters, never the image encoder or the Q-Former (peft's default targets would also hit a ViT's ``qkv``).
+
+    r: the rank. alpha: the scale's numerator (the scale is alpha / r). dropout: on the adapters' input while the
+    LLM is in training mode (with ``frozen_dropout: false`` it never is). target_modules: the last names of the
+    LLM's linear layers that get adapters; null: the adapter's family default (OPT and LLaMA ``q_proj`` and
+    ``v_proj``, T5 ``q`` and ``v``, as in the LoRA paper: the query and value projections).
+    """
+    r: Annotated[int, Range(1)] = 8
+    alpha: Annotated[float, Range(0)] = 16.0
+    dropout: Annotated[float, Range(0, 1)] = 0.05
+    target_modules: Optional[List[str]] = None
 
 
 class LLMAdapter(FreezablePart):
@@ -45,8 +65,10 @@ class LLMAdapter(FreezablePart):
             ``unk_token``): the start, end and unknown tokens must be tokens the model has rows for; a pad token
             the tokenizer lacks is added, and the model gets rows for it, each the mean of the existing rows (no
             random draw). Unset: the tokenizer's own, and without a pad token the end of text pads.
+        lora: trainable low-rank adapters on the frozen LLM (:class:`LoraArgs`); null: none (BLIP-2).
     """
 
+    LORA_TARGETS: Tuple[str, ...] = ()  # the family's default lora.target_modules; empty: the config must name them
     SPECIAL_TOKENS = ("pad_token", "bos_token", "eos_token", "unk_token")
     CLEAN_UP_SPACES = True  # decoding: " ." -> "." and the like, as transformers 4.x did by default under LAVIS
 
@@ -55,7 +77,7 @@ class LLMAdapter(FreezablePart):
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32,
-                 special_tokens: Optional[Dict[str, str]] = None) -> None:
+                 special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
@@ -71,6 +93,43 @@ class LLMAdapter(FreezablePart):
         if freeze:
             self.model.requires_grad_(False)
             self.model.eval()
+        self.lora = lora
+        if lora is not None:
+            self._add_lora(lora)
+
+    def _add_lora(self, lora: LoraArgs) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if not self.frozen:
+            raise ConfigError("model.llm.lora: the LLM is trained whole (freeze: false); adapters are for a frozen "
+                              "LLM: set model.llm.freeze: true, or remove lora")
+        targets = list(lora.target_modules or self.LORA_TARGETS)
+        if not targets:
+            raise ConfigError(f"model.llm.lora: the {type(self).__name__} adapter has no default target modules; set "
+                              f"model.llm.lora.target_modules to the names of the LLM's attention projections (e.g. "
+                              f"[q_proj, v_proj])")
+        linear = {n.rsplit(".", 1)[-1] for n, m in self.model.named_modules() if isinstance(m, nn.Linear)}
+        unknown = [t for t in targets if t not in linear]
+        if unknown:
+            raise ConfigError(f"model.llm.lora.target_modules: {unknown} name no linear layer of the LLM; its linear "
+                              f"layers are {sorted(linear)}")
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+        self.model = inject_adapter_in_model(config, self.model)
+        added = sum(p.numel() for n, p in self.model.named_parameters() if "lora_" in n)
+        logger.info("LLM: LoRA adapters (rank %d, alpha %g) on %s: %s trainable parameters", lora.r, lora.alpha,
+                    ", ".join(targets), f"{added:,}")
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the LLM's weights (``W + (alpha / r) B A``) and remove them, leaving a plain
+        transformers model of the same class: what an export writes."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, module.get_base_layer())
+        self.lora = None
 
     def _architecture(self, folder: Path, arch: Optional[str], on_meta: bool) -> Dict[str, Any]:
         """The config.json fields of the model to build, checked against ``arch`` and ``model_type``."""
@@ -283,8 +342,8 @@ class DecoderOnlyAdapter(LLMAdapter):
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, end_of_text: Optional[str] = None,
                  joint_tokens: bool = True, max_output_txt_len: Optional[int] = None,
-                 special_tokens: Optional[Dict[str, str]] = None) -> None:
-        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens)
+                 special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens, lora)
         self.joint_tokens, self.max_output_txt_len = joint_tokens, max_output_txt_len or max_txt_len
         self.end_of_text = end_of_text if end_of_text is not None else self.END_OF_TEXT
         if self.tokenizer is None:  # on the meta device: nothing to tokenise
@@ -389,8 +448,8 @@ class EncoderDecoderAdapter(LLMAdapter):
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
                  prompt_keeps: Literal["start", "end"] = "start",
-                 special_tokens: Optional[Dict[str, str]] = None) -> None:
-        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens)
+                 special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, special_tokens, lora)
         self.max_output_txt_len, self.prompt_keeps = max_output_txt_len or max_txt_len, prompt_keeps
 
     def auto_class(self):

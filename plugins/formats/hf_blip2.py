@@ -163,6 +163,7 @@ class HuggingFace(Format):
     reads = ("a transformers Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval or "
              "InstructBlipForConditionalGeneration folder")
     writes = "a folder transformers' from_pretrained reads"
+    writes_llm = True  # the folder is the whole model, its language model included
 
     def read(self, src: Path, out: Path) -> Converted:
         from transformers import AutoConfig

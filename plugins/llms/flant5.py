@@ -9,7 +9,7 @@ from torch import nn
 
 from framework.core.registry import LLMS
 from framework.models.image_encoder import Precision
-from framework.models.llm import EncoderDecoderAdapter
+from framework.models.llm import EncoderDecoderAdapter, LoraArgs
 
 
 def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
@@ -30,14 +30,17 @@ class FlanT5(EncoderDecoderAdapter):
     """
 
     model_type = ("t5",)
+    LORA_TARGETS = ("q", "v")  # T5 names its attention projections q, k, v, o (peft #376)
     archs = {"flan-t5-base": _flant5(768, 2048, 12, 12), "flan-t5-large": _flant5(1024, 2816, 24, 16),
              "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
-                 prompt_keeps: Literal["start", "end"] = "start", activation: Optional[str] = "gelu") -> None:
+                 prompt_keeps: Literal["start", "end"] = "start", activation: Optional[str] = "gelu",
+                 lora: Optional[LoraArgs] = None) -> None:
         self.activation = activation  # read by load() inside the base class's __init__
-        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, max_output_txt_len, prompt_keeps)
+        super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, max_output_txt_len, prompt_keeps,
+                         lora=lora)
 
     def load(self, path: str, dtype: torch.dtype) -> nn.Module:
         from transformers import AutoConfig

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 from framework.core.registry import LLMS
 from framework.models.image_encoder import Precision
-from framework.models.llm import DecoderOnlyAdapter
+from framework.models.llm import DecoderOnlyAdapter, LoraArgs
 
 # LAVIS's Blip2VicunaInstruct: a pad token of its own (so padding never hides the end of text), and "</s>" as
 # start, end and unknown token (every text starts with </s>, not LLaMA's <s>)
@@ -35,6 +35,7 @@ class Llama(DecoderOnlyAdapter):
     LLaMA's ``<unk>``, to the end of text before decoding)."""
 
     model_type = ("llama", "mistral")
+    LORA_TARGETS = ("q_proj", "v_proj")
     archs = {"vicuna-7b": _llama(4096, 32, 32, 11008), "vicuna-13b": _llama(5120, 40, 40, 13824),
              "llama-2-7b": _llama(4096, 32, 32, 11008, max_positions=4096),
              "llama-2-13b": _llama(5120, 40, 40, 13824, max_positions=4096),
@@ -44,9 +45,9 @@ class Llama(DecoderOnlyAdapter):
     def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 128, end_of_text: Optional[str] = None,
                  joint_tokens: bool = False, max_output_txt_len: Optional[int] = 256,
-                 special_tokens: Dict[str, str] = LAVIS_VICUNA_TOKENS) -> None:
+                 special_tokens: Dict[str, str] = LAVIS_VICUNA_TOKENS, lora: Optional[LoraArgs] = None) -> None:
         super().__init__(path, arch, precision, freeze, frozen_dropout, max_txt_len, end_of_text, joint_tokens,
-                         max_output_txt_len, special_tokens)
+                         max_output_txt_len, special_tokens, lora)
 
     def new_tokens_for(self, min_length: int, prompts: List[str]) -> int:
         """LAVIS's ``Blip2VicunaInstruct`` gives the prompt as embeddings only, so transformers (4.33) starts the

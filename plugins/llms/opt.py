@@ -16,6 +16,7 @@ class OPT(DecoderOnlyAdapter):
     """Args: see :class:`framework.models.llm.LLMAdapter`; ``path`` must hold an OPT model."""
 
     model_type = ("opt",)
+    LORA_TARGETS = ("q_proj", "v_proj")
     END_OF_TEXT = "\n"  # LAVIS's Blip2OPT ends targets and generation with it; so do the released blip2-opt
     archs = {"opt-1.3b": _opt(2048, 24, 32), "opt-2.7b": _opt(2560, 32, 32), "opt-6.7b": _opt(4096, 32, 32),
              "opt-13b": _opt(5120, 40, 40)}
