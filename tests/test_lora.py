@@ -150,3 +150,37 @@ def test_the_dry_run_counts_the_adapters_of_a_real_size_llm(capsys) -> None:
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("llm "))
     total, trainable = (int(x.replace(",", "")) for x in row.split()[1:3])
     assert trainable == 32 * 2 * 8 * (2560 + 2560) and total == 2_651_596_800 + trainable
+
+
+def test_a_quantised_llm_is_refused_where_bitsandbytes_cannot_run_naming_what_is_missing(tmp_path: Path,
+                                                                                          capsys) -> None:
+    import importlib.util
+
+    runs_here = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    cfg = stage2_config(tmp_path, tmp_path / "out", "opt")
+    cfg["model"]["llm"]["precision"] = "nf4"
+    if runs_here:  # a GPU machine with bitsandbytes: the tiny LLM's linear layers are 4-bit
+        from bitsandbytes.nn import Linear4bit
+        model = build_model(load_experiment(str(write_yaml(tmp_path / "q.yaml", cfg))).model)
+        assert any(isinstance(m, Linear4bit) for m in model.llm.model.modules())
+        return
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "q.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert "model.llm.precision: nf4 quantises the LLM through bitsandbytes, which needs a CUDA GPU" in err
+    assert "use fp16 or bf16 (fp32 on a CPU)" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_the_dry_run_costs_int8_and_nf4_llms_at_their_storage_size() -> None:
+    """OPT-2.7B: its linear layers (q, k, v, out, fc1, fc2 in 32 layers; the output layer shares the embeddings)
+    hold 2,516,582,400 weights, 2 bytes each in fp16, 1 in int8, 0.5 + 4/64 (a scale per block of 64) in nf4."""
+    from framework.engine.cost import step_cost
+
+    cfg = str(REPO / "projects" / "blip2" / "stage2_opt2.7b.yaml")
+    linear = 32 * (4 * 2560 * 2560 + 2 * 2560 * 10240)
+    costs = {p: step_cost(load_experiment(cfg, [f"model.llm.precision={p}"]), batch_size=2)
+             for p in ("fp16", "int8", "nf4")}
+    assert costs["fp16"].weights_bytes - costs["int8"].weights_bytes == linear * (2 - 1)
+    assert costs["fp16"].weights_bytes - costs["nf4"].weights_bytes == int(linear * (2 - 0.5625))
+    assert costs["fp16"].peak_bytes - costs["int8"].peak_bytes == linear * (2 - 1)
+    assert costs["int8"].flops == costs["fp16"].flops  # computed in fp16 all the same

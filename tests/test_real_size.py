@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from helpers import REPO
 
 from framework.commands.train import main as train_main
@@ -93,3 +94,25 @@ def test_dry_run_names_generated_data_under_a_real_size_model(tmp_path, capsys) 
     assert "WARNING: a real-size model (1,173M parameters) with generated data: datasets.shapes_retrieval" in out
     assert train_main(["--cfg", str(REPO / "projects" / "blip2" / "stage1_vitg.yaml"), "--dry-run", "--no-cost"]) == 0
     assert "WARNING" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_real_size_stage2_checkpoint_holds_no_llm_weight(lora: bool) -> None:
+    """OPT-6.7B stage 2, built on the meta device: a checkpoint holds the trained parts only, no frozen LLM (or ViT)
+    weight; with LoRA, of the LLM only its adapters."""
+    from framework.core.checkpoint import frozen_prefixes, trainable_state_dict
+    from framework.engine.experiment import load_experiment
+    from framework.models.build import build_model
+
+    options = ["model.llm.lora={r: 8}"] if lora else []
+    exp = load_experiment(str(REPO / "projects" / "blip2" / "stage2_opt6.7b.yaml"), options)
+    with torch.device("meta"):
+        model = build_model(exp.model)
+    saved = trainable_state_dict(model)
+    llm = [k for k in saved if k.startswith("llm.")]
+    assert not any(k.startswith("image_encoder.") for k in saved) and "image_encoder" in frozen_prefixes(model)
+    if lora:  # 32 layers x (q_proj, v_proj) x (A, B)
+        assert len(llm) == 32 * 2 * 2 and all(".lora_A." in k or ".lora_B." in k for k in llm)
+    else:
+        assert not llm and "llm" in frozen_prefixes(model)
+    assert sum(v.numel() for k, v in saved.items() if not k.startswith("llm.")) < 2e8  # the Q-Former, ln, projection

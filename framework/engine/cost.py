@@ -30,6 +30,7 @@ from framework.engine.experiment import ExperimentConfig
 from framework.engine.optim import build_optimizer
 from framework.models.build import build_model
 from framework.models.interfaces import HasExampleBatch, require
+from framework.models.llm import LLMAdapter
 
 GB = 1024 ** 3
 CARDS = (40, 80)  # accelerator sizes in GB the largest batch is given for
@@ -200,6 +201,9 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
         state = meter.live - before  # AdamW's moments, alive from the first step on
     # the next iteration's forward and backward run with the optimizer state alive
     peak = max(meter.peak, forward_backward + state)
+    # int8 / nf4 LLMs are built in their compute dtype here: their quantised storage is smaller by this much
+    saved = sum(m.quantised_bytes_saved() for m in model.modules() if isinstance(m, LLMAdapter))
+    peak, weights = peak - saved, weights - saved
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return StepCost(batch_size, float(flops), int(peak), int(weights), int(trainable + state))
 

@@ -28,7 +28,30 @@ from framework.core.schema import Range
 from framework.data.builder import DataFile
 from framework.models.build import building_on_meta
 from framework.models.frozen import FreezablePart
-from framework.models.image_encoder import DTYPES, Precision
+from framework.models.image_encoder import DTYPES
+
+# ``model.llm.precision``: the dtype the frozen weights are stored in; int8 and nf4 quantise the LLM's linear layers
+# through bitsandbytes (CUDA only), computing in fp16 and bf16
+LLMPrecision = Literal["fp32", "fp16", "bf16", "int8", "nf4"]
+QUANTISED_BYTES = {"int8": 1.0, "nf4": 0.5 + 4 / 64}  # per weight; nf4 keeps an fp32 scale per block of 64
+COMPUTE_DTYPES = {**DTYPES, "int8": torch.float16, "nf4": torch.bfloat16}
+
+
+def _require_quantisation(precision: str, freeze: bool) -> None:
+    """int8 / nf4 need a frozen LLM, a CUDA GPU and bitsandbytes: said before any weight is read."""
+    import importlib.util
+
+    if not freeze:
+        raise ConfigError(f"model.llm.precision: {precision} quantises a frozen LLM; a trained one (freeze: false) "
+                          f"needs fp16, bf16 or fp32 (to train a quantised LLM, add model.llm.lora: QLoRA)")
+    missing = [what for what, ok in (("a CUDA GPU (torch.cuda.is_available() is False here)",
+                                      torch.cuda.is_available()),
+                                     ("the bitsandbytes package (pip install bitsandbytes)",
+                                      importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    if missing:
+        raise ConfigError(f"model.llm.precision: {precision} quantises the LLM through bitsandbytes, which needs "
+                          f"{' and '.join(missing)}; use fp16 or bf16 (fp32 on a CPU), or run where both are "
+                          f"(--dry-run estimates its memory anywhere)")
 
 
 @dataclass
@@ -55,7 +78,10 @@ class LLMAdapter(FreezablePart):
         arch: the architecture the folder must hold, by name (e.g. ``opt-2.7b``; the plugin's ``archs``). Its
             sizes are checked against the folder's config.json, and ``--dry-run`` builds it without the folder.
             null: whatever the folder holds.
-        precision: storage dtype of the frozen weights (fp16 or bf16 on GPU; fp32 for CPU tests).
+        precision: storage dtype of the frozen weights (fp16 or bf16 on GPU; fp32 for CPU tests), or ``int8`` /
+            ``nf4``: the linear layers quantised on load by bitsandbytes (LLM.int8(); QLoRA's 4-bit NormalFloat),
+            which needs a CUDA GPU and ``pip install bitsandbytes``; without them the run stops before reading the
+            weights. ``--dry-run`` costs them anywhere (1 and about 0.56 bytes per weight).
         freeze: no gradients (as BLIP-2).
         frozen_dropout: a frozen LLM still follows the model's training mode, so its dropout is active while the
             model trains (LAVIS: it never puts the LLM in eval mode). false: a frozen LLM is always in eval mode
@@ -75,19 +101,22 @@ class LLMAdapter(FreezablePart):
     model_type: Tuple[str, ...] = ()  # accepted config.json model_type values; empty: any
     archs: Dict[str, Dict[str, Any]] = {}  # named architectures: config.json fields, model_type included
 
-    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
+    def __init__(self, path: str, arch: Optional[str] = None, precision: LLMPrecision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32,
                  special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:
         super().__init__()
         folder = Path(path).expanduser()
         self.weight_files = [DataFile(folder, "LLM folder (config, tokenizer, weights)")]
+        self.precision = precision
         on_meta = building_on_meta()
+        if precision in QUANTISED_BYTES and not on_meta:
+            _require_quantisation(precision, freeze)
         fields = self._architecture(folder, arch, on_meta)
         if on_meta:  # --dry-run: the architecture, no files read
-            self.tokenizer, self.model = None, self._skeleton(fields).to(DTYPES[precision])
+            self.tokenizer, self.model = None, self._skeleton(fields).to(COMPUTE_DTYPES[precision])
         else:
             self.tokenizer = self._tokenizer(folder, fields, dict(special_tokens or {}))
-            self.model = self.load(str(folder), DTYPES[precision])
+            self.model = self.load(str(folder), COMPUTE_DTYPES[precision])
             self._fit_vocabulary()
         self.max_txt_len, self.frozen, self.frozen_follows_training = max_txt_len, freeze, frozen_dropout
         if freeze:
@@ -232,7 +261,29 @@ class LLMAdapter(FreezablePart):
         raise NotImplementedError
 
     def load(self, path: str, dtype: torch.dtype) -> nn.Module:
-        return self.auto_class().from_pretrained(path, dtype=dtype)
+        return self.auto_class().from_pretrained(path, dtype=dtype, **self.quantisation())
+
+    def quantisation(self) -> Dict[str, Any]:
+        """transformers' ``from_pretrained`` arguments that quantise the weights on load (none unless int8 / nf4):
+        bitsandbytes' linear layers on the current CUDA device, the output layer kept in the compute dtype."""
+        if self.precision not in QUANTISED_BYTES:
+            return {}
+        from transformers import BitsAndBytesConfig
+
+        config = (BitsAndBytesConfig(load_in_8bit=True) if self.precision == "int8" else
+                  BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                     bnb_4bit_compute_dtype=COMPUTE_DTYPES["nf4"]))
+        return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
+
+    def quantised_bytes_saved(self) -> int:
+        """What int8 / nf4 storage saves against the weights as built in the compute dtype (the dry run builds
+        them so): every linear layer of the LLM but its output layer and LoRA's adapters."""
+        if self.precision not in QUANTISED_BYTES:
+            return 0
+        head = self.model.get_output_embeddings()
+        return int(sum(m.weight.numel() * (m.weight.element_size() - QUANTISED_BYTES[self.precision])
+                       for name, m in self.model.named_modules()
+                       if isinstance(m, nn.Linear) and m is not head and "lora_" not in name))
 
     @property
     def hidden_size(self) -> int:
@@ -339,7 +390,7 @@ class DecoderOnlyAdapter(LLMAdapter):
 
     END_OF_TEXT: Optional[str] = None  # an adapter's default end_of_text (None: the tokenizer's EOS token)
 
-    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
+    def __init__(self, path: str, arch: Optional[str] = None, precision: LLMPrecision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, end_of_text: Optional[str] = None,
                  joint_tokens: bool = True, max_output_txt_len: Optional[int] = None,
                  special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:
@@ -445,7 +496,7 @@ class EncoderDecoderAdapter(LLMAdapter):
             BLIP-2 ``Blip2T5``) or its ``end`` (InstructBLIP's ``Blip2T5Instruct``: the question comes last).
     """
 
-    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
+    def __init__(self, path: str, arch: Optional[str] = None, precision: LLMPrecision = "bf16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
                  prompt_keeps: Literal["start", "end"] = "start",
                  special_tokens: Optional[Dict[str, str]] = None, lora: Optional[LoraArgs] = None) -> None:

@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from framework.core.registry import LLMS
-from framework.models.image_encoder import Precision
-from framework.models.llm import EncoderDecoderAdapter, LoraArgs
+from framework.models.llm import EncoderDecoderAdapter, LLMPrecision, LoraArgs
 
 
 def _flant5(d_model: int, d_ff: int, layers: int, heads: int) -> dict:
@@ -34,7 +33,7 @@ class FlanT5(EncoderDecoderAdapter):
     archs = {"flan-t5-base": _flant5(768, 2048, 12, 12), "flan-t5-large": _flant5(1024, 2816, 24, 16),
              "flan-t5-xl": _flant5(2048, 5120, 24, 32), "flan-t5-xxl": _flant5(4096, 10240, 24, 64)}
 
-    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "bf16", freeze: bool = True,
+    def __init__(self, path: str, arch: Optional[str] = None, precision: LLMPrecision = "bf16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 32, max_output_txt_len: Optional[int] = None,
                  prompt_keeps: Literal["start", "end"] = "start", activation: Optional[str] = "gelu",
                  lora: Optional[LoraArgs] = None) -> None:
@@ -48,4 +47,4 @@ class FlanT5(EncoderDecoderAdapter):
         config = AutoConfig.from_pretrained(path)
         if self.activation is not None:
             config.dense_act_fn = self.activation
-        return self.auto_class().from_pretrained(path, config=config, dtype=dtype)
+        return self.auto_class().from_pretrained(path, config=config, dtype=dtype, **self.quantisation())

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from framework.core.registry import LLMS
-from framework.models.image_encoder import Precision
-from framework.models.llm import DecoderOnlyAdapter, LoraArgs
+from framework.models.llm import DecoderOnlyAdapter, LLMPrecision, LoraArgs
 
 # LAVIS's Blip2VicunaInstruct: a pad token of its own (so padding never hides the end of text), and "</s>" as
 # start, end and unknown token (every text starts with </s>, not LLaMA's <s>)
@@ -42,7 +41,7 @@ class Llama(DecoderOnlyAdapter):
              "mistral-7b": _llama(4096, 32, 32, 14336, kv_heads=8, model_type="mistral", max_positions=32768)}
     CLEAN_UP_SPACES = False
 
-    def __init__(self, path: str, arch: Optional[str] = None, precision: Precision = "fp16", freeze: bool = True,
+    def __init__(self, path: str, arch: Optional[str] = None, precision: LLMPrecision = "fp16", freeze: bool = True,
                  frozen_dropout: bool = True, max_txt_len: int = 128, end_of_text: Optional[str] = None,
                  joint_tokens: bool = False, max_output_txt_len: Optional[int] = 256,
                  special_tokens: Dict[str, str] = LAVIS_VICUNA_TOKENS, lora: Optional[LoraArgs] = None) -> None:
