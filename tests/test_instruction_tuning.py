@@ -149,3 +149,44 @@ def test_ocr_tokens_go_into_the_vqa_prompt_as_lavis_puts_them(tmp_path: Path) ->
     bad = _records(tmp_path, "bad.jsonl", [{"image": 0, "question": "q?", "answer": "a", "ocr_tokens": "STOP"}])
     with pytest.raises(Exception, match=r"line 1: ocr_tokens is not a list of strings"):
         DATASETS.get("records")("mine", kind="vqa", image_size=32, files={"val": str(bad)}).build("val")
+
+
+def test_few_shot_examples_go_before_a_sample_as_often_as_lavis_draws_them(tmp_path: Path) -> None:
+    """Records' examples reach a FlanT5 InstructBLIP as LAVIS's few_shot_samples; the number per batch is drawn
+    with LAVIS's weights (0 with 1 - few_shot_prob, else 1..N alike); an end-to-end run trains on them; a
+    decoder-only LLM or too few examples are named. (Equality with LAVIS: tests/test_lavis_instruct.py.)"""
+    from framework.engine.experiment import load_experiment
+    from framework.models.build import build_model
+
+    records = [{"image": i, "instruction": f"What number is picture {i}?", "output": str(i),
+                "examples": [{"image": f"imgs/{(i + 1) % 6}.png", "instruction": "What is it?"},
+                             {"image": f"imgs/{(i + 2) % 6}.png", "instruction": "Describe it."}]} for i in range(6)]
+    data = _records(tmp_path, "few.jsonl", records)
+    bad = _records(tmp_path, "bad.jsonl", [{"image": 0, "instruction": "q?", "output": "a",
+                                            "examples": [{"image": "imgs/0.png"}]}])
+    with pytest.raises(Exception, match=r"line 1: examples\[0\] is not \{\"image\": PATH, \"instruction\": TEXT\}"):
+        DATASETS.get("records")("mine", kind="instruction", image_size=32, files={"train": str(bad)}).build("train")
+    sample = DATASETS.get("records")("mine", kind="instruction", image_size=32,
+                                     files={"train": str(data)}).build("train")[0]
+    assert sample["few_shot_samples"]["image"].shape == (2, 3, 32, 32)
+    assert sample["few_shot_samples"]["text_input"] == ["What is it?", "Describe it."]
+
+    cfg = stage2_config(tmp_path, tmp_path / "out", "flant5", qformer_text_input=True, num_few_shot_examples=2,
+                        few_shot_prob=0.6)
+    model = build_model(load_experiment(str(write_yaml(tmp_path / "m.yaml", cfg))).model)
+    torch.manual_seed(0)
+    counts = np.bincount([model.draw_few_shot() for _ in range(6000)], minlength=3) / 6000
+    assert np.allclose(counts, [0.4, 0.3, 0.3], atol=0.02)  # binomial sd at 6000 draws: under 0.007
+    with pytest.raises(ConfigError, match=r"sample 0 of the batch has 1 examples and 2 were drawn"):
+        model.few_shot_context([{"image": torch.zeros(1, 3, 32, 32), "text_input": ["q"]}], 2, torch.device("cpu"))
+
+    cfg["task"] = {"name": "instruction", "max_new_tokens": 3, "num_beams": 1}
+    cfg["datasets"] = {"few": {"builder": "records", "kind": "instruction", "image_size": 32,
+                               "files": {"train": str(data)}}}
+    cfg["run"].update(max_iters=3, batch_size=3, log_every=1, eval_splits=[])
+    assert train_main(["--cfg", str(write_yaml(tmp_path / "c.yaml", cfg))]) == 0
+    assert len(read_log(tmp_path / "out", "train")) == 3
+
+    cfg = stage2_config(tmp_path, tmp_path / "out2", "opt", num_few_shot_examples=2, few_shot_prob=0.5)
+    with pytest.raises(ConfigError, match=r"model.few_shot_prob=0.5 needs .* an encoder-decoder LLM such as flant5"):
+        build_model(load_experiment(str(write_yaml(tmp_path / "o.yaml", cfg))).model)

@@ -132,8 +132,13 @@ def test_flant5_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
     spec = {**SPEC, "decodings": T5_DECODINGS, "rank_prompt": "question : {} short answer :",
             "questions": ["what color is the circle ?", "what color is the square ?", "what color is the triangle ?"],
             "candidates": ["red", "green", "blue", "a red circle", "two shapes"]}
+    # two few-shot examples per sample (instructions of different lengths, one cut at max_txt_len 12)
+    shots = {"num_few_shot_examples": 3, "few_shot_prob": 0.5, "k": 2,
+             "images": torch.randn(3, 3, 3, 32, 32, generator=torch.Generator().manual_seed(4)),
+             "texts": [["what is it ?", "describe the picture : its shapes , colors and where they are , please ."],
+                       ["what color is the square ?", "how many ?"], ["is it red ?", "what shape ?"]]}
     lavis = run_lavis("t5_instruct", work, {**spec, "images": images, "instructions": T5_INSTRUCTIONS,
-                                            "outputs": T5_OUTPUTS})
+                                            "outputs": T5_OUTPUTS, "few_shot": shots})
     section = _convert(tmp_path, lavis["state_dict"], bert, t5)
     assert section["qformer_text_input"] is True and section["llm"]["name"] == "flant5"
     assert section["llm"]["prompt_keeps"] == "end"
@@ -143,5 +148,17 @@ def test_flant5_instruct_converts_and_equals_lavis(tmp_path: Path) -> None:
     got = ours({"image": images, "text_input": T5_OUTPUTS, "prompt": T5_INSTRUCTIONS})["loss"]
     print(f"FlanT5 InstructBLIP loss: ours {float(got.detach()):.7f}, LAVIS {float(lavis['loss']):.7f}")
     assert abs(float(got.detach()) - float(lavis["loss"])) < 1e-4  # fp32 throughout: see the Vicuna test
+
+    # few-shot mixing (off by default): LAVIS's draw fixed at 2 examples, ours likewise
+    few = build_model(load_model_file(tmp_path / "conv" / "model.yaml", [
+        "model.qformer.dropout=0.0", "model.qformer.attention_dropout=0.0", "model.num_few_shot_examples=3",
+        "model.few_shot_prob=0.5"])).train()
+    few.draw_few_shot = lambda: shots["k"]
+    examples = [{"image": i, "text_input": t} for i, t in zip(shots["images"], shots["texts"])]
+    got = few({"image": images, "text_input": T5_OUTPUTS, "prompt": T5_INSTRUCTIONS, "few_shot_samples": examples})
+    print(f"with two few-shot examples: ours {float(got['loss'].detach()):.7f}, "
+          f"LAVIS {float(lavis['few_shot_loss']):.7f}")
+    assert abs(float(got["loss"].detach()) - float(lavis["few_shot_loss"])) < 1e-4
+    assert abs(float(lavis["few_shot_loss"]) - float(lavis["loss"])) > 1e-2  # the examples changed the loss
     ours.eval()
     _same_texts_and_ranks(ours, lavis, images, T5_INSTRUCTIONS, T5_DECODINGS, spec, start_token_counted=False)

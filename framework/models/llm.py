@@ -515,8 +515,19 @@ class EncoderDecoderAdapter(LLMAdapter):
         mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
         return _pad(rows, "right").to(self.model.dtype), mask
 
-    def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
+    def few_shot_context(self, prefix: torch.Tensor, prompts: List[str], k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Examples' encoder inputs, ``k`` per sample in order, as [B, k x L, hidden] and their mask: each
+        [prefix, prompt] cut as a training prompt and padded to the longest example, then a sample's ``k`` rows
+        side by side (LAVIS's ``Blip2T5Instruct.prepare_few_shot_embeds``, padding inside included)."""
+        embeds, mask = self.generation_inputs(prefix, prompts, truncate=True)
+        return embeds.reshape(-1, k * embeds.shape[1], embeds.shape[2]), mask.reshape(-1, k * mask.shape[1])
+
+    def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str],
+                context: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``context``: encoder inputs and mask put before each sample's (:meth:`few_shot_context`)."""
         embeds, mask = self.generation_inputs(prefix, prompts, truncate=True)  # LAVIS cuts the encoder's text here
+        if context is not None:
+            embeds, mask = torch.cat([context[0].to(embeds.dtype), embeds], 1), torch.cat([context[1], mask], 1)
         labels = [torch.tensor(t, device=prefix.device)
                   for t in self.ids(targets, special=True, max_len=self.max_output_txt_len)]
         return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100)).loss

@@ -14,7 +14,9 @@ One record per line (``.jsonl``) or per row (``.csv``, with a header row):
   "output": "The dog wears sunglasses."}`` (InstructBLIP's instruction tuning); several acceptable outputs:
   ``"outputs": [...]`` (JSON lines only; in training one sample each, in evaluation all are references). The
   text processors (an ``instruction_template`` among them) apply to the instruction; the output is the target
-  as written.
+  as written. ``"examples": [{"image": ..., "instruction": ...}, ...]`` (JSON lines only) are the record's
+  few-shot examples, which a FlanT5 InstructBLIP with ``model.few_shot_prob`` puts before it in training (LAVIS's
+  ``few_shot_samples``).
 
 ``image`` is relative to ``image_root`` (default: the data file's folder) or absolute, and must lie inside
 ``image_root``: a path that leaves it (``../``, an absolute path elsewhere) stops the run before training unless
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 from PIL import Image
+import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -60,6 +63,10 @@ class Row:
     image: Path
     texts: List[str]  # captions, [question, *answers] or [instruction, *outputs]
     ocr_tokens: Optional[List[str]] = None  # vqa: words an OCR system read in the image
+    examples: Optional[List[Tuple[Path, str]]] = None  # instruction: few-shot examples (image, instruction)
+
+    def images(self) -> List[Path]:
+        return [self.image] + [image for image, _ in self.examples or []]
 
 
 def _read_rows(path: Path, kind: str, image_root: Path) -> Tuple[List[Row], List[str]]:
@@ -117,8 +124,8 @@ def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str
         return "no 'image'", None
     if not isinstance(r["image"], str):
         return f"image is not a path ({type(r['image']).__name__} {json.dumps(r['image'])[:40]})", None
-    image = Path(r["image"]).expanduser()
-    image = image if image.is_absolute() else image_root / image
+    image = _path(r["image"], image_root)
+    examples = None
     if kind == "caption":
         field = "captions" if "captions" in r else "caption"
         problem, texts = _texts(r.get(field, ""), field)
@@ -128,6 +135,8 @@ def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str
         if not problem:
             problem, instruction = _texts(r.get("instruction", ""), "instruction")
             texts = instruction + outputs
+        if not problem and "examples" in r:
+            problem, examples = _examples(r["examples"], image_root)
     else:
         field = "answers" if r.get("answers") not in (None, "") else "answer"
         value = r.get(field, "")
@@ -143,7 +152,30 @@ def _parse(r: Any, kind: str, image_root: Path, line: int) -> Tuple[Optional[str
             problem = f"ocr_tokens is not a list of strings ({json.dumps(ocr)[:40]})"
     if problem:
         return problem, None
-    return None, Row(line, image, texts, r.get("ocr_tokens") if kind == "vqa" else None)
+    return None, Row(line, image, texts, r.get("ocr_tokens") if kind == "vqa" else None, examples)
+
+
+def _path(name: str, image_root: Path) -> Path:
+    image = Path(name).expanduser()
+    return image if image.is_absolute() else image_root / image
+
+
+def _examples(value: Any, image_root: Path) -> Tuple[Optional[str], List[Tuple[Path, str]]]:
+    """A record's few-shot ``examples`` as (image path, instruction) pairs, or the problem."""
+    if not isinstance(value, list):
+        return f"examples is not a list ({json.dumps(value)[:40]})", []
+    out = []
+    for i, e in enumerate(value):
+        if not (isinstance(e, dict) and isinstance(e.get("image"), str) and e["image"]
+                and isinstance(e.get("instruction"), str) and e["instruction"].strip()):
+            return f"examples[{i}] is not {{\"image\": PATH, \"instruction\": TEXT}} ({json.dumps(e)[:60]})", []
+        out.append((_path(e["image"], image_root), e["instruction"].strip()))
+    return None, out
+
+
+def _row_problem(row: Row) -> Optional[str]:
+    """The first problem of the record's images (its own, then its examples')."""
+    return next((p for p in map(_image_problem, row.images()) if p), None)
 
 
 def _image_problem(path: Path) -> Optional[str]:
@@ -174,8 +206,11 @@ class RecordDataset(ImageTextDataset):
                              "answers": r.texts[1:]} | ({"ocr_tokens": r.ocr_tokens or []} if ocr else {})
                             for r in rows]
         elif kind == "instruction" and train:
+            # examples in a file: every training sample has them (none where a record has none)
+            shots = any(r.examples is not None for r in rows)
             self.samples = [{"file": r.image, "image_id": ids[r.image], "record_id": r.line, "instruction": r.texts[0],
-                             "text_output": o} for r in rows for o in r.texts[1:]]
+                             "text_output": o} | ({"examples": r.examples or []} if shots else {})
+                            for r in rows for o in r.texts[1:]]
         elif kind == "instruction":
             self.samples = [{"file": r.image, "image_id": ids[r.image], "record_id": r.line, "instruction": r.texts[0],
                              "outputs": r.texts[1:]} for r in rows]
@@ -196,8 +231,13 @@ class RecordDataset(ImageTextDataset):
                           "answers": s["answers"], "answer_type": ""} | (
                 {"ocr_tokens": s["ocr_tokens"]} if "ocr_tokens" in s else {})
         if self.kind == "instruction":  # the record's line identifies it, as a question id does
-            return out | {"record_id": s["record_id"], "instruction": self.text(s["instruction"])} | (
+            out |= {"record_id": s["record_id"], "instruction": self.text(s["instruction"])} | (
                 {"text_output": s["text_output"]} if "text_output" in s else {"outputs": s["outputs"]})
+            if "examples" in s:  # as LAVIS's few_shot_samples: the images stacked, the instructions processed
+                images = [self.image(f) for f, _ in s["examples"]]
+                out["few_shot_samples"] = {"image": torch.stack(images) if images else torch.empty(0),
+                                           "text_input": [self.text(t) for _, t in s["examples"]]}
+            return out
         if "caption" in s:
             return out | {"text_input": self.text(s["caption"])}
         return out | {"captions": s["captions"]}
@@ -263,7 +303,7 @@ class RecordsBuilder(DatasetBuilder):
         rows, bad = _read_rows(path, self.kind, root)
         if not self.allow_outside_root:
             inside = root.resolve()
-            outside = [r for r in rows if not r.image.resolve().is_relative_to(inside)]
+            outside = [r for r in rows if not all(i.resolve().is_relative_to(inside) for i in r.images())]
             if outside:
                 shown = "; ".join(f"line {r.line}: {r.image}" for r in outside[:SHOWN])
                 raise BadDataError(f"dataset entry {self.entry!r}: {len(outside)} records of {path} name images "
@@ -273,11 +313,11 @@ class RecordsBuilder(DatasetBuilder):
         problems = [None] * len(rows)
         if self.check_images:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                problems = list(tqdm(pool.map(_image_problem, [r.image for r in rows]), total=len(rows),
+                problems = list(tqdm(pool.map(_row_problem, rows), total=len(rows),
                                      desc=f"{self.entry}/{split}: checking images", disable=not dist.is_main(),
                                      leave=False))
         else:
-            problems = [None if r.image.is_file() else f"image {r.image} not found" for r in rows]
+            problems = [next((f"image {i} not found" for i in r.images() if not i.is_file()), None) for r in rows]
         bad += [f"line {r.line}: {p}" for r, p in zip(rows, problems) if p]
         good = [r for r, p in zip(rows, problems) if not p]
         total = len(good) + len(bad)

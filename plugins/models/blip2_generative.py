@@ -23,6 +23,7 @@ from framework.core.schema import Part, Range
 from framework.data.builder import DataFile
 from framework.models.blip2 import Blip2Base, QFormerArgs
 from framework.models.build import building_on_meta
+from framework.models.llm import EncoderDecoderAdapter
 
 STAGE1_PREFIXES = ("qformer.", "ln_vision.")
 
@@ -54,16 +55,28 @@ class Blip2Generative(Blip2Base):
         prefix_lm: prefix language modelling (the paper, section 3.3, for FlanT5): each training text is split
             at a random word; the prefix follows the prompt into the LLM's input, the suffix is the target.
             false (LAVIS 1.0.2, whose Blip2T5 takes the whole text as the target): no split.
+        num_few_shot_examples, few_shot_prob: LAVIS's ``Blip2T5Instruct`` few-shot mixing, off by default (0, 0):
+            with probability ``few_shot_prob`` a training batch draws k of 1..``num_few_shot_examples`` (uniformly)
+            and each sample's first k examples (``few_shot_samples``: a records file's ``examples``), each
+            [visual prompt, instruction], go before the sample in the LLM's encoder; otherwise none. An
+            encoder-decoder LLM only, as in LAVIS; training only (LAVIS's generate never adds them).
     """
 
     def __init__(self, image_encoder: Part("image_encoder"), llm: Part("llm"), qformer: QFormerArgs = QFormerArgs(),
                  stage1_checkpoint: Optional[str] = None, qformer_text_input: bool = False, prompt: str = "",
-                 max_txt_len: Annotated[int, Range(1)] = 32, prefix_lm: bool = False) -> None:
+                 max_txt_len: Annotated[int, Range(1)] = 32, prefix_lm: bool = False,
+                 num_few_shot_examples: Annotated[int, Range(0)] = 0,
+                 few_shot_prob: Annotated[float, Range(0, 1)] = 0.0) -> None:
         super().__init__(image_encoder, qformer, max_txt_len, reads_text=qformer_text_input)
         self.llm = build("llm", llm)
         self.llm_proj = nn.Linear(qformer.hidden_size, self.llm.hidden_size)
         self.qformer_text_input, self.prompt, self.prefix_lm = qformer_text_input, prompt, prefix_lm
         self.removed = tuple("qformer." + k for k in self.qformer.remove_text_path(keep_text_input=qformer_text_input))
+        if few_shot_prob > 0 and (num_few_shot_examples < 1 or not isinstance(self.llm, EncoderDecoderAdapter)):
+            raise ConfigError(f"model.few_shot_prob={few_shot_prob} needs model.num_few_shot_examples >= 1 (it is "
+                              f"{num_few_shot_examples}) and an encoder-decoder LLM such as flant5 (LAVIS's "
+                              f"Blip2T5Instruct; model.llm is {type(self.llm).__name__})")
+        self.num_few_shot_examples, self.few_shot_prob = num_few_shot_examples, few_shot_prob
         if stage1_checkpoint:
             self.weight_files = self.weight_files + [DataFile(Path(stage1_checkpoint), "stage-1 checkpoint")]
             if not building_on_meta():
@@ -107,12 +120,40 @@ class Blip2Generative(Blip2Base):
         return batch.get("prompt") or [self.prompt] * len(batch["image"])
 
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        """LM loss of the sample's ``text_input`` (the caption) after [visual prompt, ``prompt``]."""
+        """LM loss of the sample's ``text_input`` (the caption) after [visual prompt, ``prompt``] (and, with
+        few-shot mixing, the drawn examples before them)."""
         prompts, targets = self._prompts(batch), list(batch["text_input"])
         if self.prefix_lm:
             prompts, targets = split_for_prefix_lm(prompts, targets)
-        loss = self.llm.lm_loss(self.visual_prompt(batch["image"], prompts), prompts, targets)
+        context = None
+        if self.few_shot_prob > 0 and "few_shot_samples" in batch:
+            context = self.few_shot_context(batch["few_shot_samples"], self.draw_few_shot(), batch["image"].device)
+        prefix = self.visual_prompt(batch["image"], prompts)
+        loss = self.llm.lm_loss(prefix, prompts, targets, **({"context": context} if context is not None else {}))
         return {"loss": loss, "loss_lm": loss}
+
+    def draw_few_shot(self) -> int:
+        """How many examples this batch puts before each sample: 0 with probability 1 - ``few_shot_prob``, else
+        1..``num_few_shot_examples`` alike (LAVIS's weights), drawn from torch's generator so a seeded run repeats."""
+        n = self.num_few_shot_examples
+        weights = torch.tensor([1 - self.few_shot_prob] + [self.few_shot_prob / n] * n, dtype=torch.float64)
+        return int(torch.multinomial(weights, 1))
+
+    def few_shot_context(self, examples: List[Dict[str, Any]], k: int,
+                         device: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The encoder inputs of each sample's first ``k`` examples side by side, [B, k x L, hidden], and their mask
+        (LAVIS's ``prepare_few_shot_embeds``: every example's [visual prompt, instruction] padded to the longest
+        of the batch); None for k = 0. ``examples``: per sample ``{"image": [K, 3, H, W], "text_input": [K]}``."""
+        if k == 0:
+            return None
+        short = [i for i, e in enumerate(examples) if len(e["text_input"]) < k]
+        if short:
+            raise ConfigError(f"model.num_few_shot_examples={self.num_few_shot_examples}: sample {short[0]} of the "
+                              f"batch has {len(examples[short[0]]['text_input'])} examples and {k} were drawn; give "
+                              f"every record at least num_few_shot_examples examples")
+        images = torch.stack([e["image"][j] for e in examples for j in range(k)]).to(device)
+        texts = [e["text_input"][j] for e in examples for j in range(k)]
+        return self.llm.few_shot_context(self.visual_prompt(images, texts), texts, k)
 
     @torch.no_grad()
     def rank_answers(self, images: torch.Tensor, prompts: List[str],

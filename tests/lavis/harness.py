@@ -286,11 +286,25 @@ def vicuna(work: Path, spec: dict) -> dict:
 
 
 def t5_instruct(work: Path, spec: dict) -> dict:
-    """Blip2T5Instruct over the T5 in ``work/t5`` (:func:`_instruct_outputs`)."""
+    """Blip2T5Instruct over the T5 in ``work/t5`` (:func:`_instruct_outputs`), and its training loss with few-shot
+    examples (``few_shot_samples``) before each sample, the number of examples LAVIS draws fixed by the spec."""
+    import random
+
     model = _instruct_model("blip2_t5_instruct", "Blip2T5Instruct", spec, "t5_model",
                             "LAVIS casts FlanT5 to bf16, which CPU matmuls against fp32 inputs reject; the test's T5 "
                             "holds exact bf16 values", t5_model=str(work / "t5"))
-    return _instruct_outputs(model, spec, "t5_model.")
+    out = _instruct_outputs(model, spec, "t5_model.")
+    fs = spec["few_shot"]
+    model.num_few_shot_examples, model.few_shot_prob = fs["num_few_shot_examples"], fs["few_shot_prob"]
+    choices = random.choices
+    random.choices = lambda population, weights: [fs["k"]]
+    patch(f"random.choices returns {fs['k']}: the number of few-shot examples the test compares at")
+    model.train()
+    samples = [{"image": images, "text_input": texts} for images, texts in zip(fs["images"], fs["texts"])]
+    out["few_shot_loss"] = model({"image": spec["images"], "text_input": spec["instructions"],
+                                  "text_output": spec["outputs"], "few_shot_samples": samples})["loss"].detach()
+    random.choices = choices
+    return out
 
 
 JOBS = {"stage1": stage1, "opt": opt, "opt_step": opt_step, "t5": t5, "vicuna": vicuna, "t5_instruct": t5_instruct}
