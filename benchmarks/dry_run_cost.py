@@ -1,5 +1,6 @@
 """What an iteration of each real-size config costs, estimated as ``--dry-run`` does (``framework.engine.cost``), with the
-time the estimate takes; JSON and the table of docs/benchmarks.md.
+time the estimate takes; JSON and the tables of docs/benchmarks.md and the README. For the stage-2 configs also with
+the frozen LLM stored in int8 or nf4 (``model.llm.precision``) and with LoRA on it (``model.llm.lora``, rank 8).
 
     python benchmarks/dry_run_cost.py [--out benchmarks/results/dry_run_cost.json]
 
@@ -20,6 +21,9 @@ from benchmarks.output import write_results  # noqa: E402
 from framework.engine.cost import step_cost  # noqa: E402
 from framework.engine.experiment import load_experiment  # noqa: E402
 
+# the memory variants of a stage-2 config: --options for each
+VARIANTS = {"lora": ["model.llm.lora={r: 8}"], "int8": ["model.llm.precision=int8"],
+            "nf4": ["model.llm.precision=nf4"], "nf4+lora": ["model.llm.precision=nf4", "model.llm.lora={r: 8}"]}
 CONFIGS = ["stage1_vitg", "stage1_vitl", "stage2_vitl_opt2.7b", "stage2_opt2.7b", "stage2_opt6.7b",
            "stage2_vitl_flant5xl", "stage2_flant5xl", "stage2_flant5xxl"]
 
@@ -28,7 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results/dry_run_cost.json")
     args = p.parse_args()
-    rows = {}
+    rows, variants = {}, {}
     for name in CONFIGS:
         exp = load_experiment(str(REPO / "projects" / "blip2" / f"{name}.yaml"))
         start = time.perf_counter()
@@ -39,9 +43,19 @@ def main() -> None:
         r = rows[name]
         print(f"| `{name}` | {r['batch']} | {r['tflops']:.1f} | {r['peak_gib']:.1f} "
               f"({r['weights_gib']:.1f} + {r['grads_and_adamw_gib']:.1f} + {r['activations_gib']:.1f}) | "
-              f"{r['largest_batch_40gb']} | {r['largest_batch_80gb']} | {seconds:.1f} s |", flush=True)
-    write_results(args.out, {"card_budget": "card size less 1 GiB (CUDA context)", "configs": rows})
-
+              f"{r['largest_batch_24gb']} | {r['largest_batch_40gb']} | {r['largest_batch_80gb']} | {seconds:.1f} s |",
+              flush=True)
+        if "llm" in exp.model:
+            variants[name] = {v: step_cost(load_experiment(str(REPO / "projects" / "blip2" / f"{name}.yaml"),
+                                                           options)).report() for v, options in VARIANTS.items()}
+    print("\n| config | " + " | ".join(["as configured", *VARIANTS]) + " |")
+    for name, by in variants.items():
+        cells = [rows[name], *by.values()]
+        print(f"| `{name}` | " + " | ".join(f"{c['peak_gib']:.1f} GiB; {c['largest_batch_24gb']} / "
+                                            f"{c['largest_batch_40gb']} / {c['largest_batch_80gb']}" for c in cells)
+              + " |", flush=True)
+    write_results(args.out, {"card_budget": "card size less 1 GiB (CUDA context)", "configs": rows,
+                             "variants": variants, "variant_options": VARIANTS})
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ from framework.models.interfaces import HasExampleBatch, require
 from framework.models.llm import LLMAdapter
 
 GB = 1024 ** 3
-CARDS = (40, 80)  # accelerator sizes in GB the largest batch is given for
+CARDS = (24, 40, 80)  # accelerator sizes in GB the largest batch is given for
 
 
 @dataclass
