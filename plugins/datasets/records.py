@@ -259,10 +259,10 @@ class RecordsBuilder(DatasetBuilder):
         image_size: the side the images are brought to (it must be the model's image encoder's) where
             ``processors`` gives no image pipeline: training images get LAVIS's random crop (scale 0.5-1) and
             flip, evaluation images a resize, both CLIP's normalisation.
-        processors: ``{train|eval: {image|text: [specs]}}``; a pipeline it leaves out is the default: the images
-            as ``image_size`` says, the text LAVIS's cleaning for captions and questions, an instruction as
-            written (so ``processors: {train: {text: [{name: instruction_template, ...}]}}`` adds templates and
-            keeps the image defaults).
+        processors: ``{train|eval: {image|text: [specs]}}``. null: the images as ``image_size`` says, the text
+            LAVIS's cleaning for captions and questions, an instruction as written. Given, an image pipeline it
+            leaves out is still the ``image_size`` one (so ``processors: {train: {text: [{name:
+            instruction_template, ...}]}}`` adds templates and keeps the images' processing), a text one is none.
     """
 
     how_to_get = "these are your own files: check the paths in files: and image_root:"
@@ -278,9 +278,10 @@ class RecordsBuilder(DatasetBuilder):
                                 {"name": "hflip"}, {"name": "normalize", "stats": "clip"}], "text": clean},
             "eval": {"image": [{"name": "resize", "size": image_size}, {"name": "normalize", "stats": "clip"}],
                      "text": clean}}
-        given = processors or {}
-        super().__init__(entry, processors={split: {**pipelines, **given.get(split, {})}
-                                            for split, pipelines in defaults.items()})
+        if processors is not None:
+            processors = {split: {"image": pipelines["image"], **processors.get(split, {})}
+                          for split, pipelines in defaults.items()}
+        super().__init__(entry, processors=processors or defaults)
         self.kind, self.max_bad_fraction, self.check_images = kind, max_bad_fraction, check_images
         self.allow_outside_root = allow_outside_root
         self.files = {split: Path(f).expanduser() for split, f in files.items()}
