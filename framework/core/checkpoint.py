@@ -33,11 +33,24 @@ def make(model_name: str, weights: Dict[str, torch.Tensor], frozen: Iterable[str
     return {"format": FORMAT, "model_name": model_name, "model": weights, "frozen": list(frozen), **state}
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    """``optimizer.state_dict()`` with each state tensor whole (gathered where FSDP shards it: every rank calls
+    this), as a single process or DDP has it."""
+    state = optimizer.state_dict()
+    state["state"] = {i: {k: dist.full(v) if torch.is_tensor(v) else v for k, v in s.items()}
+                      for i, s in state["state"].items()}
+    return state
+
+
 def restore(ckpt: Dict[str, Any], optimizer: torch.optim.Optimizer, scaler: Any,
             readers: int) -> Tuple[int, Dict[str, Any], Dict[int, Any]]:
     """Put optimizer, scaler and this rank's RNG back where the checkpoint left them; returns the run's position:
     (iteration, best, shard readers' positions). ``readers``: this job's ranks x dataloader workers."""
     optimizer.load_state_dict(ckpt["optimizer"])
+    for param, state in optimizer.state.items():  # FSDP: each rank keeps its shard of the whole saved state
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.shape == param.shape:
+                state[k] = dist.shard_like(v, param)
     scaler.load_state_dict(ckpt["scaler"])
     rngs = ckpt["rng"]
     if len(rngs) != dist.world_size():
@@ -74,12 +87,18 @@ def frozen_prefixes(model: nn.Module) -> List[str]:
     return out
 
 
-def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The weights a checkpoint stores: trainable parameters and the buffers of non-frozen modules."""
-    frozen = frozen_prefixes(model)
+def trainable_keys(model: nn.Module) -> List[str]:
+    """The names of the weights a checkpoint stores: trainable parameters and the buffers of non-frozen modules."""
+    frozen = tuple(p + "." for p in frozen_prefixes(model))
     fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
-    return {k: v.detach() for k, v in model.state_dict().items()
-            if k not in fixed and not any(k.startswith(p + ".") for p in frozen)}
+    return [k for k in model.state_dict() if k not in fixed and not k.startswith(frozen)]
+
+
+def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights a checkpoint stores (:func:`trainable_keys`), whole: a model sharded by FSDP has them gathered
+    (every rank calls this), so the checkpoint is the one a single process or DDP writes."""
+    state = model.state_dict()
+    return {k: dist.full(state[k].detach()) for k in trainable_keys(model)}
 
 
 def summarize_keys(keys: Iterable[str], n: int = 12) -> str:
@@ -113,8 +132,9 @@ def check_fits(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
     weights = ckpt["model"]
     own = model.state_dict()
     was_frozen = tuple(p + "." for p in ckpt.get("frozen", []))
-    expected = {k for k in trainable_state_dict(model) if not k.startswith(was_frozen)}
-    if was_frozen and set(trainable_state_dict(model)) - expected:
+    trainable = set(trainable_keys(model))
+    expected = {k for k in trainable if not k.startswith(was_frozen)}
+    if was_frozen and trainable - expected:
         logger.info("checkpoint %s: %s were frozen when it was written; they keep their own weights", source,
                     ", ".join(p.rstrip(".") for p in was_frozen))
     absent = tuple(ckpt.get("absent", []))  # the writer had deleted them: this model's own weights stay
@@ -142,9 +162,11 @@ def check_fits(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
 
 
 def load_model_weights(model: nn.Module, ckpt: Dict[str, Any], source: str) -> None:
-    """Load a checkpoint's weights into ``model`` after :func:`check_fits`."""
+    """Load a checkpoint's weights into ``model`` after :func:`check_fits` (into each rank's shard when FSDP
+    shards the model)."""
     check_fits(model, ckpt, source)
-    model.load_state_dict(ckpt["model"], strict=False)
+    own = model.state_dict()
+    model.load_state_dict({k: dist.shard_like(v, own[k]) for k, v in ckpt["model"].items()}, strict=False)
 
 
 def _tmp_name(path: Path, pid: int) -> Path:

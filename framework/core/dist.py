@@ -119,3 +119,21 @@ def all_gather_no_grad(t: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(world_size())]
     dist.all_gather(out, t.contiguous())
     return torch.cat(out, 0)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` whole on every rank: a sharded tensor (a ``DTensor``, as FSDP holds weights and optimizer state)
+    gathered, any other tensor as it is. A collective when sharded: every rank calls it, in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A whole tensor ``t`` (every rank holds the same) laid out as ``like``: this rank's shard when ``like`` is a
+    ``DTensor``, ``t`` itself otherwise. Each rank keeps its own slice; nothing is sent."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor) or isinstance(t, DTensor):
+        return t
+    return distribute_tensor(t.to(like.device), like.device_mesh, like.placements, src_data_rank=None)

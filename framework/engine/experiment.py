@@ -17,6 +17,7 @@ from framework.core.config import DatasetsOf, load_config, validate
 from framework.core.errors import ConfigError
 from framework.core.registry import load_plugin_modules
 from framework.core.schema import Length, Part, Range
+from framework.engine.fsdp import FsdpConfig
 from framework.engine.optim import OptimConfig
 
 
@@ -43,6 +44,11 @@ class RunConfig:
     num_workers: dataloader worker processes (for shards: each rank's workers split its shards).
     profile: write a torch profiler trace of ``profile_steps`` iterations to output_dir/profile (open with
     TensorBoard's profiler plugin).
+    strategy: how several processes (torchrun) train together: ``ddp`` (each holds the whole model; gradients
+    averaged: the paper's set-up) or ``fsdp`` (weights, gradients and optimizer state sharded over them, for models
+    that do not fit a device each; set up by ``fsdp``: :class:`framework.engine.fsdp.FsdpConfig`). One process
+    trains alone under either. Checkpoints are the same under both: a run resumes under the other, and the
+    converters read either. Memory of each: ``--dry-run``; multi-node launch: docs/recipes/multi_node.md.
     find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
     tensorboard: write TensorBoard scalars.
     dist_timeout_s: under torchrun, how long a rank waits for the others in a collective (a stopped or hung
@@ -78,6 +84,8 @@ class RunConfig:
     shuffle: bool = True
     profile: bool = False
     profile_steps: Annotated[int, Range(1)] = 5
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
     find_unused_parameters: bool = False
     tensorboard: bool = True
     deterministic: Optional[bool] = None

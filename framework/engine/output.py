@@ -23,7 +23,8 @@ RUN_FILES = ("config.yaml", "log.jsonl", "train.log", "metrics.json", "checkpoin
 RESUME_MAY_CHANGE = ("run.output_dir", "run.device", "run.max_iters", "run.max_epochs", "run.eval_every",
                      "run.eval_splits", "run.test_splits", "run.eval_batch_size", "run.log_every",
                      "run.checkpoint_every", "run.num_workers", "run.profile", "run.profile_steps",
-                     "run.tensorboard", "run.dist_timeout_s", "run.compile", "run.compile_backend")
+                     "run.tensorboard", "run.dist_timeout_s", "run.compile", "run.compile_backend",
+                     "run.strategy", "run.fsdp.")
 
 
 def check_writable(out: Path) -> None:

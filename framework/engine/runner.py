@@ -20,6 +20,7 @@ from framework.core.errors import ConfigError, NonFiniteLossError
 from framework.core.logs import RunLog, console_has_bar, logger, truncate_after
 from framework.core.registry import build
 from framework.data.loader import is_stream, set_position, set_stream_position
+from framework.engine import fsdp
 from framework.engine.experiment import ExperimentConfig
 from framework.engine.experiment_data import ExperimentData, prepare_data
 from framework.engine.machine import run_device, seed_everything, set_determinism
@@ -48,6 +49,7 @@ class Runner:
         dist.init(self.device, self.cfg.dist_timeout_s)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
+        fsdp.check(self.cfg.strategy, self.cfg.fsdp, self.cfg.amp, self.cfg.compile)
         self.out = Path(self.cfg.output_dir)
         check_writable(self.out)
         prepared = prepare_data(exp)  # data files checked before the model is built
@@ -65,7 +67,11 @@ class Runner:
         self.stream_positions: Dict[int, Any] = {}  # reader slot -> position, for training on shards
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        if dist.world_size() == 1 or not any(p.requires_grad for p in model.parameters()):
+        if dist.world_size() == 1:
+            return model
+        if self.cfg.strategy == "fsdp":
+            return fsdp.shard(model, self.cfg.fsdp, self.device)  # in place: self.model is it
+        if not any(p.requires_grad for p in model.parameters()):
             return model
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids,
@@ -99,7 +105,7 @@ class Runner:
 
     def _state(self) -> Dict[str, Any]:
         return checkpoint_of(
-            self.model, self.exp.model["name"], optimizer=self.optimizer.state_dict(),
+            self.model, self.exp.model["name"], optimizer=checkpoint.optimizer_state(self.optimizer),
             scaler=self.scaler.state_dict(), rng=dist.all_gather_objects(checkpoint.rng_state()), iter=self.it,
             best=self.best, stream=dist.gather_dict(self.stream_positions),
             stream_readers=self._readers(), config=to_yaml(self.exp))
@@ -200,6 +206,7 @@ class Runner:
         n_samples = 0
         data_time = 0.0  # waiting for the loader: a slow data pipeline shows here, not in step_time
         ddp = isinstance(self.ddp_model, nn.parallel.DistributedDataParallel)
+        sharded = fsdp.is_sharded(self.model)
         for micro in range(self.cfg.accum_steps):
             t_data = time.perf_counter()
             batch = next(batches)
@@ -208,12 +215,16 @@ class Runner:
                 self.stream_positions[slot] = position
             batch = _to_device(batch, self.device)
             n_samples += _batch_len(batch)
-            sync = micro == self.cfg.accum_steps - 1 or not ddp  # DDP all-reduces on the last micro-batch only
-            with (nullcontext() if sync else self.ddp_model.no_sync()), self._autocast():
+            last = micro == self.cfg.accum_steps - 1  # gradients are reduced over the ranks on the last only
+            if sharded:
+                self.model.set_requires_gradient_sync(last)
+            with (nullcontext() if last or not ddp else self.ddp_model.no_sync()), self._autocast():
                 losses = self.task.train_step(self.ddp_model, batch)
             self.scaler.scale(losses["loss"] / self.cfg.accum_steps).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / self.cfg.accum_steps
+        if sharded:
+            fsdp.average_whole_gradients(self.model)
         names = sorted(sums)
         reduced = dist.all_reduce_mean(torch.stack([sums[k] for k in names])).cpu()
         return dict(zip(names, reduced.tolist())), n_samples, data_time
@@ -234,7 +245,7 @@ class Runner:
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = float(nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+            grad_norm = float(dist.full(nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,7 +290,7 @@ class Runner:
         metrics: Dict[str, float] = {}
         for name, loader in loaders.items():
             written = self.out / "predictions" / f"{name.replace('/', '_')}_iter{self.it}.json"
-            with self._autocast():
+            with self._autocast(), fsdp.gathered(self.model, self.cfg.fsdp):
                 result = self.task.evaluate(self.model, loader, written)
             metrics.update({f"{name}/{k}": float(v) for k, v in result.items()})
             if dist.is_main() and written.is_file():  # a few predictions beside the curves, to read

@@ -157,6 +157,11 @@ class ImageEncoder(FreezablePart):
     def key_map(self, depth: int) -> KeyMap:
         raise NotImplementedError
 
+    recompute_layers = False  # FSDP shards the blocks one by one; recomputing them is grad_checkpointing
+
+    def fsdp_layers(self) -> List[nn.Module]:
+        return [] if self.vit is None else list(self.vit.blocks)
+
     @property
     def num_layers(self) -> int:
         """Transformer blocks, for layer-wise lr decay (``run.optimizer.layer_decay``); none when cached."""

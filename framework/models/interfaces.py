@@ -26,6 +26,19 @@ class ImageEncoderPart(Protocol):
 
 
 @runtime_checkable
+class ShardsByLayer(Protocol):
+    """A part whose repeated layers FSDP shards one unit each (``run.strategy: fsdp``,
+    :mod:`framework.engine.fsdp`): ``fsdp_layers()``, each gathered only around its own ``forward`` (and the methods
+    a layer names in its ``fsdp_forward_methods``), so a layer must use its weights nowhere else.
+    ``recompute_layers``: their activations are recomputed in backward under ``run.fsdp.activation_checkpointing``
+    (the LLM's, the largest of stage 2)."""
+
+    recompute_layers: bool
+
+    def fsdp_layers(self) -> List[torch.nn.Module]: ...
+
+
+@runtime_checkable
 class DeclaresProcessing(Protocol):
     """An image encoder that knows how its input images are prepared for evaluation: the processor specs (registered
     processors and their arguments) a model loaded without any data set config uses (``framework.load``)."""

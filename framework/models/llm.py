@@ -126,6 +126,14 @@ class LLMAdapter(FreezablePart):
         if lora is not None:
             self._add_lora(lora)
 
+    recompute_layers = True  # FSDP's activation checkpointing: the LLM's activations dominate stage 2
+
+    def fsdp_layers(self) -> List[nn.Module]:
+        """The decoder layers (T5: blocks), by the classes transformers itself never splits across devices
+        (the model's ``_no_split_modules``: OPTDecoderLayer, T5Block, LlamaDecoderLayer)."""
+        names = set(getattr(self.model, "_no_split_modules", None) or ())
+        return [m for m in self.model.modules() if type(m).__name__ in names]
+
     def _add_lora(self, lora: LoraArgs) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -468,7 +476,8 @@ class DecoderOnlyAdapter(LLMAdapter):
                     lab[prefix.shape[1] + len(p):] = ids[len(p):]
                     labels.append(lab)
             mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
-            logits = self.model(inputs_embeds=_pad(rows, "right").to(self.model.dtype), attention_mask=mask).logits
+            logits = self.model(inputs_embeds=_pad(rows, "right").to(self.model.dtype), attention_mask=mask,
+                                use_cache=False).logits
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2),
                                                     _pad(labels, "right", -100)[:, 1:], reduction="none")
             scores.append((nll.sum(1) / nll.shape[1]).view(len(prompts), hi - lo))
@@ -477,8 +486,9 @@ class DecoderOnlyAdapter(LLMAdapter):
     def lm_loss(self, prefix: torch.Tensor, prompts: List[str], targets: List[str]) -> torch.Tensor:
         rows, labels = self._sequences(prefix, prompts, targets)
         mask = _pad([torch.ones(r.shape[0], dtype=torch.long, device=prefix.device) for r in rows], "right")
+        # no key/value cache: a loss needs none, and a layer recomputed in backward would extend it twice
         out = self.model(inputs_embeds=_pad(rows, "right").to(self.model.dtype), attention_mask=mask,
-                         labels=_pad(labels, "right", -100))
+                         labels=_pad(labels, "right", -100), use_cache=False)
         return out.loss
 
     def generation_inputs(self, prefix: torch.Tensor, prompts: List[str]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -530,7 +540,8 @@ class EncoderDecoderAdapter(LLMAdapter):
             embeds, mask = torch.cat([context[0].to(embeds.dtype), embeds], 1), torch.cat([context[1], mask], 1)
         labels = [torch.tensor(t, device=prefix.device)
                   for t in self.ids(targets, special=True, max_len=self.max_output_txt_len)]
-        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100)).loss
+        return self.model(inputs_embeds=embeds, attention_mask=mask, labels=_pad(labels, "right", -100),
+                          use_cache=False).loss  # no key/value cache: as the decoder-only lm_loss
 
     @torch.no_grad()
     def candidate_losses(self, prefix: torch.Tensor, prompts: List[str], candidates: List[str],
@@ -546,7 +557,8 @@ class EncoderDecoderAdapter(LLMAdapter):
             n = hi - lo
             labels = _pad([torch.tensor(c, device=prefix.device) for c in cand_ids[lo:hi]], "right", -100)
             out = self.model(encoder_outputs=(encoded.repeat_interleave(n, 0),),
-                             attention_mask=mask.repeat_interleave(n, 0), labels=labels.repeat(len(prompts), 1))
+                             attention_mask=mask.repeat_interleave(n, 0), labels=labels.repeat(len(prompts), 1),
+                             use_cache=False)
             nll = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2),
                                                     labels.repeat(len(prompts), 1), reduction="none")
             scores.append(nll.sum(1).view(len(prompts), n))

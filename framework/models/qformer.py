@@ -130,6 +130,8 @@ class FeedForward(nn.Module):
 
 
 class QFormerLayer(nn.Module):
+    fsdp_forward_methods = ("project_image",)  # uses the layer's weights outside forward (framework.engine.fsdp)
+
     def __init__(self, dim: int, heads: int, ffn: int, vision_width: int, cross: bool, eps: float,
                  dropout: float, attn_dropout: float) -> None:
         super().__init__()
@@ -139,6 +141,10 @@ class QFormerLayer(nn.Module):
         self.cross_out = AddNorm(dim, dim, eps, dropout) if cross else None
         self.ffn_query = FeedForward(dim, ffn, eps, dropout)
         self.ffn_text = FeedForward(dim, ffn, eps, dropout)
+
+    def project_image(self, image: torch.Tensor) -> Optional[KV]:
+        """The cross-attention keys/values of ``image``; None without cross-attention."""
+        return None if self.cross is None else self.cross.project(image)
 
     def forward(self, x: torch.Tensor, n_query: int, mask: Optional[torch.Tensor], image_kv: Optional[KV],
                 image_mask: Optional[torch.Tensor], past: Optional[KV]) -> Tuple[torch.Tensor, KV]:
@@ -233,6 +239,11 @@ class QFormer(nn.Module):
         self.grad_checkpointing = False  # set from model.qformer (framework.models.blip2.QFormerArgs)
         self.apply(partial(_init_bert, std=s.initializer_range))
 
+    recompute_layers = False  # FSDP: its layers are sharded one by one; their recomputation is grad_checkpointing
+
+    def fsdp_layers(self) -> List[nn.Module]:
+        return list(self.layers)
+
     def remove_text_path(self, keep_text_input: bool) -> List[str]:
         """Stage 2 reads only the query outputs: the LM head goes, and unless text goes in beside the queries
         (``keep_text_input``) so do the word/position embeddings and the text feed-forwards. They would get no
@@ -260,7 +271,7 @@ class QFormer(nn.Module):
     def project_image(self, image: torch.Tensor) -> List[Optional[KV]]:
         """Per layer, the cross-attention keys/values of ``image`` (None for layers without cross-attention).
         Computed once, they serve several passes over the same images (stage 1's ITC and ITM)."""
-        return [None if layer.cross is None else layer.cross.project(image) for layer in self.layers]
+        return [layer.project_image(image) for layer in self.layers]
 
     def forward(self, mode: Mode, image: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
                 text_mask: Optional[torch.Tensor] = None, with_queries: bool = True,
