@@ -36,8 +36,9 @@ class FsdpConfig:
     memory) or ``hybrid`` (full sharding within a node, a replica per node, gradients averaged across nodes:
     a node's ranks are torchrun's LOCAL_WORLD_SIZE).
     mixed_precision: ``fp32`` (weights gathered and computed in the dtype they are held in: a DDP run's numbers)
-    or ``bf16`` (gathered and computed in bf16, gradients reduced in fp32; the shards keep their own dtype, so a
-    frozen fp16 LLM stays fp16 at rest and the trainable weights fp32). ``run.amp`` stays off with FSDP.
+    or ``bf16`` (gathered in bf16, the ops computing in bf16 as under ``run.amp=bf16`` (autocast), gradients
+    reduced in fp32; the shards keep their own dtype, so a frozen fp16 LLM stays fp16 at rest and the trainable
+    weights fp32). ``run.amp`` stays off with FSDP: this key is its precision.
     activation_checkpointing: recompute in backward the activations of the layers a part marks (the LLM's
     decoder layers, whose activations dominate stage 2), non-reentrant, instead of keeping them.
     """
@@ -82,9 +83,11 @@ def shard(model: nn.Module, cfg: FsdpConfig, device: torch.device) -> nn.Module:
         raise ConfigError("run.strategy=fsdp shards floating-point weights only, and the model holds others (a "
                           "quantised LLM: model.llm.precision int8 or nf4); use run.strategy=ddp with it")
     mesh = _mesh(cfg.sharding, device)
-    options = dict(mesh=mesh, reshard_after_forward=cfg.sharding != "grad_op",
-                   mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                   if cfg.mixed_precision == "bf16" else MixedPrecisionPolicy())
+    options = dict(mesh=mesh, reshard_after_forward=cfg.sharding != "grad_op")
+    # the layers gathered in bf16; the model's own unit (query tokens, projections, the norms BLIP-2 computes in
+    # fp32 such as ln_vision) as held, its ops in bf16 by autocast where they are not kept in fp32
+    layer_precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if cfg.mixed_precision == "bf16" else MixedPrecisionPolicy()
     for part in model.modules():
         if not isinstance(part, ShardsByLayer):
             continue
@@ -92,7 +95,7 @@ def shard(model: nn.Module, cfg: FsdpConfig, device: torch.device) -> nn.Module:
             if cfg.activation_checkpointing and part.recompute_layers:
                 # the layer's own forward, recomputed: its parameter names (and so checkpoints) do not change
                 layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
-            fully_shard(layer, **options)
+            fully_shard(layer, mp_policy=layer_precision, **options)
             for method in getattr(layer, "fsdp_forward_methods", ()):
                 register_fsdp_forward_method(layer, method)
     fully_shard(model, ignored_params=set(whole_parameters(model)), **options)

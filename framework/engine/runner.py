@@ -93,9 +93,11 @@ class Runner:
         self.log.text("model/parameters", f"{self.exp.model['name']}\n{table}", self.it)
 
     def _autocast(self):
-        if self.cfg.amp == "off":
+        # FSDP's bf16: weights gathered in bf16 (fsdp.shard), the ops computing in it as under run.amp=bf16
+        amp = "bf16" if self.cfg.strategy == "fsdp" and self.cfg.fsdp.mixed_precision == "bf16" else self.cfg.amp
+        if amp == "off":
             return nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------------------------------- checkpoints
