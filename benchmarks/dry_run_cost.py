@@ -1,6 +1,7 @@
 """What an iteration of each real-size config costs, estimated as ``--dry-run`` does (``framework.engine.cost``), with the
 time the estimate takes; JSON and the tables of docs/benchmarks.md and the README. For the stage-2 configs also with
-the frozen LLM stored in int8 or nf4 (``model.llm.precision``) and with LoRA on it (``model.llm.lora``, rank 8).
+the frozen LLM stored in int8 or nf4 (``model.llm.precision``) and with LoRA on it (``model.llm.lora``, rank 8); for
+every config under FSDP (full sharding over 8 GPUs, bf16, the LLM's layers recomputed), alone and with LoRA.
 
     python benchmarks/dry_run_cost.py [--out benchmarks/results/dry_run_cost.json]
 
@@ -21,9 +22,12 @@ from benchmarks.output import write_results  # noqa: E402
 from framework.engine.cost import step_cost  # noqa: E402
 from framework.engine.experiment import load_experiment  # noqa: E402
 
-# the memory variants of a stage-2 config: --options for each
-VARIANTS = {"lora": ["model.llm.lora={r: 8}"], "int8": ["model.llm.precision=int8"],
-            "nf4": ["model.llm.precision=nf4"], "nf4+lora": ["model.llm.precision=nf4", "model.llm.lora={r: 8}"]}
+# the memory variants of a config: --options for each (those naming model.llm for stage-2 configs only); fsdp: full
+# sharding over 8 GPUs (framework.engine.cost.FSDP_RANKS), bf16, the LLM's layers recomputed
+FSDP = ["run.strategy=fsdp", "run.amp='off'", "run.fsdp.mixed_precision=bf16"]
+VARIANTS = {"fsdp": FSDP, "lora": ["model.llm.lora={r: 8}"], "int8": ["model.llm.precision=int8"],
+            "nf4": ["model.llm.precision=nf4"], "nf4+lora": ["model.llm.precision=nf4", "model.llm.lora={r: 8}"],
+            "fsdp+lora": FSDP + ["model.llm.lora={r: 8}"]}
 CONFIGS = ["stage1_vitg", "stage1_vitl", "stage2_vitl_opt2.7b", "stage2_opt2.7b", "stage2_opt6.7b",
            "stage2_vitl_flant5xl", "stage2_flant5xl", "stage2_flant5xxl"]
 
@@ -45,17 +49,22 @@ def main() -> None:
               f"({r['weights_gib']:.1f} + {r['grads_and_adamw_gib']:.1f} + {r['activations_gib']:.1f}) | "
               f"{r['largest_batch_24gb']} | {r['largest_batch_40gb']} | {r['largest_batch_80gb']} | {seconds:.1f} s |",
               flush=True)
-        if "llm" in exp.model:
-            variants[name] = {v: step_cost(load_experiment(str(REPO / "projects" / "blip2" / f"{name}.yaml"),
-                                                           options)).report() for v, options in VARIANTS.items()}
+        variants[name] = {v: step_cost(load_experiment(str(REPO / "projects" / "blip2" / f"{name}.yaml"),
+                                                       options)).report()
+                          for v, options in VARIANTS.items() if "llm" in exp.model or not _names_llm(options)}
     print("\n| config | " + " | ".join(["as configured", *VARIANTS]) + " |")
     for name, by in variants.items():
-        cells = [rows[name], *by.values()]
-        print(f"| `{name}` | " + " | ".join(f"{c['peak_gib']:.1f} GiB; {c['largest_batch_24gb']} / "
-                                            f"{c['largest_batch_40gb']} / {c['largest_batch_80gb']}" for c in cells)
-              + " |", flush=True)
+        cells = [rows[name]] + [by.get(v) for v in VARIANTS]
+        print(f"| `{name}` | " + " | ".join("-" if c is None else f"{c['peak_gib']:.1f} GiB; "
+                                            f"{c['largest_batch_24gb']} / {c['largest_batch_40gb']} / "
+                                            f"{c['largest_batch_80gb']}" for c in cells) + " |", flush=True)
     write_results(args.out, {"card_budget": "card size less 1 GiB (CUDA context)", "configs": rows,
                              "variants": variants, "variant_options": VARIANTS})
+
+
+def _names_llm(options: list) -> bool:
+    return any(o.startswith("model.llm.") for o in options)
+
 
 if __name__ == "__main__":
     main()

@@ -139,3 +139,22 @@ def test_a_model_that_does_not_say_what_its_batch_holds_is_named(tmp_path: Path,
     assert ("the cost estimate (--dry-run) needs a model with example_batch() (or pass --no-cost); NoBatchModel "
             "has none") in capsys.readouterr().err
     assert train_main(["--cfg", str(cfg), "--dry-run", "--no-cost"]) == 0
+
+
+def test_fsdp_divides_what_is_sharded_and_recomputing_the_llm_layers_trades_flops_for_activations(
+        tmp_path: Path) -> None:
+    from helpers import stage2_config
+
+    from framework.engine.cost import FSDP_RANKS, step_cost
+    from framework.engine.experiment import load_experiment
+
+    cfg = write_yaml(tmp_path / "s2.yaml", stage2_config(tmp_path, tmp_path / "out"))
+    ddp = step_cost(load_experiment(str(cfg)))
+    fsdp = ["run.strategy=fsdp"]
+    kept = step_cost(load_experiment(str(cfg), fsdp + ["run.fsdp.activation_checkpointing=false"]))
+    recomputed = step_cost(load_experiment(str(cfg), fsdp))
+    assert kept.trainable_bytes == ddp.trainable_bytes // FSDP_RANKS  # gradients and AdamW state: a shard each
+    assert ddp.weights_bytes / FSDP_RANKS < kept.weights_bytes < ddp.weights_bytes  # a shard + the gathered units
+    assert kept.activation_bytes == ddp.activation_bytes and kept.flops == ddp.flops  # the same step
+    # the OPT layers keep only their inputs, and run their forward twice
+    assert recomputed.activation_bytes < kept.activation_bytes and recomputed.flops > kept.flops

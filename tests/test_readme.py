@@ -227,6 +227,6 @@ def test_the_runnable_documents_are_the_expected_ones() -> None:
     """A document whose runnable marks were lost would silently drop out of the test above."""
     assert set(_document_ids()) == {"README.md", "docs/weights.md", "docs/recipes/pretrain_8gpu.md",
                                     "docs/recipes/finetune_jsonl.md", "docs/recipes/instruction_tuning.md",
-                                    "docs/recipes/big_llms.md"}
+                                    "docs/recipes/big_llms.md", "docs/recipes/fsdp_multi_node.md"}
     readme = [c for lang, b in runnable_blocks(REPO / "README.md") if lang == "bash" for c in commands(b)]
     assert ["python", "-m", "framework.train", "--cfg", "mine.yaml"] in readme

@@ -13,6 +13,7 @@ import torch
 from framework.core import checkpoint, dist, resources
 from framework.core.errors import USER_ERRORS, ConfigError, NonFiniteLossError
 from framework.core.logs import setup_console
+from framework.engine import fsdp
 from framework.engine.cost import describe as describe_cost
 from framework.engine.experiment import ExperimentConfig, load_experiment
 from framework.engine.experiment_data import builders
@@ -62,6 +63,7 @@ REAL_SIZE = 100_000_000
 def dry_run(exp: ExperimentConfig, cost: bool = False) -> None:
     """Parameter counts of the model built on ``meta``, the data files the run would read, and with ``cost``
     what a training iteration costs (:mod:`framework.engine.cost`)."""
+    fsdp.check(exp.run)
     with torch.device("meta"):
         model = build_model(exp.model)
     print(f"config OK. model {exp.model['name']!r} (built on the meta device):")

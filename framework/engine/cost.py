@@ -14,10 +14,11 @@ fragmentation, DDP's gradient buckets (about one more copy of the trainable grad
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from torch.utils._pytree import tree_map_only
 from torch.utils.weak import WeakIdKeyDictionary
 
 from framework.core.registry import build
+from framework.engine import fsdp
 from framework.engine.experiment import ExperimentConfig
 from framework.engine.optim import build_optimizer
 from framework.models.build import build_model
@@ -34,6 +36,7 @@ from framework.models.llm import LLMAdapter
 
 GB = 1024 ** 3
 CARDS = (24, 40, 80)  # accelerator sizes in GB the largest batch is given for
+FSDP_RANKS = 8  # the processes an FSDP estimate shards over (a node of 8 GPUs) outside torchrun
 
 
 @dataclass
@@ -173,12 +176,17 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
             module.tokenizer = tokenizer
         if "eot_id" in vars(module) and module.eot_id is None:
             module.eot_id, module.end_of_text = tokenizer.eos_token_id, tokenizer.eos_token
+    sharded = exp.run.strategy == "fsdp"
+    if sharded:  # the step as FSDP runs it: the marked layers recomputed in backward
+        for layer, recomputed in fsdp.layers(model, exp.run.fsdp):
+            if recomputed:
+                fsdp.recompute(layer)
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     _fake_parameters(model, mode)
     task = build("task", exp.task)
     weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in
                   list(model.parameters()) + list(model.buffers())}.values())
-    amp = exp.run.amp
+    amp = fsdp.autocast_precision(exp.run)
     # fp16 or bf16 alike: two bytes, the same FLOPs (the fake parameters hold no fp16, see _fake_parameters)
     autocast: Callable[[], Any] = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if amp != "off" else nullcontext
     with mode:
@@ -204,15 +212,41 @@ def step_cost(exp: ExperimentConfig, batch_size: Optional[int] = None) -> StepCo
     # int8 / nf4 LLMs are built in their compute dtype here: their quantised storage is smaller by this much
     saved = sum(m.quantised_bytes_saved() for m in model.modules() if isinstance(m, LLMAdapter))
     peak, weights = peak - saved, weights - saved
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return StepCost(batch_size, float(flops), int(peak), int(weights), int(trainable + state))
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) + state
+    if sharded:
+        peak, weights, trainable = _sharded(model, exp.run.fsdp, peak, weights, trainable)
+    return StepCost(batch_size, float(flops), int(peak), int(weights), int(trainable))
+
+
+def _sharded(model: nn.Module, cfg: Any, peak: int, weights: int, trainable: int) -> Tuple[int, int, int]:
+    """(peak, weights, gradients + AdamW state) per process under FSDP over ``fsdp_ranks()`` processes: the
+    parameters, gradients and AdamW state split over them; gathered beside its shard, the model's own unit (all
+    but the layers) for the whole step and, with full sharding, two layers at a time (the one computing, the next
+    one prefetched), with grad_op every layer. Gathered in the dtype held (bf16 gathering halves fp32 layers)."""
+    n = fsdp_ranks()
+    nbytes = lambda params: sum(p.numel() * p.element_size() for p in params)  # noqa: E731
+    params = nbytes(model.parameters())
+    layer_bytes = sorted((nbytes(layer.parameters()) for layer, _ in fsdp.layers(model, cfg)), reverse=True)
+    root = params - sum(layer_bytes)
+    gathered = root + (sum(layer_bytes) if cfg.sharding == "grad_op" else sum(layer_bytes[:2]))
+    resident = weights - params + params / n + gathered * (n - 1) / n  # buffers stay whole
+    return (int(peak - weights - trainable + resident + trainable / n), int(resident), int(trainable / n))
+
+
+def fsdp_ranks() -> int:
+    """The processes an FSDP estimate shards over: the job's under torchrun, else :data:`FSDP_RANKS`."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return world if world > 1 else FSDP_RANKS
 
 
 def describe(exp: ExperimentConfig) -> List[str]:
     """The dry run's cost lines."""
     r = step_cost(exp).report()
-    return [f"cost of one iteration at batch {r['batch']} per process (estimated on fake tensors, amp "
-            f"{exp.run.amp}; docs/benchmarks.md):",
+    amp = fsdp.autocast_precision(exp.run)
+    strategy = (f"FSDP {exp.run.fsdp.sharding} sharding over {fsdp_ranks()} processes"
+                if exp.run.strategy == "fsdp" else "DDP")
+    return [f"cost of one iteration at batch {r['batch']} per process ({strategy}; estimated on fake tensors, amp "
+            f"{amp}; docs/benchmarks.md):",
             f"  {r['tflops']:,.2f} TFLOPs forward + backward",
             f"  peak memory {r['peak_gib']:,.2f} GiB = weights {r['weights_gib']:,.2f} + gradients and AdamW state "
             f"{r['grads_and_adamw_gib']:,.2f} + activations {r['activations_gib']:,.2f} (plus the CUDA context, "

@@ -48,7 +48,7 @@ class RunConfig:
     averaged: the paper's set-up) or ``fsdp`` (weights, gradients and optimizer state sharded over them, for models
     that do not fit a device each; set up by ``fsdp``: :class:`framework.engine.fsdp.FsdpConfig`). One process
     trains alone under either. Checkpoints are the same under both: a run resumes under the other, and the
-    converters read either. Memory of each: ``--dry-run``; multi-node launch: docs/recipes/multi_node.md.
+    converters read either. Memory of each: ``--dry-run``; multi-node launch: docs/recipes/fsdp_multi_node.md.
     find_unused_parameters: DDP's flag, for models whose loss skips some trainable parameters.
     tensorboard: write TensorBoard scalars.
     dist_timeout_s: under torchrun, how long a rank waits for the others in a collective (a stopped or hung

@@ -15,7 +15,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, List, Literal
+from typing import Any, Iterator, List, Literal, Tuple
 
 import torch
 import torch.distributed as torch_dist
@@ -47,16 +47,22 @@ class FsdpConfig:
     activation_checkpointing: bool = True
 
 
-def check(strategy: str, cfg: FsdpConfig, amp: str, compile: bool) -> None:
-    """Refuse what FSDP is not combined with, before any work."""
-    if strategy != "fsdp":
+def check(run: Any) -> None:
+    """Refuse what FSDP is not combined with (``run``: the ``run:`` section), before any work."""
+    if run.strategy != "fsdp":
         return
-    if amp != "off":
-        raise ConfigError(f"run.amp={amp} with run.strategy=fsdp: FSDP's precision is run.fsdp.mixed_precision "
+    if run.amp != "off":
+        raise ConfigError(f"run.amp={run.amp} with run.strategy=fsdp: FSDP's precision is run.fsdp.mixed_precision "
                           f"(bf16 or fp32); set run.amp=off")
-    if compile:
+    if run.compile:
         raise ConfigError("run.compile with run.strategy=fsdp is not supported (FSDP's hooks around each layer are "
                           "untested under torch.compile here); set run.compile=false")
+
+
+def autocast_precision(run: Any) -> str:
+    """What the step runs under autocast (``run``: the ``run:`` section): ``run.amp``, or FSDP's bf16, whose layers
+    are gathered in bf16 (:func:`shard`) and whose ops then compute in it."""
+    return "bf16" if run.strategy == "fsdp" and run.fsdp.mixed_precision == "bf16" else run.amp
 
 
 def _mesh(sharding: str, device: torch.device):
@@ -88,18 +94,27 @@ def shard(model: nn.Module, cfg: FsdpConfig, device: torch.device) -> nn.Module:
     # fp32 such as ln_vision) as held, its ops in bf16 by autocast where they are not kept in fp32
     layer_precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if cfg.mixed_precision == "bf16" else MixedPrecisionPolicy()
-    for part in model.modules():
-        if not isinstance(part, ShardsByLayer):
-            continue
-        for layer in part.fsdp_layers():
-            if cfg.activation_checkpointing and part.recompute_layers:
-                # the layer's own forward, recomputed: its parameter names (and so checkpoints) do not change
-                layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
-            fully_shard(layer, mp_policy=layer_precision, **options)
-            for method in getattr(layer, "fsdp_forward_methods", ()):
-                register_fsdp_forward_method(layer, method)
+    for layer, recomputed in layers(model, cfg):
+        if recomputed:
+            recompute(layer)
+        fully_shard(layer, mp_policy=layer_precision, **options)
+        for method in getattr(layer, "fsdp_forward_methods", ()):
+            register_fsdp_forward_method(layer, method)
     fully_shard(model, ignored_params=set(whole_parameters(model)), **options)
     return model
+
+
+def recompute(layer: nn.Module) -> None:
+    """Keep none of ``layer``'s activations for backward but its inputs; recompute them there (non-reentrant, with
+    the forward's random state: the same dropout masks). Its own forward, wrapped: its parameter names, and so
+    checkpoints, do not change."""
+    layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
+
+
+def layers(model: nn.Module, cfg: FsdpConfig) -> List[Tuple[nn.Module, bool]]:
+    """Every layer the parts declare (:class:`ShardsByLayer`), with whether it is recomputed in backward."""
+    return [(layer, cfg.activation_checkpointing and part.recompute_layers) for part in model.modules()
+            if isinstance(part, ShardsByLayer) for layer in part.fsdp_layers()]
 
 
 def whole_parameters(model: nn.Module) -> List[nn.Parameter]:

@@ -49,7 +49,7 @@ class Runner:
         dist.init(self.device, self.cfg.dist_timeout_s)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("run.amp=fp16 needs CUDA (it uses a GradScaler); on CPU use run.amp=bf16 or off")
-        fsdp.check(self.cfg.strategy, self.cfg.fsdp, self.cfg.amp, self.cfg.compile)
+        fsdp.check(self.cfg)
         self.out = Path(self.cfg.output_dir)
         check_writable(self.out)
         prepared = prepare_data(exp)  # data files checked before the model is built
@@ -93,8 +93,7 @@ class Runner:
         self.log.text("model/parameters", f"{self.exp.model['name']}\n{table}", self.it)
 
     def _autocast(self):
-        # FSDP's bf16: weights gathered in bf16 (fsdp.shard), the ops computing in it as under run.amp=bf16
-        amp = "bf16" if self.cfg.strategy == "fsdp" and self.cfg.fsdp.mixed_precision == "bf16" else self.cfg.amp
+        amp = fsdp.autocast_precision(self.cfg)
         if amp == "off":
             return nullcontext()
         dtype = torch.bfloat16 if amp == "bf16" else torch.float16
