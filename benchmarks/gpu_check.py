@@ -8,7 +8,8 @@ The weights are random: each model is built on the meta device as ``--dry-run`` 
 the device (random values, position ids counted, a stand-in tokenizer that makes every text ``max_txt_len``
 tokens), so a real-size step runs without the real weight files. Variants (``--variants``): ``config`` (as the
 config says), ``lora`` (``model.llm.lora`` rank 8), ``int8`` and ``nf4`` (``model.llm.precision``: bitsandbytes,
-CUDA only; elsewhere recorded as skipped, with the reason). FSDP is not a strategy yet (issue 28): no row.
+CUDA only; elsewhere recorded as skipped, with the reason), ``fsdp`` (``run.strategy: fsdp``, bf16, full sharding:
+under torchrun only, ``NPROC=8 bash benchmarks/gpu_check.sh``; the estimate then shards over the same processes).
 Peak memory is ``torch.cuda.max_memory_allocated`` (none on a CPU); the estimate is ``framework.engine.cost``'s at
 the same batch.
 """
@@ -29,14 +30,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.output import write_results  # noqa: E402
+from framework.core import dist  # noqa: E402
 from framework.core.registry import build  # noqa: E402
+from framework.engine import fsdp  # noqa: E402
 from framework.engine.cost import GB, _stand_in_tokenizer, step_cost  # noqa: E402
 from framework.engine.experiment import load_experiment  # noqa: E402
 from framework.engine.optim import build_optimizer  # noqa: E402
 from framework.models.build import build_model  # noqa: E402
 
 VARIANTS = {"config": [], "lora": ["model.llm.lora={r: 8}"], "int8": ["model.llm.precision=int8"],
-            "nf4": ["model.llm.precision=nf4"]}
+            "nf4": ["model.llm.precision=nf4"],
+            "fsdp": ["run.strategy=fsdp", "run.amp='off'", "run.fsdp.mixed_precision=bf16"]}
 QUANTISED = ("int8", "nf4")
 
 
@@ -46,6 +50,8 @@ def skipped(variant: str, device: str, has_llm: bool) -> str:
         return "a stage-1 config has no LLM"
     if variant in QUANTISED and not (device == "cuda" and importlib.util.find_spec("bitsandbytes")):
         return "int8 / nf4 need a CUDA GPU and bitsandbytes"
+    if variant == "fsdp" and dist.world_size() < 2:
+        return "fsdp shards over processes: run under torchrun (NPROC=8 bash benchmarks/gpu_check.sh)"
     return ""
 
 
@@ -84,12 +90,15 @@ def measure(cfg: str, options: List[str], device: str, steps: int, batch_size: i
     exp = load_experiment(cfg, options)
     estimate = step_cost(exp, batch_size).report()
     model = materialise(exp, device)
+    if exp.run.strategy == "fsdp":
+        fsdp.shard(model, exp.run.fsdp, torch.device(device))
     task = build("task", exp.task)
     optimizer = build_optimizer(model, exp.run.optimizer)
     text_tokens = max(1, getattr(model, "max_txt_len", 32) - 2)
     batch = _on(task.example_batch(model, batch_size, text_tokens), device)
-    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(exp.run.amp)
-    autocast = (lambda: torch.autocast(device, dtype=amp)) if amp is not None and device == "cuda" else nullcontext
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(fsdp.autocast_precision(exp.run))
+    on = amp is not None and (device == "cuda" or amp == torch.bfloat16)  # FSDP's bf16 gathers need it on CPU too
+    autocast = (lambda: torch.autocast(device, dtype=amp)) if on else nullcontext
     model.train()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -123,6 +132,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--options", nargs="*", default=[], help="config overrides for every run (KEY=VALUE)")
     p.add_argument("--out", default="benchmarks/results/gpu_check.json")
     args = p.parse_args(argv)
+    dist.init(torch.device(args.device))  # under torchrun (the fsdp variant): every rank runs every step
     rows: Dict[str, Dict[str, Any]] = {}
     for cfg in args.configs:
         has_llm = "llm" in load_experiment(cfg, args.options).model
@@ -133,9 +143,12 @@ def main(argv: List[str] | None = None) -> int:
                 rows[key] = {"skipped": why}
             else:
                 rows[key] = measure(cfg, args.options + VARIANTS[variant], args.device, args.steps, args.batch_size)
-            print(key, rows[key], flush=True)
+            if dist.is_main():
+                print(key, rows[key], flush=True)
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    write_results(args.out, {"device": name, "steps": args.steps, "runs": rows})
+    if dist.is_main():
+        write_results(args.out, {"device": name, "processes": dist.world_size(), "steps": args.steps, "runs": rows})
+    dist.shutdown()
     return 0
 
 

@@ -20,7 +20,7 @@ from benchmarks.gpu_check import main as gpu_check_main  # noqa: E402
 def test_the_gpu_check_measures_each_variant_on_the_cpu(tmp_path: Path) -> None:
     cfg = write_yaml(tmp_path / "tiny.yaml", stage2_config(tmp_path, tmp_path / "out", "opt"))
     out = tmp_path / "gpu_check.json"
-    assert gpu_check_main(["--device", "cpu", "--configs", str(cfg), "--variants", "config", "lora", "int8",
+    assert gpu_check_main(["--device", "cpu", "--configs", str(cfg), "--variants", "config", "lora", "int8", "fsdp",
                            "--steps", "2", "--batch-size", "2", "--out", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     for variant in ("config", "lora"):
@@ -30,6 +30,7 @@ def test_the_gpu_check_measures_each_variant_on_the_cpu(tmp_path: Path) -> None:
     assert runs["tiny/lora"]["estimated_peak_gib"] != runs["tiny/config"]["estimated_peak_gib"]  # the adapters
     if not torch.cuda.is_available():
         assert runs["tiny/int8"] == {"skipped": "int8 / nf4 need a CUDA GPU and bitsandbytes"}
+    assert runs["tiny/fsdp"]["skipped"].startswith("fsdp shards over processes: run under torchrun")
 
 
 def test_the_gpu_script_says_it_needs_a_gpu_where_there_is_none() -> None:
