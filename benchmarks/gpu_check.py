@@ -116,7 +116,7 @@ def measure(cfg: str, options: List[str], device: str, steps: int, batch_size: i
             times.append(time.perf_counter() - start)
     seconds = sum(times) / len(times)
     peak = torch.cuda.max_memory_allocated() / GB if device == "cuda" else None
-    return {"batch": batch_size, "loss": float(loss), "samples_per_second": batch_size / seconds,
+    return {"batch": batch_size, "loss": float(loss.detach()), "samples_per_second": batch_size / seconds,
             "seconds_per_step": seconds, "peak_gib": peak, "estimated_peak_gib": estimate["peak_gib"],
             "estimated_tflops": estimate["tflops"]}
 
